@@ -13,3 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Real files for the end-to-end tests: ../shared/data beside the repo unless LLM_DATA_DIR says.
 SHARED_DATA = Path(os.environ.get("LLM_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+
+# Unit tests use tiny tensors: one thread is faster and cannot be starved by a busy machine.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

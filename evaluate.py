@@ -1,0 +1,118 @@
+"""Evaluate the pretrained model on the unseen TinyShakespeare test split.
+
+    python evaluate.py [--checkpoint model_weights.pth] [--data-dir DIR] [--device DEV]
+
+Reports three numbers per model:
+- perplexity per token: exp(mean negative log-likelihood per token). It depends on the
+  tokenizer, so it only compares models that share one;
+- nats per character: total NLL / number of characters. This is tokenizer-independent and
+  comparable with character-level models such as nanoGPT's ``shakespeare_char``;
+- bits per character: the same in bits (divide by ln 2), the unit compression papers use.
+
+Two reference points computed in the same run give the numbers meaning: a unigram model of
+the training tokens (knows only token frequencies) and the untrained model (knows nothing).
+The test text is cut into non-overlapping windows of the context length and every token
+after the first is scored, as nanoGPT scores its validation slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import CheckpointError, load_checkpoint
+from data_utils import DataMissingError, load_tinyshakespeare, split_shakespeare
+from model import GPTModel
+from training import pick_device
+
+
+@torch.no_grad()
+def total_nll(model: GPTModel, ids: list[int], batch_size: int = 16) -> tuple[float, int]:
+    """Sum of -log p(token | previous tokens in its window) over ids[1:], and the count."""
+    model.eval()
+    device = next(model.parameters()).device
+    ctx = model.config.context_length
+    data = torch.tensor(ids, dtype=torch.long)
+    # Windows of ctx+1 tokens overlapping by one, so every token after the first is a target once.
+    starts = list(range(0, len(ids) - 1, ctx))
+    nll, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        chunk = [data[s : s + ctx + 1] for s in starts[i : i + batch_size]]
+        lengths = [len(c) - 1 for c in chunk]
+        x = torch.zeros(len(chunk), max(lengths), dtype=torch.long)
+        y = torch.full_like(x, -100)
+        for row, c in enumerate(chunk):
+            x[row, : len(c) - 1], y[row, : len(c) - 1] = c[:-1], c[1:]
+        logits = model(x.to(device)).float()
+        nll += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+                               reduction="sum").item()
+        count += sum(lengths)
+    return nll, count
+
+
+def unigram_nll(train_ids: list[int], test_ids: list[int], vocab_size: int) -> float:
+    """NLL of test_ids[1:] under add-one-smoothed token frequencies of the training split."""
+    counts = Counter(train_ids)
+    total = len(train_ids) + vocab_size
+    return -sum(math.log((counts[t] + 1) / total) for t in test_ids[1:])
+
+
+def scores(nll: float, tokens: int, chars: int) -> dict:
+    return {"perplexity": math.exp(nll / tokens), "nats_per_char": nll / chars,
+            "bits_per_char": nll / chars / math.log(2), "tokens": tokens, "chars": chars}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="model_weights.pth")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $LLM_DATA_DIR)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--out", default="runs/evaluate/metrics.json")
+    args = p.parse_args(argv)
+
+    device = pick_device(args.device)
+    model, tokenizer, meta = load_checkpoint(args.checkpoint, map_location=device)
+    splits = split_shakespeare(load_tinyshakespeare(args.data_dir))
+    test_ids = tokenizer.encode(splits[args.split])
+    # Characters actually predicted: everything after the first token.
+    chars = len(splits[args.split]) - len(tokenizer.decode(test_ids[:1]))
+
+    t0 = time.perf_counter()
+    results = {"model": scores(*total_nll(model, test_ids), chars)}
+    elapsed = time.perf_counter() - t0
+    train_ids = tokenizer.encode(splits["train"])
+    results["unigram"] = scores(unigram_nll(train_ids, test_ids, tokenizer.vocab_size),
+                                len(test_ids) - 1, chars)
+    torch.manual_seed(0)
+    untrained = GPTModel(model.config).to(device)
+    results["untrained"] = scores(*total_nll(untrained, test_ids), chars)
+
+    print(f"{args.checkpoint} on the TinyShakespeare {args.split} split "
+          f"({chars:,} chars, {len(test_ids):,} tokens, {chars / len(test_ids):.2f} chars/token)")
+    print(f"{'model':<12}{'perplexity':>12}{'nats/char':>12}{'bits/char':>12}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['perplexity']:>12.2f}{r['nats_per_char']:>12.4f}"
+              f"{r['bits_per_char']:>12.4f}")
+    record = {"checkpoint": str(args.checkpoint), "split": args.split,
+              "eval_seconds": round(elapsed, 2), "training": meta, **results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

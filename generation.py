@@ -1,0 +1,139 @@
+"""Text generation: sampling with temperature, top-k and top-p, a KV cache, and streaming.
+
+A language model only ever predicts a distribution over the next token. Generation is the
+loop around it: pick a token from that distribution, append it, repeat.
+
+- temperature divides the logits: below 1 sharpens the distribution, above 1 flattens it,
+  and 0 means greedy (always the most likely token).
+- top-k keeps only the k most likely tokens; top-p (nucleus) keeps the smallest set of
+  tokens whose probabilities add up to p. Both cut off the long tail of unlikely tokens.
+- The KV cache keeps every layer's keys and values from earlier steps, so each new token
+  costs one position of compute instead of re-running the whole sequence.
+
+Once the sequence outgrows the context window, the cached keys' positions would no longer
+match a fresh forward pass, so from then on each step recomputes the last
+``context_length`` tokens: the output is identical with and without the cache.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+
+import torch
+
+from model import GPTModel
+from tokenizer import BPETokenizer
+
+MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake
+
+
+def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None) -> None:
+    """Raise one clear ValueError for any out-of-range sampling setting."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
+    if not (isinstance(temperature, int | float) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}.")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}.")
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token id per row of ``logits`` [B, vocab]."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    # Tiny temperatures would overflow float32; below 1e-5 sampling is greedy in all but name.
+    logits = logits.float() / max(temperature, 1e-5)
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the tokens before it already reach top_p (the first always stays).
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 use_cache: bool = True, vocab_size: int | None = None,
+                 stop_id: int | None = None) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids continuing ``ids`` (one sequence)."""
+    check_settings(max_new_tokens, temperature, top_k, top_p)
+    if not ids:
+        raise ValueError("generate_ids needs at least one prompt token.")
+    model.eval()
+    device = next(model.parameters()).device
+    ctx = model.config.context_length
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    seq = torch.tensor([ids[-ctx:]], dtype=torch.long, device=device)
+    cache = None
+    for _ in range(max_new_tokens):
+        if use_cache and cache is not None and seq.size(1) <= ctx:
+            logits, cache = model(seq[:, -1:], past_kvs=cache, use_cache=True)
+        elif use_cache:
+            seq = seq[:, -ctx:]
+            logits, cache = model(seq, use_cache=True)
+        else:
+            logits = model(seq[:, -ctx:])
+        logits = logits[:, -1, :]
+        if vocab_size is not None and vocab_size < logits.size(-1):
+            logits = logits[:, :vocab_size]  # never sample ids the tokenizer cannot decode
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)
+        token = int(next_id)
+        if stop_id is not None and token == stop_id:
+            return
+        yield token
+        seq = torch.cat([seq, next_id], dim=1)
+
+
+def encode_prompt(tokenizer: BPETokenizer, prompt: str) -> list[int]:
+    """Prompt ids; an empty prompt starts from <|endoftext|>, like the start of a document."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt has {len(prompt):,} characters; the limit is "
+                         f"{MAX_PROMPT_CHARS:,}. Shorten it.")
+    return tokenizer.encode(prompt) or [tokenizer.eot_id]
+
+
+def stream_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int = 200,
+                temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+                seed: int | None = None, use_cache: bool = True, stop_at_eot: bool = True
+                ) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece as tokens are generated.
+
+    A token can end in the middle of a multi-byte character, so bytes go through an
+    incremental UTF-8 decoder that only releases complete characters.
+    """
+    ids = encode_prompt(tokenizer, prompt)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
+                              use_cache, vocab_size=tokenizer.vocab_size,
+                              stop_id=tokenizer.eot_id if stop_at_eot else None):
+        piece = decoder.decode(tokenizer.token_bytes(token))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def generate_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str,
+                  max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
+                  top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+                  stop_at_eot: bool = True) -> str:
+    """The generated continuation of ``prompt`` (without the prompt itself)."""
+    return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k,
+                               top_p, seed, use_cache, stop_at_eot))

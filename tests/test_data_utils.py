@@ -1,0 +1,359 @@
+"""Tests for data_utils: fixed splits, offline loading, clear errors, next-token batches."""
+
+import json
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+import data_utils
+from data_utils import (
+    DataFileError,
+    DataMissingError,
+    create_dataloader,
+    load_instructions,
+    load_sst2,
+    load_tinyshakespeare,
+    pad_batch,
+    resolve_data_dir,
+    split_shakespeare,
+    tokenizer_training_corpus,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No LLM_DATA_DIR from the caller, an empty cache, and no network for any test."""
+    monkeypatch.delenv("LLM_DATA_DIR", raising=False)
+    monkeypatch.setattr(data_utils, "CACHE_DIR", tmp_path / "cache")
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("network disabled in tests")
+
+    monkeypatch.setattr("requests.get", no_network)
+
+
+def write_fixture(folder, shakespeare="First Citizen:\nSpeak, speak.\n" * 20, sst2=True):
+    """A tiny data folder with the canonical file names."""
+    (folder / "tinyshakespeare.txt").write_text(shakespeare)
+    if sst2:
+        (folder / "sst2").mkdir()
+        rows = [f"sentence {i} \t{i % 2}" for i in range(30)]
+        (folder / "sst2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+        (folder / "sst2" / "dev.tsv").write_text("sentence\tlabel\na fine film \t1\nbad \t0\n")
+    return folder
+
+
+def instruction_lines(n):
+    return [
+        json.dumps({"instruction": f"task {i}", "context": "", "response": f"answer {i}"})
+        for i in range(n)
+    ]
+
+
+needs_shared = pytest.mark.skipif(
+    not (SHARED_DATA / "tinyshakespeare.txt").is_file(), reason="shared data not available"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def test_shakespeare_split_exact_sizes_in_order_without_overlap():
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    splits = split_shakespeare(text)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [850, 50, 100]
+    assert splits["train"] + splits["val"] + splits["test"] == text
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 99, 1001, 1_115_394])
+def test_shakespeare_split_matches_nanogpt_val_slice(n):
+    text = "x" * n
+    splits = split_shakespeare(text)
+    assert sum(len(part) for part in splits.values()) == n
+    assert len(splits["test"]) == n - int(n * 0.9)  # nanoGPT: val = data[int(n * 0.9):]
+    assert len(splits["train"]) == n * 85 // 100
+
+
+def test_sst2_val_is_seeded_carve_out_of_train_and_test_is_dev(tmp_path):
+    write_fixture(tmp_path)
+    a = load_sst2(tmp_path, val_size=5, seed=1, verify=False)
+    b = load_sst2(tmp_path, val_size=5, seed=1, verify=False)
+    c = load_sst2(tmp_path, val_size=5, seed=2, verify=False)
+    assert a == b and a["val"] != c["val"]
+    assert len(a["train"]) == 25 and len(a["val"]) == 5
+    assert set(a["train"]) | set(a["val"]) == {(f"sentence {i}", i % 2) for i in range(30)}
+    assert not set(a["train"]) & set(a["val"])
+    assert a["test"] == [("a fine film", 1), ("bad", 0)]  # stripped, header skipped
+    with pytest.raises(ValueError, match="val_size"):
+        load_sst2(tmp_path, val_size=30, verify=False)
+
+
+def test_instruction_split_is_seeded_95_5(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(instruction_lines(200)) + "\n")
+    a = load_instructions(path, seed=0)
+    assert len(a["train"]) == 190 and len(a["test"]) == 10
+    assert a == load_instructions(path, seed=0)
+    assert a["test"] != load_instructions(path, seed=1)["test"]
+    train_tasks = {r["instruction"] for r in a["train"]}
+    test_tasks = {r["instruction"] for r in a["test"]}
+    assert not train_tasks & test_tasks and len(train_tasks | test_tasks) == 200
+    assert a["train"][0]["category"] == "general"  # missing category gets the default
+    assert set(a["train"][0]) == {"instruction", "context", "response", "category"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading from a folder, and the errors
+
+
+def test_loads_from_env_folder_and_argument_wins(tmp_path, monkeypatch):
+    env_dir, arg_dir = tmp_path / "env_dir", tmp_path / "arg_dir"
+    env_dir.mkdir()
+    arg_dir.mkdir()
+    write_fixture(env_dir)
+    (arg_dir / "tinyshakespeare.txt").write_text("from the argument\n")
+    monkeypatch.setenv("LLM_DATA_DIR", str(env_dir))
+    assert resolve_data_dir() == env_dir
+    assert load_tinyshakespeare(verify=False).startswith("First Citizen:")
+    assert load_tinyshakespeare(arg_dir, verify=False) == "from the argument\n"
+    assert not data_utils.CACHE_DIR.exists()  # nothing downloaded, nothing cached
+
+
+def test_checksum_mismatch_is_a_clear_error(tmp_path):
+    write_fixture(tmp_path)
+    with pytest.raises(DataFileError, match="not the canonical tinyshakespeare.txt.*verify=False"):
+        load_tinyshakespeare(tmp_path)
+    with pytest.raises(DataFileError, match="not the canonical sst2/train.tsv"):
+        load_sst2(tmp_path, val_size=5)
+
+
+def test_missing_file_in_data_folder_says_which_and_where(tmp_path):
+    write_fixture(tmp_path, sst2=False)
+    with pytest.raises(DataMissingError) as err:
+        load_sst2(tmp_path, verify=False)
+    message = str(err.value)
+    assert "sst2/train.tsv" in message and str(tmp_path) in message
+    assert "LLM_DATA_DIR" in message and "\n" not in message
+    with pytest.raises(DataMissingError, match="does not exist"):
+        load_tinyshakespeare(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_offline_without_copy_raises_data_missing_not_a_network_traceback(download):
+    with pytest.raises(DataMissingError) as err:
+        load_tinyshakespeare(download=download)
+    message = str(err.value)
+    assert "tinyshakespeare.txt" in message and "LLM_DATA_DIR" in message
+    assert ("network disabled" in message) == download
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_download_is_verified_then_cached(monkeypatch):
+    payload = b"not shakespeare at all\n"
+    calls = []
+
+    def fake_get(url, timeout):
+        calls.append(url)
+        return types.SimpleNamespace(content=payload, raise_for_status=lambda: None)
+
+    monkeypatch.setattr("requests.get", fake_get)
+    with pytest.raises(DataMissingError, match="download failed.*DataFileError"):
+        load_tinyshakespeare()
+    assert calls == [data_utils.SHAKESPEARE_URL]
+    assert not (data_utils.CACHE_DIR / "tinyshakespeare.txt").exists()  # bad bytes not cached
+
+
+def test_sst2_bad_rows_are_skipped_and_counted(tmp_path):
+    write_fixture(tmp_path)
+    train = tmp_path / "sst2" / "train.tsv"
+    train.write_text(train.read_text() + "no tab here\nlabel two \t2\n\t1\n")
+    with pytest.warns(UserWarning, match="skipped 3 malformed rows"):
+        splits = load_sst2(tmp_path, val_size=5, verify=False)
+    assert len(splits["train"]) + len(splits["val"]) == 30
+
+
+def test_sst2_file_without_valid_rows_is_an_error(tmp_path):
+    write_fixture(tmp_path)
+    (tmp_path / "sst2" / "dev.tsv").write_text("just prose\nwith no labels\n")
+    with (
+        pytest.raises(DataFileError, match="no `sentence<TAB>label` rows"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        load_sst2(tmp_path, val_size=5, verify=False)
+
+
+def test_instruction_bad_lines_are_counted_and_wrong_file_is_an_error(tmp_path):
+    lines = instruction_lines(40) + [
+        "{broken json",
+        json.dumps({"instruction": "no response", "context": ""}),
+        json.dumps({"instruction": 3, "context": "", "response": "x"}),
+        json.dumps(["a", "list"]),
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n\n")
+    with pytest.warns(UserWarning, match="skipped 4 lines"):
+        splits = load_instructions(path)
+    assert len(splits["train"]) + len(splits["test"]) == 40
+
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text("sentence\tlabel\nhello \t1\n")
+    with pytest.raises(DataFileError, match="no Dolly-schema records"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_instructions(wrong)
+    with pytest.raises(DataMissingError, match="does not exist"):
+        load_instructions(tmp_path / "absent.jsonl")
+
+
+def test_default_dolly_missing_points_to_data_file_option(tmp_path):
+    write_fixture(tmp_path)
+    with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*data_file"):
+        load_instructions(data_dir=tmp_path)
+
+
+def test_tokenizer_corpus_uses_train_splits_only_and_warns_once_for_missing(tmp_path):
+    text = " ".join(f"w{i}" for i in range(500))  # every stretch of text is unique
+    write_fixture(tmp_path, shakespeare=text)
+    with pytest.warns(UserWarning, match="without: instructions") as record:
+        corpus = tokenizer_training_corpus(tmp_path, sst2_val_size=5, verify=False)
+    assert len(record) == 1
+    splits = split_shakespeare(text)
+    assert corpus.startswith(splits["train"])
+    assert splits["val"] not in corpus and splits["test"] not in corpus
+    assert "a fine film" not in corpus  # SST-2 test (GLUE dev) never enters the corpus
+    sst2, lines = load_sst2(tmp_path, val_size=5, verify=False), set(corpus.splitlines())
+    assert all(sentence in lines for sentence, _ in sst2["train"])
+    assert not any(sentence in lines for sentence, _ in sst2["val"])
+
+    path = tmp_path / "instr.jsonl"
+    path.write_text("\n".join(instruction_lines(100)) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corpus = tokenizer_training_corpus(tmp_path, path, sst2_val_size=5, verify=False)
+    instructions, lines = load_instructions(path), set(corpus.splitlines())
+    assert all(r["response"] in lines for r in instructions["train"])
+    assert not any(r["response"] in lines for r in instructions["test"])
+
+
+def test_tokenizer_corpus_with_only_shakespeare(tmp_path):
+    write_fixture(tmp_path, sst2=False)
+    with pytest.warns(UserWarning, match="SST-2.*instructions"):
+        corpus = tokenizer_training_corpus(tmp_path, verify=False)
+    assert corpus == split_shakespeare(load_tinyshakespeare(tmp_path, verify=False))["train"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def test_dataloader_shapes_and_one_token_shift():
+    tokens = list(range(1000))
+    loader = create_dataloader(tokens, context_length=8, batch_size=4, shuffle=False)
+    x, y = next(iter(loader))
+    assert x.shape == y.shape == (4, 8) and x.dtype == y.dtype == torch.long
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert x[0].tolist() == list(range(8)) and x[1, 0] == 8  # stride defaults to context
+    assert len(loader) == ((1000 - 9) // 8 + 1) // 4
+
+
+@pytest.mark.parametrize("stride", [1, 3, 8, 20])
+def test_stride_sets_window_starts(stride):
+    tokens = torch.arange(100)
+    loader = create_dataloader(tokens, 8, batch_size=1, stride=stride, shuffle=False)
+    starts = [int(x[0, 0]) for x, _ in loader]
+    assert starts == list(range(0, 100 - 8, stride))
+    assert starts[-1] + 8 < 100  # the last window still has its final target
+
+
+def test_shuffle_is_deterministic_by_seed_and_reshuffles_each_epoch():
+    def order(seed, epochs=2):
+        loader = create_dataloader(torch.arange(401), 4, batch_size=5, seed=seed)  # 100 windows
+        return [
+            [int(x[0]) for x, _ in zip(*batch, strict=True)]
+            for _ in range(epochs)
+            for batch in loader
+        ]
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    first, second = order(0, epochs=1), order(0)[len(order(0, epochs=1)) :]
+    assert first != second and sorted(sum(first, [])) == sorted(sum(second, []))
+
+
+@pytest.mark.parametrize("n_windows, world_size", [(24, 4), (27, 4), (10, 3)])
+def test_rank_shards_are_disjoint_equal_and_cover(n_windows, world_size):
+    tokens = torch.arange(n_windows * 4 + 1)
+    starts = []
+    for rank in range(world_size):
+        loader = create_dataloader(
+            tokens, 4, batch_size=1, seed=7, rank=rank, world_size=world_size
+        )
+        starts.append([int(x[0, 0]) for x, _ in loader])
+    shards = [set(s) for s in starts]
+    assert all(len(s) == n_windows // world_size for s in starts)  # equal steps for DDP
+    assert sum(len(s) for s in shards) == len(set().union(*shards))  # disjoint
+    assert len(set().union(*shards)) == n_windows - n_windows % world_size
+    if n_windows % world_size == 0:
+        assert set().union(*shards) == set(range(0, n_windows * 4, 4))
+
+
+def test_dataloader_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="at least context_length \\+ 1 = 9 tokens.*got 8"):
+        create_dataloader(list(range(8)), 8, batch_size=1)
+    with pytest.raises(ValueError, match="context_length must be"):
+        create_dataloader(list(range(8)), 0, batch_size=1)
+    with pytest.raises(ValueError, match="rank must be"):
+        create_dataloader(list(range(80)), 4, batch_size=1, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="not enough for one batch"):
+        create_dataloader(list(range(17)), 4, batch_size=8)
+    assert len(create_dataloader(list(range(17)), 4, batch_size=8, drop_last=False)) == 1
+
+
+def test_pad_batch_pads_right_and_returns_lengths():
+    ids, lengths = pad_batch([[5, 6, 7], [8], [9, 10]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+    assert lengths.tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="empty"):
+        pad_batch([[1], []], pad_id=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real shared files
+
+
+@needs_shared
+def test_shared_files_verify_and_have_documented_sizes():
+    text = load_tinyshakespeare(SHARED_DATA)
+    assert len(text) == 1_115_394
+    sst2 = load_sst2(SHARED_DATA)
+    assert len(sst2["train"]) + len(sst2["val"]) == 67_349 and len(sst2["val"]) == 872
+    assert len(sst2["test"]) == 872
+    assert sum(label for _, label in sst2["test"]) == 444
+    instructions = load_instructions(SHARED_DATA / "instruction-data-1100.jsonl")
+    assert len(instructions["train"]) + len(instructions["test"]) == 1_100
+    assert len(instructions["test"]) == 55
+
+
+@needs_shared
+def test_sst2_rebuilt_from_hugging_face_reproduces_glue_bytes(monkeypatch, tmp_path):
+    """The download path, with `datasets` faked by rows read back from the GLUE files."""
+
+    def rows(name):
+        lines = (SHARED_DATA / name).read_text().splitlines()[1:]
+        return [{"sentence": s, "label": int(label)} for s, label in (x.split("\t") for x in lines)]
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name: {
+        "train": rows("sst2/train.tsv"),
+        "validation": rows("sst2/dev.tsv"),
+    }
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    splits = load_sst2()  # empty cache: "downloads", verifies, caches
+    for name in ("sst2/train.tsv", "sst2/dev.tsv"):
+        assert (data_utils.CACHE_DIR / name).read_bytes() == (SHARED_DATA / name).read_bytes()
+    assert len(splits["test"]) == 872

@@ -1,0 +1,106 @@
+"""Generation: greedy decoding with and without the KV cache, sampling filters, bad settings."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from generation import generate_ids, generate_text, sample_next, stream_text
+from model import GPTConfig, GPTModel
+from tokenizer import BPETokenizer
+
+TEXT = "To be, or not to be, that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> BPETokenizer:
+    tok = BPETokenizer()
+    tok.train(TEXT, 300)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> GPTModel:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=320, context_length=16, n_layer=2, n_head=2, n_embd=32)
+    return GPTModel(cfg).eval()
+
+
+def test_greedy_decoding_is_identical_with_and_without_the_cache(model):
+    # 40 new tokens from a 5-token prompt run well past the 16-token context window.
+    prompt = [5, 17, 99, 3, 200]
+    with_cache = list(generate_ids(model, prompt, 40, temperature=0, use_cache=True))
+    without = list(generate_ids(model, prompt, 40, temperature=0, use_cache=False))
+    assert with_cache == without
+    assert len(with_cache) == 40
+
+
+def test_the_same_seed_gives_the_same_sample(model, tokenizer):
+    a = generate_text(model, tokenizer, "To be", 30, temperature=1.0, seed=7)
+    b = generate_text(model, tokenizer, "To be", 30, temperature=1.0, seed=7)
+    assert a == b
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    greedy = logits.argmax(-1, keepdim=True)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1, top_p=None), greedy)
+    assert torch.equal(sample_next(logits, 1.0, top_k=None, top_p=1e-6), greedy)
+
+
+def test_top_k_only_samples_among_the_k_best():
+    logits = torch.arange(10.0).repeat(500, 1)  # token 9 best, then 8, ...
+    drawn = sample_next(logits, 5.0, top_k=3, top_p=None, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {7, 8, 9}
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(2000, 1)
+    drawn = sample_next(probs.log(), 1.0, top_k=None, top_p=0.8,
+                        generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.8
+
+
+def test_streaming_pieces_add_up_to_the_generated_text(model, tokenizer):
+    pieces = list(stream_text(model, tokenizer, "Whether", 25, temperature=0.9, seed=3))
+    assert "".join(pieces) == generate_text(model, tokenizer, "Whether", 25, temperature=0.9,
+                                            seed=3)
+
+
+def test_never_samples_ids_the_tokenizer_cannot_decode(model, tokenizer):
+    # The model has 320 rows for a 300-token vocabulary: rows 300.. must never be drawn.
+    ids = list(generate_ids(model, [1], 200, temperature=5.0, seed=0,
+                            vocab_size=tokenizer.vocab_size))
+    assert max(ids) < tokenizer.vocab_size
+
+
+def test_empty_and_over_long_prompts_work(model, tokenizer):
+    assert isinstance(generate_text(model, tokenizer, "", 5, seed=0), str)
+    long_prompt = TEXT * 5  # far more tokens than the 16-token window: only the tail is used
+    assert isinstance(generate_text(model, tokenizer, long_prompt, 5, seed=0), str)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=-0.1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5),
+    dict(max_new_tokens=-1), dict(temperature="hot"),
+])
+def test_out_of_range_settings_get_a_clear_error(model, tokenizer, bad):
+    kwargs = dict(max_new_tokens=5, temperature=1.0, top_k=None, top_p=None) | bad
+    with pytest.raises(ValueError, match="must be"):
+        generate_text(model, tokenizer, "To be", **kwargs)
+
+
+def test_a_non_text_prompt_gets_a_clear_error(model, tokenizer):
+    with pytest.raises(ValueError, match="must be text"):
+        generate_text(model, tokenizer, 42, 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=st.text(max_size=60), temperature=st.floats(0, 3), top_k=st.none() | st.integers(1, 400),
+       top_p=st.none() | st.floats(0.01, 1.0), seed=st.integers(0, 2**31))
+def test_any_prompt_and_valid_settings_generate_text(model, tokenizer, prompt, temperature, top_k,
+                                                     top_p, seed):
+    out = generate_text(model, tokenizer, prompt, 4, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed)
+    assert isinstance(out, str)

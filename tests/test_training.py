@@ -1,0 +1,120 @@
+"""The training loop: schedule, optimizer groups, loss falls, exact resume, clean stop."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from data_utils import create_dataloader
+from model import GPTConfig, GPTModel
+from training import (TrainConfig, configure_optimizer, lm_loss, lr_at, pick_device, pick_dtype,
+                      train_model)
+
+CPU = torch.device("cpu")
+CFG = GPTConfig(vocab_size=32, context_length=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def tiny_data(n: int = 2000) -> list[int]:
+    """A learnable stream: a repeating pattern with a little noise."""
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.arange(n) % 7 + (torch.arange(n) // 7) % 3
+    noise = torch.randint(0, 32, (n,), generator=g) * (torch.rand(n, generator=g) < 0.05)
+    return (pattern + noise).clamp(max=31).tolist()
+
+
+def loaders(batch_size: int = 8):
+    ids = tiny_data()
+    train = create_dataloader(ids[:1600], 16, batch_size, shuffle=True, seed=0)
+    val = create_dataloader(ids[1600:], 16, batch_size, shuffle=False, drop_last=False)
+    return train, val
+
+
+def fresh_model(dropout: float = 0.0) -> GPTModel:
+    torch.manual_seed(0)
+    return GPTModel(GPTConfig(**{**CFG.to_dict(), "dropout": dropout}))
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(max_steps=100, learning_rate=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(1e-4)
+
+
+def test_weight_decay_only_on_matrices():
+    model = fresh_model()
+    opt = configure_optimizer(model, TrainConfig(weight_decay=0.1), CPU)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    train, val = loaders()
+    model = fresh_model()
+    before = sum(lm_loss(model, b).item() for b in val) / len(val)
+    log = tmp_path / "metrics.jsonl"
+    summary = train_model(model, train, val, TrainConfig(max_steps=60, learning_rate=3e-3,
+                          warmup_steps=5, eval_interval=20, log_interval=10), CPU,
+                          log_path=log, tokens_per_batch=8 * 16)
+    assert summary["val_loss"] < before - 1.0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    assert {"step", "train_loss", "lr", "elapsed", "tokens_per_sec"} <= set(records[0])
+    assert "val_loss" in records[1]
+
+
+def test_resumed_run_matches_an_uninterrupted_one():
+    """Ctrl-C at step 15, resume to 30: the same weights as 30 steps in one go (dropout on)."""
+    cfg = TrainConfig(max_steps=30, learning_rate=3e-3, warmup_steps=5, eval_interval=1000)
+    train, _ = loaders()
+    straight = fresh_model(dropout=0.1)
+    train_model(straight, train, None, cfg, CPU)
+
+    calls = {"n": 0}
+
+    def interrupt_at_15(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            os.kill(os.getpid(), signal.SIGINT)  # like Ctrl-C: the loop saves and returns
+        return lm_loss(model, batch)
+
+    state = {}
+    summary = train_model(fresh_model(dropout=0.1), train, None, cfg, CPU,
+                          loss_fn=interrupt_at_15, save_fn=state.update)
+    assert summary["interrupted"] and state["step"] == 15
+
+    torch.manual_seed(999)  # the resumed run must restore the RNG (dropout) state itself
+    resumed = fresh_model(dropout=0.1)
+    train_model(resumed, train, None, cfg, CPU, resume_state=state)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch():
+    ids = tiny_data()
+    big = create_dataloader(ids, 16, 8, shuffle=False)
+    small = create_dataloader(ids, 16, 4, shuffle=False)
+    cfg = dict(max_steps=5, learning_rate=1e-3, warmup_steps=1, eval_interval=1000, grad_clip=0)
+    a, b = fresh_model(), fresh_model()
+    train_model(a, big, None, TrainConfig(**cfg), CPU)
+    train_model(b, small, None, TrainConfig(**cfg, grad_accum_steps=2), CPU)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_device_and_dtype_get_clear_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        pick_device("tpu9")
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        pick_dtype("float8", CPU)
+    assert pick_dtype("bfloat16", CPU) == torch.bfloat16

@@ -1,0 +1,356 @@
+"""The training loop shared by pretraining and every finetuning script.
+
+``train_model`` is a plain loop, nanoGPT style, with the pieces a modern run needs:
+AdamW with weight decay only on matrices, linear warmup then cosine decay of the learning
+rate, gradient accumulation, gradient clipping, bf16 autocast where the hardware has it,
+optional ``torch.compile``, periodic validation, a tqdm bar, and a JSON-lines metrics log
+that the Streamlit app plots.
+
+The loss is supplied by the caller (``loss_fn(model, batch) -> scalar``) so the same loop
+trains the language model, the sentiment classifier and the instruction model.
+
+Resuming is exact: the learning rate is a pure function of the step, the batch order is a
+pure function of (seed, epoch), and the optimizer state and RNG state are saved. A run that
+is stopped and resumed therefore follows the same trajectory as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    eval_interval: int = 100
+    eval_batches: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # 0: only at the end (and on interruption)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- devices & dtypes
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; a clear error if a requested device is not there."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; "
+                         "use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("Device 'mps' was requested but MPS is not available; use --device cpu.")
+    return device
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype. "auto" picks bf16 only where the hardware computes it natively."""
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested != "auto":
+        if requested not in names:
+            raise ValueError(f"Unknown dtype '{requested}'; use auto, {', '.join(names)}.")
+        return names[requested]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16  # AVX512-BF16 / AMX CPUs; elsewhere bf16 is emulated and slower
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32 or device.type == "mps":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- optimizer & lr
+
+def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
+                        ) -> torch.optim.AdamW:
+    """AdamW, decaying only matrices: biases, LayerNorm gains and other vectors keep their scale."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas,
+                             fused=device.type == "cuda")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# ---------------------------------------------------------------------------- losses & batches
+
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy; target -100 marks positions that carry no loss."""
+    inputs, targets = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def batches_from(loader: DataLoader, start_batch: int = 0) -> Iterator:
+    """Endless batches; epoch e is shuffled with seed + e, so batch n is the same on resume."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError("The training data yields no batches; use more data or a smaller batch.")
+    epoch, skip = divmod(start_batch, per_epoch)
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        # Starting an epoch draws a seed from the global RNG; keep that draw out of the
+        # dropout stream so a resumed run sees exactly the same random numbers.
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(loader)
+        for i, batch in enumerate(iterator):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return type(batch)(to_device(b, device) for b in batch)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
+                  dtype: torch.dtype = torch.float32, max_batches: int | None = None) -> float:
+    """Mean loss over the first ``max_batches`` batches of ``loader`` (all if None)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        with autocast(device, dtype):
+            total += loss_fn(model, to_device(batch, device)).item()
+        count += 1
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+class StopRequested:
+    """Turns SIGINT / SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside Streamlit): no handlers
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_model(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    loss_fn: Callable = lm_loss,
+    log_path: str | Path | None = None,
+    save_fn: Callable[[dict], None] | None = None,
+    resume_state: dict | None = None,
+    tokens_per_batch: int | None = None,
+    flops_per_token: int | None = None,
+    is_main: bool = True,
+    desc: str = "train",
+) -> dict:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps and return a summary.
+
+    ``save_fn(state)`` receives the full training state (model, optimizer, step, RNG) at each
+    checkpoint interval, at the end, and when SIGINT/SIGTERM asks the run to stop.
+    ``resume_state`` is such a state: training continues exactly where it left off.
+    ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
+    """
+    dtype = pick_dtype(cfg.dtype, device)
+    raw_model = getattr(model, "module", model)
+    optimizer = configure_optimizer(raw_model, cfg, device)
+    step, elapsed_before = 0, 0.0
+    if resume_state is not None:
+        raw_model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        step, elapsed_before = resume_state["step"], resume_state.get("elapsed", 0.0)
+        set_rng_state(resume_state["rng"])
+    step_model = torch.compile(model) if cfg.compile else model
+    is_ddp = hasattr(model, "no_sync")
+
+    def state() -> dict:
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng": rng_state(), "elapsed": elapsed,
+                "train_config": cfg.to_dict()}
+
+    log_file = None
+    if log_path is not None and is_main:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
+    def log(record: dict) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+
+    batches = batches_from(train_loader, start_batch=step * cfg.grad_accum_steps)
+    model.train()
+    t0, last_t, tokens_since = time.perf_counter(), time.perf_counter(), 0
+    elapsed, train_loss, val_loss, interrupted = elapsed_before, float("nan"), None, False
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not is_main, dynamic_ncols=True)
+    try:
+        with StopRequested() as stop:
+            while step < cfg.max_steps:
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = torch.zeros((), device=device)
+                for micro in range(cfg.grad_accum_steps):
+                    batch = to_device(next(batches), device)
+                    last_micro = micro == cfg.grad_accum_steps - 1
+                    # DDP: all-reduce the gradients once per optimizer step, not per micro-batch.
+                    sync = contextlib.nullcontext() if last_micro or not is_ddp else model.no_sync()
+                    with sync:
+                        with autocast(device, dtype):
+                            loss = loss_fn(step_model, batch) / cfg.grad_accum_steps
+                        loss.backward()
+                    loss_sum += loss.detach()
+                    tokens_since += tokens_per_batch or 0
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                elapsed = elapsed_before + time.perf_counter() - t0
+
+                at_eval = is_main and val_loader is not None and (
+                    step % cfg.eval_interval == 0 or step == cfg.max_steps)
+                if step % cfg.log_interval == 0 or at_eval or step == cfg.max_steps:
+                    train_loss = loss_sum.item()
+                    now = time.perf_counter()
+                    record = {"step": step, "train_loss": train_loss, "lr": lr,
+                              "elapsed": round(elapsed, 3)}
+                    if tokens_per_batch:
+                        record["tokens_per_sec"] = round(tokens_since / (now - last_t), 1)
+                        if flops_per_token and device.type == "cuda":
+                            peak = 989e12 if dtype == torch.bfloat16 else 67e12  # H100 SXM dense
+                            record["mfu"] = round(flops_per_token * record["tokens_per_sec"]
+                                                  / peak, 4)
+                    last_t, tokens_since = now, 0
+                    if at_eval:
+                        val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
+                                                 cfg.eval_batches)
+                        record["val_loss"] = val_loss
+                    log(record)
+                    bar.set_postfix(loss=f"{train_loss:.3f}",
+                                    **({"val": f"{val_loss:.3f}"} if val_loss else {}))
+                if stop.requested:
+                    interrupted = True
+                    break
+                if save_fn and is_main and cfg.checkpoint_interval and \
+                        step % cfg.checkpoint_interval == 0 and step < cfg.max_steps:
+                    save_fn(state())
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+    if save_fn and is_main:
+        save_fn(state())
+    return {"steps": step, "train_loss": train_loss, "val_loss": val_loss, "elapsed": elapsed,
+            "interrupted": interrupted, "dtype": str(dtype).removeprefix("torch.")}
+
+
+# ---------------------------------------------------------------------------- several processes
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); starts a process group when launched by torchrun.
+
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK. GPUs talk over NCCL, CPUs over gloo.
+    Run with plain ``python`` and this is a no-op returning (0, 1, 0).
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
