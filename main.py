@@ -101,6 +101,12 @@ def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BP
     return tokenizer
 
 
+def forget_steps_after(log_path: Path, step: int) -> None:
+    if log_path.exists():
+        lines = log_path.read_text().splitlines(keepends=True)
+        log_path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings(args)
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "max_steps": s["max_steps"]})
         batch_size = ckpt["metadata"]["batch_size"]
         print(f"Resuming {state_path} at step {resume_state['step']}")
+        if is_main:  # drop log lines written after that checkpoint: they are about to be redone
+            forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
     else:
         if is_main:
             tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,

@@ -56,24 +56,21 @@ codecs.register_error("bpe-surrogatepass-replace", _surrogatepass_or_replace)
 
 def _bpe(piece: bytes, ranks: dict[bytes, int], max_rank: float = NO_RANK) -> list[bytes]:
     """Split `piece` into tokens: merge the lowest-ranked adjacent pair (leftmost on ties) until
-    no adjacent pair spells a token with rank below `max_rank`."""
-    def rank(a: bytes, b: bytes) -> float:
-        r = ranks.get(a + b, NO_RANK)
-        return r if r < max_rank else NO_RANK
-
+    no adjacent pair spells a token ranked below `max_rank`."""
+    rank = ranks.get
     parts = [piece[i:i + 1] for i in range(len(piece))]
-    pair_ranks = [rank(a, b) for a, b in pairwise(parts)]
+    pair_ranks = [rank(a + b, NO_RANK) for a, b in pairwise(parts)]
     while pair_ranks:
         best = min(pair_ranks)
-        if best == NO_RANK:
+        if best >= max_rank:
             break
         i = pair_ranks.index(best)
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
         del pair_ranks[i]  # only the two pairs around the merged token change
         if i > 0:
-            pair_ranks[i - 1] = rank(parts[i - 1], parts[i])
+            pair_ranks[i - 1] = rank(parts[i - 1] + parts[i], NO_RANK)
         if i < len(pair_ranks):
-            pair_ranks[i] = rank(parts[i], parts[i + 1])
+            pair_ranks[i] = rank(parts[i] + parts[i + 1], NO_RANK)
     return parts
 
 
@@ -150,18 +147,18 @@ class BPETokenizer:
             if pair_counts.get(pair) != -neg_count:
                 continue
             token = vocab[pair[0]] + vocab[pair[1]]
-            if token in ranks:  # spelled by an earlier merge already: skip, one id per byte string
-                continue
+            if token in ranks:  # a byte string gets one id. Cannot happen when every merge is
+                continue        # applied everywhere, as here, but tiktoken's rank table needs it
             new_id = 256 + len(merges)
             merges[pair], vocab[new_id], ranks[token] = new_id, token, new_id
             delta: dict[tuple[int, int], int] = defaultdict(int)  # net change of pair counts
             for w in where.pop(pair):  # only the words that contain the pair
-                old = words[w]
+                old, count = words[w], counts[w]
                 words[w] = new = _merge(old, pair, new_id)
                 for p in pairwise(old):
-                    delta[p] -= counts[w]
+                    delta[p] -= count
                 for p in pairwise(new):
-                    delta[p] += counts[w]
+                    delta[p] += count
                     if new_id in p:
                         where[p].add(w)
             for p, change in delta.items():
@@ -184,16 +181,14 @@ class BPETokenizer:
         return self._regex.findall(text)
 
     def _encode_chunk(self, chunk: str) -> list[int]:
-        ids = self._cache.get(chunk)
-        if ids is None:
-            piece = chunk.encode("utf-8", "surrogatepass")
-            if piece in self._ranks:  # whole chunk is one token (tiktoken checks this first too)
-                ids = [self._ranks[piece]]
-            else:
-                ids = [self._ranks[part] for part in _bpe(piece, self._ranks)]
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache[chunk] = ids
+        piece = chunk.encode("utf-8", "surrogatepass")
+        if piece in self._ranks:  # the whole chunk is one token (tiktoken checks this first too)
+            ids = [self._ranks[piece]]
+        else:
+            ids = [self._ranks[part] for part in _bpe(piece, self._ranks)]
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[chunk] = ids
         return ids
 
     def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
@@ -220,7 +215,7 @@ class BPETokenizer:
                 ids.append(self.special_tokens[segment])
             else:
                 for chunk in self._split(segment):
-                    ids.extend(self._encode_chunk(chunk))
+                    ids.extend(self._cache.get(chunk) or self._encode_chunk(chunk))
         return ids
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -243,7 +238,7 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of ids the model's embedding needs: largest id + 1 (256 + merges + specials)."""
-        return max([*self._vocab, *self.special_tokens.values()]) + 1
+        return max([len(self._vocab) - 1, *self.special_tokens.values()]) + 1  # ids have no gaps
 
     @property
     def eot_id(self) -> int:
@@ -319,14 +314,13 @@ class BPETokenizer:
                 or sorted(by_rank[:256]) != [bytes([b]) for b in range(256)]):
             raise ValueError("rank table must hold the 256 single bytes at ranks 0-255 and the "
                              "merged tokens at the ranks after them, without gaps.")
-        merges = {}
+        merges = []
         for rank, token in enumerate(by_rank[256:], start=256):
             parts = _bpe(token, mergeable_ranks, max_rank=rank)
             if len(parts) != 2:
                 raise ValueError(f"token {token!r} (rank {rank}) is not a merge of two "
                                  f"lower-ranked tokens, so this is not a BPE rank table.")
-            merges[mergeable_ranks[parts[0]], mergeable_ranks[parts[1]]] = rank
-        tok = cls(pattern)
-        tok._set_merges(merges, [t[0] for t in by_rank[:256]])
-        tok.special_tokens = dict(special_tokens or {})
-        return tok
+            merges.append([mergeable_ranks[part] for part in parts])
+        return cls.from_dict({"version": FORMAT_VERSION, "pattern": pattern, "merges": merges,
+                              "byte_order": [token[0] for token in by_rank[:256]],
+                              "special_tokens": dict(special_tokens or {})})

@@ -1,0 +1,121 @@
+"""Finetune the pretrained GPT as an SST-2 sentiment classifier with LoRA.
+
+    python finetune_lora_classifier.py                      # CPU defaults: a few minutes
+    python finetune_lora_classifier.py --rank 8 --targets qkv out_proj fc_in fc_out
+
+The same task, data and loop as finetune_classifier.py, but the pretrained weights stay
+frozen: only the low-rank adapters (lora.py) on the chosen linear layers and the classifier
+head train, under 1 % of the parameters with the defaults on the CPU preset model. The
+checkpoint holds just those tensors plus the base model's fingerprint and path, so it is
+small and refuses to load on top of a different base.
+
+Results are scored on the GLUE dev set and printed in one table with the baselines and, if
+finetune_classifier.py has been run (--compare), its full-finetuning rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from checkpoint import CheckpointError, weights_fingerprint
+from classifier import GPTClassifier, save_lora_classifier
+from data_utils import DataMissingError
+from finetuning import (add_common_args, baseline_rows, check_args, checkpoint_row,
+                        describe_setup, finetune, load_base, load_sst2_splits, make_loaders,
+                        print_table, write_metrics)
+from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
+from training import pick_device
+
+# Rank 2 on the attention projections only keeps the CPU preset model under 1 % trainable.
+DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 4, 8.0, ("qkv", "out_proj")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(p, out="lora_classifier.pth", run_name="lora-classifier", lr=2e-3)
+    p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help="LoRA alpha: the update is scaled by alpha / r")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input")
+    p.add_argument("--targets", nargs="+", default=list(DEFAULT_LORA_TARGETS),
+                   help=f"linear layers to adapt, any of {' '.join(DEFAULT_TARGETS)}")
+    p.add_argument("--compare", default="runs/classifier/metrics.json",
+                   help="add the model rows of this finetune_classifier.py result if it exists")
+    return p.parse_args(argv)
+
+
+def add_lora(model: GPTClassifier, args: argparse.Namespace) -> dict:
+    """Wrap the target layers, freeze everything but adapters and head; the LoRA settings."""
+    unknown = set(args.targets) - set(DEFAULT_TARGETS)
+    if unknown:
+        raise ValueError(f"Unknown --targets {sorted(unknown)}; "
+                         f"choose from {' '.join(DEFAULT_TARGETS)}.")
+    settings = {"r": args.rank, "alpha": args.alpha, "dropout": args.dropout,
+                "targets": list(args.targets)}
+    apply_lora(model.gpt, **settings)
+    freeze_all_but_lora(model, trainable_extra=("head",))
+    return settings
+
+
+def compared_rows(path: str | Path) -> list[dict]:
+    """The finetuned-model rows of an earlier finetune_classifier.py run, if there is one."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        print(f"note: {path} is not a finetune_classifier.py result; not compared.")
+        return []
+    return [{**row, "model": f"{row['model']} [{path.parent.name}]"}
+            for row in rows if row.get("total")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_args(args)
+    device = pick_device(args.device)
+    run_dir = Path("runs") / args.run_name
+    base, tokenizer, _ = load_base(args.base)
+    base_fingerprint = weights_fingerprint(base.state_dict())
+    splits = load_sst2_splits(args.data_dir, args.train_size, args.seed)
+    describe_setup(args.base, base, device, splits)
+    loaders = make_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
+                           args.seed)
+    rows = baseline_rows(splits)
+
+    torch.manual_seed(args.seed)
+    model = GPTClassifier(base)
+    lora = add_lora(model, args)
+    trainable, total = count_parameters(model)
+    print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(args.targets)}: "
+          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
+    name = f"LoRA r={args.rank} ({'+'.join(args.targets)})"
+    row = finetune(model, loaders, args, device, name, run_dir / "metrics.jsonl")
+    save_lora_classifier(args.out, model, tokenizer, base_path=args.base,
+                         base_fingerprint=base_fingerprint, lora=lora, run_name=args.run_name,
+                         dev_acc=row["dev_acc"], val_acc=row["val_acc"],
+                         train_size=len(splits["train"]), steps=row["steps"])
+    rows.append(checkpoint_row(row, args.out))
+    rows += compared_rows(args.compare)
+
+    print_table(rows, f"SST-2, GLUE dev set ({len(splits['test'])} sentences); "
+                f"trained on {len(splits['train']):,} sentences, {args.max_steps} steps")
+    path = write_metrics(run_dir, rows, args, base=str(args.base),
+                         base_fingerprint=base_fingerprint, train_size=len(splits["train"]),
+                         lora=lora)
+    print(f"Saved {args.out}; results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

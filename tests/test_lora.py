@@ -1,0 +1,240 @@
+"""Tests for lora.py: exact no-op at init, merge/unmerge, freezing, counts, idempotence."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lora import (
+    DEFAULT_TARGETS,
+    LoRALayer,
+    apply_lora,
+    count_parameters,
+    freeze_all_but_lora,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    unmerge_lora,
+)
+from model import GPTConfig, GPTModel
+
+
+class TinyBlock(nn.Module):
+    """The four GPT linears (same names, odd sizes) plus a classification head."""
+
+    def __init__(self, d: int = 12, hidden: int = 20, classes: int = 3):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(3 * d, d)
+        self.fc_in = nn.Linear(d, hidden)
+        self.fc_out = nn.Linear(hidden, d, bias=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.out_proj(torch.tanh(self.qkv(x)))
+        x = x + self.fc_out(torch.relu(self.fc_in(x)))
+        return self.head(x)
+
+
+def tiny_gpt() -> GPTModel:
+    torch.manual_seed(0)
+    return GPTModel(GPTConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32))
+
+
+def randomize_adapters(model: nn.Module) -> None:
+    """Stand-in for training: give every B a nonzero value so the adapters matter."""
+    with torch.no_grad():
+        for layer in lora_layers(model):
+            layer.lora_B.normal_(std=0.1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    in_features=st.integers(1, 40), out_features=st.integers(1, 40), r=st.integers(1, 16),
+    batch=st.lists(st.integers(1, 3), min_size=0, max_size=2), bias=st.booleans(),
+)
+def test_fresh_adapter_leaves_output_exactly_unchanged(in_features, out_features, r, batch, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    x = torch.randn(*batch, in_features)
+    expected = linear(x)
+    layer = LoRALayer(linear, r=r, alpha=2 * r)
+    assert torch.equal(layer(x), expected)
+    # Shapes, scaling and initialisation as in PEFT: A kaiming-uniform(a=sqrt(5)), B zero.
+    assert layer.lora_A.shape == (r, in_features) and layer.lora_B.shape == (out_features, r)
+    assert layer.scaling == 2.0
+    assert torch.count_nonzero(layer.lora_B) == 0
+    assert layer.lora_A.abs().max() <= 1 / math.sqrt(in_features)  # the kaiming bound
+    assert not any(p.requires_grad for p in linear.parameters())
+
+
+def test_forward_is_base_plus_scaled_low_rank_update():
+    torch.manual_seed(0)
+    layer = LoRALayer(nn.Linear(8, 5), r=2, alpha=6)
+    randomize_adapters(layer)
+    x = torch.randn(4, 8)
+    expected = layer.linear(x) + x @ layer.lora_A.T @ layer.lora_B.T * 3.0
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_dropout_only_touches_the_adapter_input():
+    torch.manual_seed(0)
+    layer = LoRALayer(nn.Linear(8, 5), r=2, dropout=0.5)
+    x = torch.randn(64, 8)
+    assert torch.equal(layer(x), layer.linear(x))  # B = 0: dropout cannot matter yet
+    randomize_adapters(layer)
+    layer.eval()  # dropout off: deterministic
+    assert torch.equal(layer(x), layer(x))
+
+
+def test_apply_lora_to_model_is_exact_noop_and_idempotent():
+    torch.manual_seed(0)
+    model = TinyBlock()
+    x = torch.randn(2, 5, 12)
+    expected = model(x)
+    apply_lora(model, r=4)
+    first = {name: id(m) for name, m in model.named_modules()}
+    assert torch.equal(model(x), expected)
+    assert apply_lora(model, r=4) is model  # second application changes nothing
+    assert {name: id(m) for name, m in model.named_modules()} == first
+    layers = lora_layers(model)
+    assert len(layers) == 4
+    assert not any(isinstance(layer.linear, LoRALayer) for layer in layers)
+    assert isinstance(model.head, nn.Linear)
+
+
+def test_merge_matches_unmerged_and_unmerge_restores_the_weight():
+    torch.manual_seed(0)
+    model = TinyBlock()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, r=4, alpha=8)
+    randomize_adapters(model)
+    x = torch.randn(3, 7, 12)
+    unmerged = model(x)
+    merge_lora(model)
+    assert all(layer.merged for layer in lora_layers(model))
+    merged = model(x)
+    merge_lora(model)  # merging twice must not add the update twice
+    torch.testing.assert_close(model(x), merged)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(model.qkv.linear.weight, original["qkv.weight"])
+    unmerge_lora(model)
+    assert not any(layer.merged for layer in lora_layers(model))
+    torch.testing.assert_close(model.qkv.linear.weight, original["qkv.weight"])
+    torch.testing.assert_close(model(x), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_only_adapters_and_head_receive_gradients():
+    torch.manual_seed(0)
+    model = apply_lora(TinyBlock(), r=4)
+    freeze_all_but_lora(model, trainable_extra=("head",))
+    randomize_adapters(model)
+    model(torch.randn(2, 5, 12)).square().sum().backward()
+    for name, param in model.named_parameters():
+        is_trainable = "lora_" in name or name.startswith("head.")
+        assert param.requires_grad == is_trainable, name
+        assert (param.grad is not None) == is_trainable, name
+        if is_trainable:
+            assert param.grad.abs().sum() > 0, name
+
+
+@settings(max_examples=10, deadline=None)
+@given(r=st.integers(1, 12))
+def test_parameter_counts_follow_the_formula(r):
+    torch.manual_seed(0)
+    model = TinyBlock()
+    base_total = sum(p.numel() for p in model.parameters())
+    apply_lora(model, r=r)
+    freeze_all_but_lora(model)
+    expected = sum(r * (m.in_features + m.out_features) for m in lora_layers(model))
+    assert expected == r * ((12 + 36) + (36 + 12) + (12 + 20) + (20 + 12))
+    assert count_parameters(model) == (expected, base_total + expected)
+
+
+def test_lora_state_dict_holds_only_the_adapters():
+    torch.manual_seed(0)
+    model = apply_lora(TinyBlock(), r=3)
+    randomize_adapters(model)
+    state = lora_state_dict(model)
+    assert sorted(state) == sorted(
+        f"{name}.lora_{ab}" for name in DEFAULT_TARGETS for ab in "AB"
+    )
+    assert state["fc_in.lora_A"].shape == (3, 12) and state["fc_in.lora_B"].shape == (20, 3)
+    # Same base weights + the saved adapters = the same model.
+    torch.manual_seed(0)
+    fresh = apply_lora(TinyBlock(), r=3)
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    assert not unexpected and not any("lora_" in key for key in missing)
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_targets_choose_which_layers_get_adapters():
+    model = apply_lora(TinyBlock(), r=2, targets=("qkv", "fc_out"))
+    assert isinstance(model.qkv, LoRALayer) and isinstance(model.fc_out, LoRALayer)
+    assert isinstance(model.out_proj, nn.Linear) and isinstance(model.fc_in, nn.Linear)
+    apply_lora(model, r=2, targets=("out_proj",))  # adding more targets later works too
+    assert isinstance(model.out_proj, LoRALayer)
+
+
+def test_adapters_follow_the_base_dtype():
+    layer = LoRALayer(nn.Linear(8, 4).to(torch.bfloat16), r=2)
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    assert layer(x).dtype == torch.bfloat16
+
+
+def test_bad_input_gives_clear_errors():
+    with pytest.raises(ValueError, match="rank"):
+        LoRALayer(nn.Linear(4, 4), r=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LoRALayer(nn.Linear(4, 4), dropout=1.0)
+    with pytest.raises(ValueError, match="in_features"):
+        LoRALayer(nn.ReLU())
+    with pytest.raises(ValueError, match="twice"):
+        LoRALayer(LoRALayer(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match="no module named"):
+        apply_lora(TinyBlock(), targets=("q_proj",))
+    with pytest.raises(ValueError, match="apply_lora first"):
+        freeze_all_but_lora(TinyBlock())
+    with pytest.raises(ValueError, match="match no parameters"):
+        freeze_all_but_lora(apply_lora(TinyBlock()), trainable_extra=("classifier",))
+
+
+def test_gpt_model_with_lora():
+    model = tiny_gpt().eval()
+    idx = torch.randint(0, 64, (2, 10))
+    expected = model(idx)
+    base_params = sum(p.numel() for p in model.parameters())
+    apply_lora(model, r=4)
+    apply_lora(model, r=4)
+    assert torch.equal(model(idx), expected)
+    assert len(lora_layers(model)) == 4 * 2
+    freeze_all_but_lora(model)
+    trainable, total = count_parameters(model)
+    per_block = 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    assert trainable == 2 * per_block and total == base_params + trainable
+    assert not model.tok_emb.weight.requires_grad  # tied to lm_head: stays frozen
+    assert "blocks.0.attn.qkv.lora_A" in lora_state_dict(model)
+
+    randomize_adapters(model)
+    unmerged, _ = model(idx, use_cache=True)
+    merge_lora(model)
+    torch.testing.assert_close(model(idx), unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_head_extra_does_not_unfreeze_the_tied_lm_head():
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gpt = tiny_gpt()
+            self.head = nn.Linear(32, 2)
+
+    model = Classifier()
+    apply_lora(model, r=2)
+    freeze_all_but_lora(model, trainable_extra=("head",))
+    assert model.head.weight.requires_grad and model.head.bias.requires_grad
+    assert not model.gpt.lm_head.weight.requires_grad

@@ -1,0 +1,99 @@
+"""End to end: the scripts run from the shell, at tiny scale, on the real data files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+
+from checkpoint import load_checkpoint
+
+SCRIPTS = ["main.py", "evaluate.py"]
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
+                                reason=f"real data not found in {SHARED_DATA}")
+
+
+def run(args: list[str], cwd, check: bool = True, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1", **env}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=environment, text=True,
+                            capture_output=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script, tmp_path):
+    out = run([str(ROOT / script), "--help"], tmp_path).stdout
+    assert "usage:" in out and "--device" in out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """main.py's tiny preset on the real TinyShakespeare file, then evaluate.py on it."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    instructions = SHARED_DATA / "instruction-data-1100.jsonl"
+    result = run([str(ROOT / "main.py"), "--preset", "tiny", "--max-steps", "200",
+                  "--instruction-file", str(instructions), "--sample-tokens", "20"], workdir)
+    return workdir, result
+
+
+@needs_data
+def test_main_trains_saves_and_logs(pretrained):
+    workdir, result = pretrained
+    assert "--- sample ---" in result.stdout
+    model, tokenizer, meta = load_checkpoint(workdir / "model_weights.pth")
+    assert meta["step"] == 200 and meta["dataset"] == "tinyshakespeare"
+    assert (workdir / "tokenizer.json").exists()
+    records = [json.loads(line) for line in
+               (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert records[-1]["step"] == 200 and val[-1] < val[0]
+    assert (workdir / "runs/pretrain/state.pt").exists()
+
+
+@needs_data
+def test_evaluate_beats_both_reference_points(pretrained):
+    workdir, _ = pretrained
+    result = run([str(ROOT / "evaluate.py")], workdir)
+    assert "bits/char" in result.stdout
+    metrics = json.loads((workdir / "runs/evaluate/metrics.json").read_text())
+    assert metrics["model"]["nats_per_char"] < metrics["untrained"]["nats_per_char"]
+    assert metrics["model"]["nats_per_char"] < metrics["unigram"]["nats_per_char"]
+    assert metrics["model"]["bits_per_char"] == pytest.approx(
+        metrics["model"]["nats_per_char"] / 0.6931471805599453)
+    assert metrics["model"]["chars"] > 100_000  # the whole last 10 % of the text
+
+
+@needs_data
+def test_resume_continues_from_the_saved_state(pretrained):
+    workdir, _ = pretrained
+    result = run([str(ROOT / "main.py"), "--preset", "tiny", "--max-steps", "210", "--resume",
+                  "--sample-tokens", "0"], workdir)
+    assert "Resuming" in result.stdout and "at step 210" in result.stdout
+    _, _, meta = load_checkpoint(workdir / "model_weights.pth")
+    assert meta["step"] == 210
+
+
+def test_missing_checkpoint_is_one_clear_sentence(tmp_path):
+    result = run([str(ROOT / "evaluate.py"), "--checkpoint", "nope.pth"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "run python main.py first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_clear_sentence(tmp_path):
+    result = run([str(ROOT / "main.py"), "--preset", "tiny", "--data-dir", str(tmp_path)],
+                 tmp_path, check=False)
+    assert result.returncode != 0
+    assert "tinyshakespeare.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_request_without_a_gpu_is_one_clear_sentence(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run([str(ROOT / "evaluate.py"), "--device", "cuda"], tmp_path, check=False)
+    assert "no CUDA GPU" in result.stderr and "Traceback" not in result.stderr

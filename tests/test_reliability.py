@@ -1,0 +1,131 @@
+"""Faults and scale-out: SIGKILL/SIGTERM mid-run, exact resume, and DDP == one process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+
+from checkpoint import load_checkpoint, read_checkpoint
+
+pytestmark = pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
+                                reason=f"real data not found in {SHARED_DATA}")
+
+# Deterministic settings: one thread per process, fixed seed, no dropout (tiny preset).
+ENV = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT)}
+TINY = ["--preset", "tiny", "--sample-tokens", "0", "--instruction-file",
+        str(SHARED_DATA / "instruction-data-1100.jsonl")]
+
+
+def main_py(workdir, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *TINY, *args], cwd=workdir,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A folder with a trained tokenizer.json, copied into each test's working folder."""
+    workdir = tmp_path_factory.mktemp("tok")
+    main_py(workdir, "--max-steps", "1")
+    return workdir
+
+
+def workdir_with_tokenizer(tmp_path, tokenizer_dir, name: str):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    shutil.copy(tokenizer_dir / "tokenizer.json", workdir)
+    return workdir
+
+
+def final_weights(workdir) -> dict:
+    model, _, meta = load_checkpoint(workdir / "model_weights.pth")
+    return model.state_dict(), meta
+
+
+def wait_for_step(path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the training state at ``path`` has reached ``step``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("training ended before it could be interrupted")
+        if path.exists():
+            try:
+                if read_checkpoint(path, kind="train-state")["training"]["step"] >= step:
+                    return
+            except Exception:  # mid-rename on some filesystems: try again
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step {step} within {timeout} s")
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir):
+    steps = ["--max-steps", "300", "--checkpoint-interval", "20"]
+    straight = workdir_with_tokenizer(tmp_path, tokenizer_dir, "straight")
+    main_py(straight, *steps)
+
+    killed = workdir_with_tokenizer(tmp_path, tokenizer_dir, "killed")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *TINY, *steps], cwd=killed,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(killed / "runs/pretrain/state.pt", 60, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Whatever moment the kill hit, the last good checkpoint is readable ...
+    _, meta = final_weights(killed)
+    assert 60 <= meta["step"] < 300
+    # ... and resuming reaches exactly the uninterrupted run's weights and loss.
+    main_py(killed, *steps, "--resume")
+    expected, expected_meta = final_weights(straight)
+    actual, actual_meta = final_weights(killed)
+    assert actual_meta["step"] == expected_meta["step"] == 300
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], msg=name)
+
+    def last_loss(workdir):
+        lines = (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["train_loss"]
+
+    assert last_loss(killed) == pytest.approx(last_loss(straight), rel=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tokenizer_dir):
+    workdir = workdir_with_tokenizer(tmp_path, tokenizer_dir, "term")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *TINY, "--max-steps",
+                             "100000", "--checkpoint-interval", "20"], cwd=workdir, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(workdir / "runs/pretrain/state.pt", 20, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped early" in out
+    _, meta = final_weights(workdir)
+    assert 20 <= meta["step"] < 100000
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tokenizer_dir):
+    common = ["--max-steps", "8", "--checkpoint-interval", "0", "--device", "cpu",
+              "--eval-interval", "1000"]
+    single = workdir_with_tokenizer(tmp_path, tokenizer_dir, "single")
+    main_py(single, *common, "--batch-size", "16")
+
+    ddp = workdir_with_tokenizer(tmp_path, tokenizer_dir, "ddp")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "main.py"), *TINY, *common, "--batch-size", "8"],
+        cwd=ddp, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "global batch 16 x 32" in result.stdout
+
+    one, _ = final_weights(single)
+    two, _ = final_weights(ddp)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
