@@ -132,7 +132,8 @@ def config_and_tokenizer(ckpt: dict, path: str | Path) -> tuple[GPTConfig, BPETo
     return config, tokenizer
 
 
-def load_weights(module: nn.Module, state_dict: dict, path: str | Path, strict: bool = True) -> None:
+def load_weights(module: nn.Module, state_dict: dict, path: str | Path,
+                 strict: bool = True) -> None:
     """``load_state_dict`` that turns name/shape mismatches into one clear CheckpointError."""
     try:
         module.load_state_dict(state_dict, strict=strict)

@@ -40,8 +40,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from checkpoint import (CheckpointError, atomic_save, config_and_tokenizer, load_checkpoint,
-                        load_weights, make_checkpoint, read_checkpoint, weights_fingerprint)
+from checkpoint import (
+    CheckpointError,
+    atomic_save,
+    config_and_tokenizer,
+    load_checkpoint,
+    load_weights,
+    make_checkpoint,
+    read_checkpoint,
+    weights_fingerprint,
+)
 from lora import apply_lora, lora_state_dict
 from model import GPTModel
 from tokenizer import BPETokenizer

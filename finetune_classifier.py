@@ -28,9 +28,19 @@ import torch
 from checkpoint import CheckpointError, weights_fingerprint
 from classifier import GPTClassifier, save_classifier
 from data_utils import DataMissingError
-from finetuning import (add_common_args, baseline_rows, checkpoint_row, check_args,
-                        describe_setup, finetune, load_base, load_sst2_splits, make_loaders,
-                        print_table, write_metrics)
+from finetuning import (
+    add_common_args,
+    baseline_rows,
+    check_args,
+    checkpoint_row,
+    describe_setup,
+    finetune,
+    load_base,
+    load_sst2_splits,
+    make_loaders,
+    print_table,
+    write_metrics,
+)
 from model import GPTModel
 from training import pick_device
 

@@ -25,9 +25,19 @@ import torch
 from checkpoint import CheckpointError, weights_fingerprint
 from classifier import GPTClassifier, save_lora_classifier
 from data_utils import DataMissingError
-from finetuning import (add_common_args, baseline_rows, check_args, checkpoint_row,
-                        describe_setup, finetune, load_base, load_sst2_splits, make_loaders,
-                        print_table, write_metrics)
+from finetuning import (
+    add_common_args,
+    baseline_rows,
+    check_args,
+    checkpoint_row,
+    describe_setup,
+    finetune,
+    load_base,
+    load_sst2_splits,
+    make_loaders,
+    print_table,
+    write_metrics,
+)
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from training import pick_device
 

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,10 +34,23 @@ import torch.nn as nn
 
 from checkpoint import CheckpointError, weights_fingerprint
 from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions
-from finetuning import (PeakMemory, add_common_args, check_args, load_base, train_config,
-                        write_metrics)
-from instructions import (answer, encode_examples, format_prompt, instruction_dataloader,
-                          make_qlora, response_loss, save_instruction_adapters)
+from finetuning import (
+    PeakMemory,
+    add_common_args,
+    check_args,
+    load_base,
+    train_config,
+    write_metrics,
+)
+from instructions import (
+    answer,
+    encode_examples,
+    format_prompt,
+    instruction_dataloader,
+    make_qlora,
+    response_loss,
+    save_instruction_adapters,
+)
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
 from training import lm_loss, pick_device, train_model
@@ -59,6 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=5, help="held-out instructions to answer")
     p.add_argument("--max-new-tokens", type=int, default=80, help="length limit of an answer")
     return p.parse_args(argv)
+
+
+def check_qlora_args(args: argparse.Namespace) -> None:
+    """One clear sentence for a QLoRA flag value that would fail later in a confusing way."""
+    if args.rank < 1:
+        raise ValueError(f"--rank must be at least 1, got {args.rank}.")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}.")
+    if args.samples < 0 or args.max_new_tokens < 1:
+        raise ValueError("--samples must be >= 0 and --max-new-tokens >= 1.")
 
 
 def load_splits(args: argparse.Namespace) -> dict[str, list[dict]]:
@@ -116,9 +140,8 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
-    for name in ("rank", "samples", "max_new_tokens"):
-        if getattr(args, name) < (1 if name == "rank" else 0):
-            raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}.")
+    check_qlora_args(args)
+    started = time.perf_counter()
     device = pick_device(args.device)
     run_dir = Path("runs") / args.run_name
     torch.manual_seed(args.seed)
@@ -199,16 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, rows, args, base=str(args.base), base_fingerprint=base_fingerprint,
         backend=args.backend, lora=lora, quantized_bytes=nbytes, quantization_error=q_error,
         encoding={"train": train_stats.to_dict(), "heldout": test_stats.to_dict()},
-        heldout_examples=len(test), train_examples=len(train))
+        heldout_examples=len(test), train_examples=len(train),
+        wall_time_s=round(time.perf_counter() - started, 1))
 
     print(f"\nHeld-out response tokens ({len(test)} examples); trained on {len(train):,} "
           f"examples, {summary['steps']} steps\n{format_table(rows)}\n")
-    for record, before, after in list(zip(shown, base_answers, tuned_answers))[:2]:
+    for record, before, after in zip(shown[:2], base_answers, tuned_answers, strict=False):
         print(f"### Instruction: {record['instruction']}" +
               (f"\n### Input: {record['context']}" if record["context"] else "") +
               f"\n  reference: {record['response']!r}\n  base:      {before!r}"
               f"\n  tuned:     {after!r}\n")
-    print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path}")
+    print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path} "
+          f"({time.perf_counter() - started:.0f} s in all)")
     return 0
 
 

@@ -24,6 +24,8 @@ place for any tuning. The final model is simply the last step's, with no selecti
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import random
@@ -205,10 +207,12 @@ class PeakMemory:
     CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, i.e. the most memory
     that tensors (weights, gradients, optimizer state, activations) held at once.
     CPU: the growth of the process's peak resident set size (``getrusage``'s ru_maxrss) over
-    its size at the start. On Linux the peak is first reset (``/proc/self/clear_refs``), so
-    this is what the block itself added: gradients, optimizer state, activations, allocator
-    slack. Where the peak cannot be reset, a block that stays below an earlier peak shows
-    less than it used.
+    its size at the start: what the block itself added (gradients, optimizer state,
+    activations, allocator slack). On Linux, freed heap memory is first handed back to the
+    system (glibc ``malloc_trim``) and the peak is reset to the current size
+    (``/proc/self/clear_refs``), so an earlier run in the same process does not hide this
+    one. Where the peak cannot be reset, a block that stays below an earlier peak shows less
+    than it used.
     """
 
     def __init__(self, device: torch.device):
@@ -225,10 +229,12 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            gc.collect()
             try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages to the OS
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # peak RSS := current RSS
-            except OSError:
+            except (OSError, AttributeError):  # not Linux / not glibc
                 pass
             self._start = self._maxrss_mb()
         return self
@@ -255,6 +261,9 @@ def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Na
     log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
     model.to(device)
     trainable, total = count_parameters(model)
+    # The first AdamW in a process imports torch._dynamo (~90 MB of code and data); do that
+    # before measuring, so the peak is this run's tensors, not a one-time import.
+    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
     with PeakMemory(device) as memory:
         summary = train_model(model, loaders["train"], loaders["val"], train_config(args),
                               device, loss_fn=classification_loss, log_path=log_path, desc=name)

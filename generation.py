@@ -34,7 +34,8 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
     if not (isinstance(temperature, int | float) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}.")
+        raise ValueError(
+            f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}.")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
     if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):

@@ -12,7 +12,7 @@ An instruction-tuned model is an ordinary language model trained on documents of
     Red, yellow and blue.<|endoftext|>
 
 This is the Alpaca template (Taori et al., 2023) without its opening sentence ("Below is an
-instruction that describes a task..."): that sentence costs about 30 tokens, a quarter of the
+instruction that describes a task..."): that sentence costs about 45 tokens, a third of the
 CPU model's 128-token window, and tells a small model nothing the headers do not. The
 template lives here, once: the finetuning script trains on it and the app asks with it.
 
@@ -48,8 +48,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import (CheckpointError, atomic_save, load_checkpoint, load_weights,
-                        make_checkpoint, read_checkpoint, weights_fingerprint)
+from checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_weights,
+    make_checkpoint,
+    read_checkpoint,
+    weights_fingerprint,
+)
 from data_utils import ShardedSampler, pad_batch
 from generation import stream_text
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict

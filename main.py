@@ -20,15 +20,25 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import (CheckpointError, atomic_save, config_and_tokenizer, make_checkpoint,
-                        read_checkpoint, save_checkpoint)
-from data_utils import (DataMissingError, create_dataloader, load_tinyshakespeare,
-                        split_shakespeare, tokenizer_training_corpus)
+from checkpoint import (
+    CheckpointError,
+    atomic_save,
+    config_and_tokenizer,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from data_utils import (
+    DataMissingError,
+    create_dataloader,
+    load_tinyshakespeare,
+    split_shakespeare,
+    tokenizer_training_corpus,
+)
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
-from training import (TrainConfig, cleanup_distributed, pick_device, setup_distributed,
-                      train_model)
+from training import TrainConfig, cleanup_distributed, pick_device, setup_distributed, train_model
 
 # Each preset: model shape, tokenizer size and training schedule. Flags override any field.
 PRESETS: dict[str, dict] = {
@@ -112,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args)
     rank, world_size, local_rank = setup_distributed()
     is_main = rank == 0
-    device = pick_device(args.device if world_size == 1 or args.device != "auto" else
-                         ("cuda:%d" % local_rank if torch.cuda.is_available() else "cpu"))
+    if world_size > 1 and args.device == "auto":  # one GPU per process
+        args.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     torch.manual_seed(args.seed)
     run_dir = Path("runs") / args.run_name
     state_path = run_dir / "state.pt"

@@ -264,7 +264,8 @@ def train_model(
     model.train()
     t0, last_t, tokens_since = time.perf_counter(), time.perf_counter(), 0
     elapsed, train_loss, val_loss, interrupted = elapsed_before, float("nan"), None, False
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not is_main, dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not is_main,
+               dynamic_ncols=True)
     try:
         with StopRequested() as stop:
             while step < cfg.max_steps:

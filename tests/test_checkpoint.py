@@ -7,8 +7,13 @@ import pytest
 import torch
 
 import checkpoint
-from checkpoint import (CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint,
-                        weights_fingerprint)
+from checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    weights_fingerprint,
+)
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
 

@@ -9,7 +9,8 @@ from generation import generate_ids, generate_text, sample_next, stream_text
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
 
-TEXT = "To be, or not to be, that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 20
+TEXT = ("To be, or not to be, that is the question.\n"
+        "Whether 'tis nobler in the mind to suffer\n") * 20
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 
 def test_top_k_only_samples_among_the_k_best():
     logits = torch.arange(10.0).repeat(500, 1)  # token 9 best, then 8, ...
-    drawn = sample_next(logits, 5.0, top_k=3, top_p=None, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits, 5.0, top_k=3, top_p=None, generator=generator)
     assert set(drawn.flatten().tolist()) == {7, 8, 9}
 
 
@@ -97,8 +99,9 @@ def test_a_non_text_prompt_gets_a_clear_error(model, tokenizer):
 
 
 @settings(max_examples=40, deadline=None)
-@given(prompt=st.text(max_size=60), temperature=st.floats(0, 3), top_k=st.none() | st.integers(1, 400),
-       top_p=st.none() | st.floats(0.01, 1.0), seed=st.integers(0, 2**31))
+@given(prompt=st.text(max_size=60), temperature=st.floats(0, 3),
+       top_k=st.none() | st.integers(1, 400), top_p=st.none() | st.floats(0.01, 1.0),
+       seed=st.integers(0, 2**31))
 def test_any_prompt_and_valid_settings_generate_text(model, tokenizer, prompt, temperature, top_k,
                                                      top_p, seed):
     out = generate_text(model, tokenizer, prompt, 4, temperature=temperature, top_k=top_k,

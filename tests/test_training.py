@@ -9,8 +9,15 @@ import torch
 
 from data_utils import create_dataloader
 from model import GPTConfig, GPTModel
-from training import (TrainConfig, configure_optimizer, lm_loss, lr_at, pick_device, pick_dtype,
-                      train_model)
+from training import (
+    TrainConfig,
+    configure_optimizer,
+    lm_loss,
+    lr_at,
+    pick_device,
+    pick_dtype,
+    train_model,
+)
 
 CPU = torch.device("cpu")
 CFG = GPTConfig(vocab_size=32, context_length=16, n_layer=2, n_head=2, n_embd=32)

@@ -1,0 +1,404 @@
+"""What the Streamlit showcase (app.py) computes, kept apart from how the page is laid out.
+
+The app is a window onto the other modules. It loads checkpoints with the loaders the scripts
+use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
+``instructions.load_instruction_model``) and asks the models what the scripts ask them
+(``generation.stream_text``, ``classifier.predict``, ``instructions.stream_answer``,
+``GPTModel.attention_maps``). This file is the thin glue in between, without Streamlit:
+
+- ``MODELS``           the four checkpoints: where each lives and which command creates it.
+- ``load_model``       one loader for any of them; ``model_facts`` is what the overview shows.
+- ``token_pieces``     the tokenizer view; ``tokens_html`` colours the pieces.
+- ``attention_grid``   one layer and head of attention as a long table for a heatmap.
+- ``read_runs``        every ``runs/*/metrics.jsonl`` and ``metrics.json``; the ``*_frame``
+                       functions turn them into chart-ready tables.
+- the chart functions  Altair specifications for those tables.
+
+Where things are: checkpoints and ``runs/`` are read from ``$LLM_APP_DIR`` (default: the
+folder the app is started in); ``$LLM_APP_BASE``, ``$LLM_APP_CLASSIFIER``, ``$LLM_APP_LORA``
+and ``$LLM_APP_QLORA`` override single files, and ``$LLM_APP_DEVICE`` the device (default:
+a GPU when there is one, else the CPU).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import torch
+import torch.nn as nn
+
+import training
+from checkpoint import load_checkpoint
+from classifier import load_classifier
+from instructions import load_instruction_model
+from lora import count_parameters, lora_layers, lora_state_dict
+from quantization import is_quantized, quantized_nbytes
+from tokenizer import BPETokenizer
+
+APP_DIR_ENV = "LLM_APP_DIR"
+DEVICE_ENV = "LLM_APP_DEVICE"
+MAX_ATTENTION_TOKENS = 40  # a bigger heatmap has cells too small to read
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    title: str
+    default: str  # file name, relative to the app folder
+    env: str  # environment variable that points elsewhere
+    script: str  # the script that writes it
+    needs_base: bool  # stores adapters only, so loading it reads the base model too
+
+
+MODELS = (
+    ModelSpec("base", "Base language model", "model_weights.pth", "LLM_APP_BASE",
+              "main.py", False),
+    ModelSpec("classifier", "Sentiment, full finetune", "classifier.pth",
+              "LLM_APP_CLASSIFIER", "finetune_classifier.py", False),
+    ModelSpec("lora", "Sentiment, LoRA", "lora_classifier.pth", "LLM_APP_LORA",
+              "finetune_lora_classifier.py", True),
+    ModelSpec("qlora", "Instructions, QLoRA", "qlora_adapters.pth", "LLM_APP_QLORA",
+              "finetune_qlora_instructions.py", True),
+)
+SPECS = {spec.key: spec for spec in MODELS}
+
+
+# ---------------------------------------------------------------------------- where things are
+
+
+def app_dir() -> Path:
+    return Path(os.environ.get(APP_DIR_ENV) or ".").expanduser().resolve()
+
+
+def default_path(spec: ModelSpec) -> str:
+    return os.environ.get(spec.env) or spec.default
+
+
+def resolve(path: str, folder: Path) -> Path:
+    """``path`` as given if absolute, else inside the app folder."""
+    path = Path(path.strip()).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time, size) of a file, or None if there is none: part of the cache key,
+    so a retrained checkpoint is loaded again."""
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):  # ValueError: a NUL character in the path
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if path.is_file() else None
+
+
+def create_command(spec: ModelSpec, path: Path, base: Path, folder: Path) -> str:
+    """The shell command, run in ``folder``, that writes ``path`` (and the base if needed)."""
+    def shown(p: Path) -> str:
+        return str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p)
+
+    base_flag = f" --base {shown(base)}" if shown(base) != SPECS["base"].default else ""
+    out_flag = f" --out {shown(path)}" if shown(path) != spec.default else ""
+    if spec.key == "base":
+        return f"python main.py{out_flag}"
+    command = f"python {spec.script}{base_flag}{out_flag}"
+    if file_stamp(base) is None:  # every finetuning script starts from the base model
+        command = f"python main.py{base_flag.replace('--base', '--out')} && {command}"
+    return command
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def pick_device() -> str:
+    """$LLM_APP_DEVICE if set, else a GPU if there is one, else the CPU (ValueError if the
+    requested device is not there)."""
+    return str(training.pick_device(os.environ.get(DEVICE_ENV) or "auto"))
+
+
+@dataclass
+class Slot:
+    """One of ``MODELS`` as the app found it: loaded, missing (and how to make it), or broken."""
+
+    spec: ModelSpec
+    path: Path
+    command: str
+    model: nn.Module | None = None
+    tokenizer: BPETokenizer | None = None
+    meta: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+
+def load_model(key: str, path: Path, base: Path, device: str
+               ) -> tuple[nn.Module, BPETokenizer, dict]:
+    """(model, tokenizer, metadata) for one of ``MODELS``, in eval mode on ``device``.
+
+    Raises what the loaders raise: FileNotFoundError (a missing file, with the command that
+    makes it), CheckpointError (corrupt, foreign, or adapters for another base model).
+    """
+    if key == "base":
+        return load_checkpoint(path, map_location=device)
+    if key in ("classifier", "lora"):
+        return load_classifier(path, base=base, map_location=device)
+    if key == "qlora":
+        return load_instruction_model(path, base=base, map_location=device)
+    raise ValueError(f"Unknown model '{key}'; expected one of {list(SPECS)}.")
+
+
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (a tied weight counted once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def trained_parameters(model: nn.Module) -> int:
+    """Parameters that training changed: every one, or only the LoRA adapters (and the head
+    of a classifier). A loaded model's requires_grad flags do not tell, so look at its layers."""
+    total = count_parameters(model)[1]
+    if not lora_layers(model):
+        return total
+    head = getattr(model, "head", None)
+    return sum(t.numel() for t in lora_state_dict(model).values()) + \
+        (sum(p.numel() for p in head.parameters()) if head is not None else 0)
+
+
+def model_facts(model: nn.Module, tokenizer: BPETokenizer, meta: dict, path: Path) -> dict:
+    """The numbers the overview shows for one loaded model."""
+    config = model.config
+    total = count_parameters(model)[1]
+    trained = trained_parameters(model)
+    facts = {
+        "parameters": total, "trained": trained, "trained_share": trained / total,
+        "checkpoint_bytes": path.stat().st_size, "memory_bytes": memory_bytes(model),
+        "shape": f"{config.n_layer} layers x {config.n_head} heads x {config.n_embd}, "
+                 f"context {config.context_length}, vocab {tokenizer.vocab_size}",
+    }
+    if any(is_quantized(m) for m in model.modules()):
+        facts["quantized"] = quantized_nbytes(model)
+    for name in ("step", "steps", "dev_acc", "heldout_loss"):
+        if isinstance(meta.get(name), int | float):
+            facts[name] = meta[name]
+    return facts
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc",
+           "#e5e7eb")
+
+
+def token_pieces(tokenizer: BPETokenizer, text: str) -> list[tuple[int, str]]:
+    """(id, the token's text) for every token of ``text``. A token that holds part of a
+    multi-byte character shows U+FFFD: its bytes alone are not a character."""
+    return [(i, tokenizer.token_bytes(i).decode("utf-8", errors="replace"))
+            for i in tokenizer.encode(text)]
+
+
+def tokens_html(pieces: list[tuple[int, str]]) -> str:
+    """Each token as a coloured box, its id on hover; newlines and tabs drawn as ↵ and →."""
+    boxes = []
+    for n, (token_id, text) in enumerate(pieces):
+        shown = html.escape(text).replace("\t", "→").replace("\n", "↵<br>")
+        boxes.append(f'<span title="id {token_id}" style="background:{PALETTE[n % len(PALETTE)]};'
+                     f'color:#111;border-radius:3px;padding:1px 0;margin-right:1px;'
+                     f'white-space:pre-wrap">{shown}</span>')
+    return f'<div style="line-height:2;font-family:monospace">{"".join(boxes)}</div>'
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def attention_grid(model: nn.Module, tokenizer: BPETokenizer, text: str
+                   ) -> tuple[list[str], torch.Tensor]:
+    """Token labels and the attention weights [n_layer, n_head, T, T] for the first
+    ``MAX_ATTENTION_TOKENS`` tokens of ``text`` (an empty text is <|endoftext|>)."""
+    ids = tokenizer.encode(text)[: min(MAX_ATTENTION_TOKENS, model.config.context_length)]
+    ids = ids or [tokenizer.eot_id]
+    device = next(model.parameters()).device
+    maps = model.attention_maps(torch.tensor([ids], device=device)).float().cpu()
+    # Position numbers keep labels unique: the same token can occur twice.
+    labels = [f"{n:>2} {tokenizer.decode([i])!r}"[:24] for n, i in enumerate(ids)]
+    return labels, maps
+
+
+def attention_frame(labels: list[str], maps: torch.Tensor, layer: int, head: int
+                    ) -> pd.DataFrame:
+    """Long table (query, key, weight) of one head; future positions (weight 0) left out."""
+    weights = maps[layer, head]
+    return pd.DataFrame([
+        {"query": labels[q], "key": labels[k], "weight": float(weights[q, k])}
+        for q in range(len(labels)) for k in range(q + 1)
+    ])
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class Runs:
+    """Everything under runs/: curves (run -> JSON lines), summaries (run -> metrics.json),
+    samples (run -> samples.jsonl records), and files that could not be read."""
+
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+    summaries: dict[str, dict] = field(default_factory=dict)
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _json_lines(path: Path, problems: list[str]) -> list[dict]:
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if line.strip():
+                problems.append(f"{path}: line {n} is not JSON (skipped).")
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+PIPELINE = ("pretrain", "evaluate", "classifier", "lora-classifier", "qlora-instruct")
+
+
+def _pipeline_order(run_dir: Path) -> tuple[int, str]:
+    """The scripts' default runs in the order the pipeline makes them, then the rest by name."""
+    name = run_dir.name
+    return (PIPELINE.index(name) if name in PIPELINE else len(PIPELINE), name)
+
+
+def read_runs(runs_dir: Path) -> Runs:
+    runs = Runs()
+    if not runs_dir.is_dir():
+        return runs
+    for run_dir in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=_pipeline_order):
+        name = run_dir.name
+        try:
+            if (run_dir / "metrics.jsonl").is_file():
+                runs.curves[name] = _json_lines(run_dir / "metrics.jsonl", runs.problems)
+            if (run_dir / "samples.jsonl").is_file():
+                runs.samples[name] = _json_lines(run_dir / "samples.jsonl", runs.problems)
+            if (run_dir / "metrics.json").is_file():
+                summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+                if isinstance(summary, dict):
+                    runs.summaries[name] = summary
+        except (OSError, json.JSONDecodeError) as e:
+            runs.problems.append(f"{run_dir}: {e} (skipped).")
+    return runs
+
+
+def loss_frame(records: list[dict]) -> pd.DataFrame:
+    """(step, split, loss) for the train_loss / val_loss entries of one run's log."""
+    rows = [{"step": r["step"], "split": split, "loss": r[f"{split}_loss"]}
+            for r in records for split in ("train", "val")
+            if isinstance(r.get(f"{split}_loss"), int | float) and isinstance(r.get("step"), int)]
+    return pd.DataFrame(rows, columns=["step", "split", "loss"])
+
+
+def _rows(runs: Runs) -> list[dict]:
+    """Every result row of every metrics.json, once: a row another run copied for comparison
+    ("name [run]") and the baselines each script repeats are kept only the first time."""
+    seen, rows = set(), []
+    for run, summary in runs.summaries.items():
+        for row in summary.get("rows", []):
+            if not isinstance(row, dict) or not isinstance(row.get("model"), str):
+                continue
+            name = re.sub(r" \[[^\]]*\]$", "", row["model"])
+            if name not in seen:
+                seen.add(name)
+                rows.append({**row, "model": name, "run": run})
+    return rows
+
+
+def accuracy_frame(runs: Runs) -> pd.DataFrame:
+    """Sentiment accuracy on the GLUE dev set per model, baselines included."""
+    rows = [{"model": r["model"], "accuracy": r["dev_acc"], "run": r["run"]}
+            for r in _rows(runs) if isinstance(r.get("dev_acc"), int | float)]
+    return pd.DataFrame(rows, columns=["model", "accuracy", "run"])
+
+
+def methods_frame(runs: Runs) -> pd.DataFrame:
+    """The cost of each finetuning method: trainable share, wall time, peak memory."""
+    rows = [{"model": r["model"], "run": r["run"], "trainable": r["trainable"],
+             "total": r["total"], "trainable_share": r["trainable"] / r["total"],
+             "train_time_s": r.get("train_time_s"), "peak_mem_mb": r.get("peak_mem_mb")}
+            for r in _rows(runs) if r.get("total") and isinstance(r.get("trainable"), int)]
+    return pd.DataFrame(rows, columns=["model", "run", "trainable", "total", "trainable_share",
+                                       "train_time_s", "peak_mem_mb"])
+
+
+def evaluation_frame(runs: Runs) -> pd.DataFrame:
+    """evaluate.py's perplexity and bits per character: the model and its two references."""
+    summary = runs.summaries.get("evaluate", {})
+    rows = [{"model": name, "perplexity": summary[name]["perplexity"],
+             "bits_per_char": summary[name]["bits_per_char"]}
+            for name in ("model", "unigram", "untrained")
+            if isinstance(summary.get(name), dict) and "bits_per_char" in summary[name]]
+    return pd.DataFrame(rows, columns=["model", "perplexity", "bits_per_char"])
+
+
+def nf4_frame(runs: Runs) -> pd.DataFrame:
+    """Bytes of the quantized weights as fp32, NF4 and NF4 + double quantization."""
+    formats = {"fp32": "fp32", "nf4": "NF4", "nf4_dq": "NF4 + double quant"}
+    rows = [{"run": run, "format": label, "bytes": summary["quantized_bytes"][key]}
+            for run, summary in runs.summaries.items()
+            if isinstance(summary.get("quantized_bytes"), dict)
+            for key, label in formats.items() if key in summary["quantized_bytes"]]
+    return pd.DataFrame(rows, columns=["run", "format", "bytes"])
+
+
+# ---------------------------------------------------------------------------- charts
+
+
+def loss_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    return alt.Chart(frame, title=title).mark_line(point=True).encode(
+        x=alt.X("step:Q", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="split:N",
+        tooltip=["step", "split", alt.Tooltip("loss", format=".4f")])
+
+
+def bar_chart(frame: pd.DataFrame, x: str, y: str, title: str, fmt: str = ",.3f",
+              log: bool = False, domain: tuple[float, float] | None = None) -> alt.LayerChart:
+    """Horizontal bars, one per row of ``frame``, labelled with their values."""
+    # symlog, not log: a log scale has no 0 for the bars to start from.
+    scale = alt.Scale(type="symlog") if log else alt.Scale(domain=domain) if domain else \
+        alt.Scale()
+    base = alt.Chart(frame).encode(
+        y=alt.Y(f"{y}:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
+        x=alt.X(f"{x}:Q", scale=scale),
+        tooltip=[y, alt.Tooltip(x, format=fmt)])
+    labels = base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{x}:Q", format=fmt))
+    return alt.layer(base.mark_bar(), labels).properties(title=title)
+
+
+def attention_chart(frame: pd.DataFrame, labels: list[str], title: str) -> alt.Chart:
+    cell = alt.Step(max(12, min(28, 560 // len(labels))))  # square cells, about 560 px in all
+    return alt.Chart(frame, title=title, width=cell, height=cell).mark_rect().encode(
+        x=alt.X("key:O", sort=labels, title="attends to (key)"),
+        y=alt.Y("query:O", sort=labels, title="token (query)"),
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="blues", domain=[0, 1])),
+        tooltip=["query", "key", alt.Tooltip("weight", format=".3f")])

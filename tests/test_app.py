@@ -1,0 +1,334 @@
+"""The Streamlit showcase, driven headlessly with Streamlit's AppTest.
+
+Without checkpoints every tab must say which command creates what it needs. With tiny real
+checkpoints, made here by the project's own scripts, every tab must work: generation shows
+exactly what generation.py generates, the classifiers' probabilities are predict()'s, the
+instruction model answers, and the tokenizer, attention and metrics views render.
+"""
+
+import contextlib
+import html
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import ROOT, SHARED_DATA
+from streamlit.testing.v1 import AppTest
+
+APP = str(ROOT / "app.py")
+TEXT_STYLE = "white-space:pre-wrap;font-family:monospace"  # app.py's box of generated text
+INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "tinyshakespeare.txt").exists() or not INSTRUCTIONS.exists(),
+    reason=f"the real data files are not in {SHARED_DATA}")
+
+
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding all four checkpoints and their runs/, made by the real scripts at tiny
+    scale (in this process, to skip four interpreter start-ups). Built once per session; the
+    browser test uses the same folder."""
+    folder = tmp_path_factory.getbasetemp() / "app-project"
+    if (folder / "ready").exists():
+        return folder
+    import evaluate
+    import finetune_classifier
+    import finetune_lora_classifier
+    import finetune_qlora_instructions
+    import main
+
+    data = ["--data-dir", str(SHARED_DATA)]
+    finetune = ["--max-steps", "4", "--train-size", "32", "--batch-size", "8",
+                "--eval-interval", "2", *data]
+    folder.mkdir(exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(folder)  # every script writes into the folder it runs in
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            # 96 tokens of context: room for an instruction prompt and its answer.
+            assert main.main(["--preset", "tiny", "--max-steps", "20", "--context-length", "96",
+                              "--sample-tokens", "0", "--instruction-file", str(INSTRUCTIONS),
+                              *data]) == 0
+            assert evaluate.main(data) == 0
+            assert finetune_classifier.main([*finetune, "--skip-random-init"]) == 0
+            assert finetune_lora_classifier.main(finetune) == 0
+            assert finetune_qlora_instructions.main([*finetune, "--data-file", str(INSTRUCTIONS),
+                                                     "--samples", "1",
+                                                     "--max-new-tokens", "8"]) == 0
+    finally:
+        os.chdir(cwd)
+    (folder / "ready").touch()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return tiny_project(tmp_path_factory)
+
+
+def run_app(folder: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("LLM_APP_DIR", str(folder))
+    monkeypatch.setenv("LLM_APP_DEVICE", "cpu")
+    at = AppTest.from_file(APP, default_timeout=60)
+    return at.run(timeout=60)
+
+
+def chart_titles(at) -> list[str]:
+    return [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+
+
+def chart_data(chart) -> list[dict]:
+    """The rows an Altair chart was given (Streamlit ships them as Arrow)."""
+    dataset = chart.proto.datasets[0].data.data
+    return pa.ipc.open_stream(dataset).read_all().to_pylist()
+
+
+def no_trouble(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+# ---------------------------------------------------------------------------- no checkpoints
+
+
+def test_without_checkpoints_every_tab_says_how_to_make_them(tmp_path, monkeypatch):
+    at = run_app(tmp_path, monkeypatch)
+    assert not at.exception
+    assert "0 of 4 models loaded" in at.tabs[0].markdown[0].value
+    commands = [c.value for c in at.tabs[0].code]
+    assert commands == ["python main.py",
+                        "python main.py && python finetune_classifier.py",
+                        "python main.py && python finetune_lora_classifier.py",
+                        "python main.py && python finetune_qlora_instructions.py"]
+    tabs = {tab.label: tab for tab in at.tabs}
+    for name in ("Tokenizer", "Generate", "Attention"):
+        assert "not there yet" in tabs[name].info[0].value
+        assert [c.value for c in tabs[name].code] == ["python main.py"]
+    assert [c.value for c in tabs["Sentiment"].code] == commands[1:3]
+    assert [c.value for c in tabs["Instructions"].code] == commands[3:]
+    metrics = tabs["Metrics"]
+    assert "python main.py" in metrics.info[0].value
+    assert "python evaluate.py" in metrics.info[1].value
+
+
+def test_paths_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_APP_BASE", "models/gpt.pth")
+    at = run_app(tmp_path, monkeypatch)
+    assert at.text_input(key="path_base").value == "models/gpt.pth"
+    assert at.tabs[0].code[0].value == "python main.py --out models/gpt.pth"
+    assert at.tabs[0].code[1].value == ("python main.py --out models/gpt.pth && "
+                                        "python finetune_classifier.py --base models/gpt.pth")
+
+
+def test_bad_paths_and_devices_are_messages_not_crashes(tmp_path, monkeypatch):
+    at = run_app(tmp_path, monkeypatch)
+    at.text_input(key="path_base").input("bad\x00name.pth").run(timeout=60)
+    assert not at.exception
+    assert "not there yet" in at.tabs[2].info[0].value
+    monkeypatch.setenv("LLM_APP_DEVICE", "tpu")
+    at = AppTest.from_file(APP, default_timeout=60).run(timeout=60)
+    assert not at.exception
+    assert "Unknown device 'tpu'" in at.sidebar.error[0].value
+
+
+# ---------------------------------------------------------------------------- every tab working
+
+
+@needs_data
+def test_overview_loads_all_four_models(project, monkeypatch):
+    from checkpoint import load_checkpoint
+    from showcase import human_count
+
+    at = run_app(project, monkeypatch)
+    no_trouble(at)
+    assert "4 of 4 models loaded" in at.tabs[0].markdown[0].value
+    model, _, _ = load_checkpoint(project / "model_weights.pth")
+    metrics = {}
+    for metric in at.tabs[0].metric:
+        metrics.setdefault(metric.label, []).append(metric.value)
+    assert metrics["Parameters"][0] == human_count(model.num_parameters())
+    base, full, lora, qlora = (float(v.rstrip("%")) for v in metrics["Trained"])
+    assert base == full == 100.0 and 0 < lora < 10 and 0 < qlora < 100
+    assert chart_titles(at.tabs[0]) == ["Parameters changed by training (log scale)",
+                                        "Checkpoint size (KB)"]
+
+
+@needs_data
+def test_generation_shows_what_generation_py_generates(project, monkeypatch):
+    from checkpoint import load_checkpoint
+    from generation import generate_text
+
+    at = run_app(project, monkeypatch)
+    at.text_area(key="gen_prompt").input("KING:")
+    at.slider(key="gen_max").set_value(30)
+    at.number_input(key="gen_seed").set_value(7)
+    at.button(key="gen_go").click().run(timeout=60)
+    no_trouble(at)
+    model, tokenizer, _ = load_checkpoint(project / "model_weights.pth")
+    expected = generate_text(model, tokenizer, "KING:", max_new_tokens=30, temperature=0.8,
+                             top_k=50, seed=7)
+    assert expected
+    shown = [h.proto.body for h in at.tabs[2].get("html")]
+    assert shown == [f'<div style="{TEXT_STYLE}"><b>KING:</b>{html.escape(expected)}</div>']
+    assert "tokens/s" in at.tabs[2].caption[-1].value
+
+
+@needs_data
+@pytest.mark.parametrize("prompt", ["", "<|endoftext|> 🙂 ü\n\t", "x" * 2000])
+def test_any_prompt_generates_without_crashing(project, monkeypatch, prompt):
+    at = run_app(project, monkeypatch)
+    at.text_area(key="gen_prompt").input(prompt)
+    at.slider(key="gen_max").set_value(5)
+    at.slider(key="gen_temp").set_value(0.0)
+    at.button(key="gen_go").click().run(timeout=60)
+    no_trouble(at)
+    assert "tokens/s" in at.tabs[2].caption[-1].value
+
+
+@needs_data
+def test_sentiment_shows_both_classifiers_probabilities(project, monkeypatch):
+    from classifier import load_classifier, predict
+
+    at = run_app(project, monkeypatch)
+    text = "A dull, lifeless and overlong film."
+    at.text_input(key="sent_text").input(text)
+    at.button(key="sent_go").click().run(timeout=60)
+    no_trouble(at)
+    tab = at.tabs[3]
+    assert "a dull , lifeless and overlong film ." in tab.caption[0].value
+    charts = tab.get("vega_lite_chart")
+    assert len(charts) == 2
+    for name, chart, metric in zip(["classifier.pth", "lora_classifier.pth"], charts, tab.metric,
+                                   strict=True):
+        model, tokenizer, _ = load_classifier(project / name, base=project / "model_weights.pth")
+        label, probs = predict(model, tokenizer, text)
+        assert metric.value == label
+        shown = {row["label"]: row["probability"] for row in chart_data(chart)}
+        assert shown == pytest.approx(probs)
+
+
+@needs_data
+def test_instruction_model_answers_and_shows_its_template(project, monkeypatch):
+    from instructions import answer, format_prompt, load_instruction_model
+
+    at = run_app(project, monkeypatch)
+    at.text_area(key="inst_text").input("Name a colour.")
+    at.text_area(key="inst_context").input("Colours: red, blue.")
+    at.slider(key="inst_max").set_value(12)
+    at.button(key="inst_go").click().run(timeout=60)
+    no_trouble(at)
+    tab = at.tabs[4]
+    assert tab.code[0].value == format_prompt("Name a colour.", "Colours: red, blue.").strip()
+    model, tokenizer, _ = load_instruction_model(project / "qlora_adapters.pth",
+                                                 base=project / "model_weights.pth")
+    expected = answer(model, tokenizer, "Name a colour.", "Colours: red, blue.",
+                      max_new_tokens=12, temperature=0.7, seed=1337)
+    (shown,) = [h.proto.body for h in tab.get("html")]
+    assert html.escape(expected) in shown
+    assert "tokens/s" in tab.caption[-1].value
+    assert tab.expander[1].label.startswith("Held-out answers from training")
+
+
+@needs_data
+def test_tokenizer_view_colours_every_token(project, monkeypatch):
+    from checkpoint import load_checkpoint
+
+    at = run_app(project, monkeypatch)
+    text = "Hello, world! 🙂"
+    at.text_area(key="tok_text").input(text).run(timeout=60)
+    no_trouble(at)
+    _, tokenizer, _ = load_checkpoint(project / "model_weights.pth")
+    ids = tokenizer.encode(text)
+    tab = at.tabs[1]
+    assert [m.value for m in tab.metric] == [str(len(ids)), str(len(text)),
+                                             f"{len(text) / len(ids):.2f}"]
+    (boxes,) = [h.proto.body for h in tab.get("html")]
+    assert boxes.count("<span") == len(ids)
+    assert tab.code[0].value == str(ids)
+
+
+@needs_data
+def test_attention_heatmap_for_every_layer_and_head(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    at.text_input(key="attn_text").input("to be or not")
+    at.selectbox(key="attn_layer").set_value(1)
+    at.selectbox(key="attn_head").set_value(1).run(timeout=60)
+    no_trouble(at)
+    (chart,) = at.tabs[5].get("vega_lite_chart")
+    assert json.loads(chart.proto.spec)["title"] == "Layer 1, head 1"
+    rows = chart_data(chart)
+    n = int(len(rows) ** 0.5 * 2 ** 0.5)  # n(n+1)/2 cells: the causal lower triangle
+    assert len(rows) == n * (n + 1) // 2
+    for query in {row["query"] for row in rows}:  # each token's attention sums to 1
+        assert sum(r["weight"] for r in rows if r["query"] == query) == pytest.approx(1, abs=1e-5)
+
+
+@needs_data
+def test_metrics_tab_charts_every_run(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    no_trouble(at)
+    tab = at.tabs[6]
+    assert not tab.info and not tab.warning
+    titles = chart_titles(tab)
+    for title in ["runs/pretrain", "runs/classifier", "runs/lora-classifier",
+                  "runs/qlora-instruct", "Perplexity per token", "Bits per character",
+                  "Dev accuracy", "Trainable parameters (log scale)", "Training wall time (s)",
+                  "Peak memory in training (MB)", "Quantized weights (KB)"]:
+        assert title in titles
+    saving = float(tab.metric[0].value.rstrip("%"))
+    assert 80 < saving < 90  # 4-bit codes + 8-bit scales per 64 weights vs 32 bits
+
+
+# ---------------------------------------------------------------------------- robustness
+
+
+@needs_data
+def test_a_broken_checkpoint_disables_only_its_own_section(project, tmp_path, monkeypatch):
+    for name in ("model_weights.pth", "lora_classifier.pth"):
+        shutil.copy(project / name, tmp_path / name)
+    (tmp_path / "classifier.pth").write_bytes(b"not a checkpoint")
+    at = run_app(tmp_path, monkeypatch)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and all("classifier.pth is corrupted or not a checkpoint" in e for e in errors)
+    assert len(at.tabs[3].metric) == 1  # the LoRA classifier still answers
+    assert "python finetune_qlora_instructions.py" in at.tabs[4].code[0].value
+    at.button(key="gen_go").click().run(timeout=60)
+    assert "tokens/s" in at.tabs[2].caption[-1].value
+
+
+@needs_data
+def test_adapters_on_the_wrong_base_say_so(project, tmp_path, monkeypatch):
+    import torch
+
+    from checkpoint import load_checkpoint, save_checkpoint
+
+    model, tokenizer, meta = load_checkpoint(project / "model_weights.pth")
+    with torch.no_grad():
+        model.tok_emb.weight.add_(1.0)
+    save_checkpoint(tmp_path / "model_weights.pth", model, tokenizer, **meta)
+    shutil.copy(project / "qlora_adapters.pth", tmp_path / "qlora_adapters.pth")
+    at = run_app(tmp_path, monkeypatch)
+    assert not at.exception
+    (error,) = at.tabs[4].error
+    assert "trained on a different base model" in error.value
+
+
+@needs_data
+def test_a_retrained_checkpoint_is_loaded_again(project, tmp_path, monkeypatch):
+    from checkpoint import load_checkpoint, save_checkpoint
+    from model import GPTConfig, GPTModel
+
+    shutil.copy(project / "model_weights.pth", tmp_path / "model_weights.pth")
+    at = run_app(tmp_path, monkeypatch)
+    before = at.tabs[0].metric[0].value
+    _, tokenizer, _ = load_checkpoint(tmp_path / "model_weights.pth")
+    bigger = GPTModel(GPTConfig(vocab_size=384, context_length=96, n_layer=3, n_head=2,
+                                n_embd=32))
+    save_checkpoint(tmp_path / "model_weights.pth", bigger, tokenizer)
+    at.run(timeout=60)
+    assert not at.exception
+    assert at.tabs[0].metric[0].value != before

@@ -1,0 +1,106 @@
+"""Tests for finetune_qlora_instructions.py: flags, clear errors, and one real run end to end."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+
+import finetune_qlora_instructions as script
+from checkpoint import read_checkpoint, save_checkpoint
+from data_utils import DataMissingError, load_tinyshakespeare
+from instructions import answer, load_instruction_model
+from model import GPTConfig, GPTModel
+from tokenizer import BPETokenizer
+
+INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"
+needs_data = pytest.mark.skipif(
+    not (INSTRUCTIONS.exists() and (SHARED_DATA / "tinyshakespeare.txt").exists()),
+    reason=f"real data not found in {SHARED_DATA}")
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run([sys.executable, str(ROOT / "finetune_qlora_instructions.py"),
+                             "--help"], capture_output=True, text=True, timeout=120)
+    for flag in ("--base", "--out", "--max-steps", "--train-size", "--data-file", "--backend",
+                 "--rank", "--alpha", "--seed", "--device", "--data-dir", "--run-name"):
+        assert flag in result.stdout
+
+
+def test_missing_dolly_names_the_data_file_flag(tmp_path):
+    args = argparse.Namespace(data_file=None, data_dir=str(tmp_path), seed=0, train_size=0)
+    with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*--data-file"):
+        script.load_splits(args)
+
+
+def test_missing_base_says_run_main_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run python main.py first"):
+        script.main(["--base", str(tmp_path / "model_weights.pth")])
+
+
+@needs_data
+def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.chdir(tmp_path)
+    tokenizer = BPETokenizer()
+    tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
+    torch.manual_seed(0)
+    base = GPTModel(GPTConfig(vocab_size=320, context_length=128, n_layer=1, n_head=2,
+                              n_embd=64))
+    save_checkpoint("base.pth", base, tokenizer)
+    script.main(["--base", "base.pth", "--data-file", str(INSTRUCTIONS), "--backend",
+                 "bitsandbytes", "--max-steps", "2", "--train-size", "16", "--batch-size", "8",
+                 "--samples", "1", "--max-new-tokens", "4", "--device", "cpu"])
+    assert read_checkpoint("qlora_adapters.pth")["metadata"]["backend"] == "bitsandbytes"
+    metrics = json.loads((tmp_path / "runs/qlora-instruct/metrics.json").read_text())
+    assert metrics["backend"] == "bitsandbytes" and metrics["quantized_bytes"]["layers"] == 4
+
+
+@needs_data
+def test_end_to_end_on_a_tiny_base(tmp_path, monkeypatch):
+    """main.py --preset tiny, then the script on instruction-data-1100.jsonl, from the shell."""
+    env = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}
+    # A tokenizer trained here on a slice of the text is much faster than main.py's (which
+    # then reuses it); the model itself is main.py's tiny preset with a 128-token window.
+    tokenizer = BPETokenizer()
+    tokenizer.train(load_tinyshakespeare(SHARED_DATA)[:20_000] +
+                    INSTRUCTIONS.read_text()[:20_000], 320)
+    tokenizer.save(tmp_path / "tokenizer.json")
+
+    def run(name: str, *args: str) -> str:
+        result = subprocess.run([sys.executable, str(ROOT / name), *args], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run("main.py", "--preset", "tiny", "--context-length", "128", "--max-steps", "20",
+        "--sample-tokens", "0", "--checkpoint-interval", "0")
+    out = run("finetune_qlora_instructions.py", "--data-file", str(INSTRUCTIONS),
+              "--max-steps", "12", "--train-size", "96", "--batch-size", "8", "--lr", "1e-2",
+              "--dropout", "0", "--eval-interval", "6", "--samples", "2",
+              "--max-new-tokens", "8", "--device", "cpu")
+    assert "dropped" in out and "NF4+DQ" in out and "Saved qlora_adapters.pth" in out
+
+    run_dir = tmp_path / "runs/qlora-instruct"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    losses = {row["model"]: row["loss"] for row in metrics["rows"]}
+    assert losses["QLoRA r=8 (scratch)"] < losses["base, NF4+DQ (scratch)"]  # it learned
+    assert metrics["quantized_bytes"]["nf4_dq"] <= 0.15 * metrics["quantized_bytes"]["fp32"]
+    assert metrics["encoding"]["heldout"]["whole"] > 0
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "val_loss" in r] == [6, 12]
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and {"instruction", "reference", "base_answer",
+                                  "tuned_answer"} <= samples[0].keys()
+
+    ckpt = read_checkpoint(tmp_path / "qlora_adapters.pth", kind="qlora-instruct")
+    assert all(k.endswith(("lora_A", "lora_B")) for k in ckpt["state_dict"])
+    assert ckpt["metadata"]["base_path"] == "model_weights.pth"
+    monkeypatch.chdir(tmp_path)  # the checkpoint names its base relative to where it trained
+    model, tokenizer, _ = load_instruction_model("qlora_adapters.pth")
+    assert isinstance(answer(model, tokenizer, "Name a colour.", max_new_tokens=5), str)

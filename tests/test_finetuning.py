@@ -1,0 +1,212 @@
+"""The shared finetuning pieces, and both finetuning scripts end to end on real SST-2."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA
+
+import finetune_lora_classifier
+from classifier import GPTClassifier, load_classifier, predict
+from finetuning import (
+    PeakMemory,
+    classification_loss,
+    collate,
+    evaluate_accuracy,
+    format_table,
+    load_base,
+    majority_row,
+    make_loader,
+    tfidf_row,
+    train_config,
+    train_size_arg,
+)
+from lora import count_parameters
+from main import PRESETS
+from model import GPTConfig, GPTModel
+from tokenizer import BPETokenizer
+from training import TrainConfig, train_model
+
+CPU = torch.device("cpu")
+HAVE_SST2 = (SHARED_DATA / "sst2" / "train.tsv").is_file()
+
+
+def test_train_size_flag():
+    assert train_size_arg("all") == train_size_arg("ALL") == train_size_arg("0") == 0
+    assert train_size_arg("500") == 500
+    for bad in ("-3", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train_size_arg(bad)
+
+
+def test_missing_base_says_run_main_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run python main.py first"):
+        load_base(tmp_path / "model_weights.pth")
+
+
+def test_loader_pads_batches_and_shuffles_by_seed():
+    tok = BPETokenizer()
+    tok.train("sentence number word " * 10, 260)
+    examples = [(f"sentence number {i} " + "word " * (i % 5), i % 2) for i in range(20)]
+    loader = make_loader(examples, tok, context_length=16, batch_size=4, shuffle=True, seed=3)
+    ids, lengths, labels = next(iter(loader))
+    assert ids.shape[0] == lengths.shape[0] == labels.shape[0] == 4
+    assert ids.shape[1] == int(lengths.max()) <= 16
+    assert (ids[torch.arange(4), lengths - 1] == tok.eot_id).all()  # each ends in <|endoftext|>
+    again = make_loader(examples, tok, context_length=16, batch_size=4, shuffle=True, seed=3)
+    assert torch.equal(next(iter(again))[2], labels) and len(loader) == 5
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        make_loader(examples[:3], tok, 16, batch_size=4, shuffle=True)
+
+
+class FixedLogits(torch.nn.Module):
+    """Predicts class 1 for sequences longer than 2 tokens, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids, lengths):
+        return torch.stack([(lengths <= 2).float(), (lengths > 2).float()], dim=1) + self.p
+
+
+def test_evaluate_accuracy_known_answer():
+    items = [([1], 0), ([1, 2, 3], 1), ([1, 2, 3, 4], 0), ([1, 2], 1), ([4, 4, 4], 1)]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=collate(0))
+    assert evaluate_accuracy(FixedLogits(), loader) == pytest.approx(3 / 5)
+
+
+def test_classifier_learns_a_separable_task():
+    """Label 1 iff token 7 occurs anywhere: the last token must gather it with attention."""
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(256):
+        seq = torch.randint(8, 32, (int(torch.randint(3, 10, (1,), generator=g)),),
+                            generator=g).tolist()
+        label = len(items) % 2
+        if label:
+            seq[int(torch.randint(0, len(seq), (1,), generator=g))] = 7
+        items.append((seq + [1], label))  # 1 plays <|endoftext|>
+    loader = torch.utils.data.DataLoader(items, batch_size=32, shuffle=True, drop_last=True,
+                                         collate_fn=collate(0),
+                                         generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = GPTClassifier(GPTModel(GPTConfig(vocab_size=32, context_length=16, n_layer=2,
+                                             n_head=2, n_embd=32)))
+    before = evaluate_accuracy(model, loader)
+    summary = train_model(model, loader, None, TrainConfig(max_steps=80, learning_rate=3e-3,
+                          warmup_steps=5, weight_decay=0.0, dtype="float32"), CPU,
+                          loss_fn=classification_loss)
+    assert summary["train_loss"] < 0.2
+    assert evaluate_accuracy(model, loader) > max(before, 0.95)
+
+
+def test_train_config_from_flags():
+    args = argparse.Namespace(max_steps=200, lr=1e-3, warmup_steps=None, weight_decay=0.05,
+                              eval_interval=50, dtype="float32", seed=7)
+    cfg = train_config(args)
+    assert (cfg.warmup_steps, cfg.min_lr, cfg.weight_decay, cfg.seed) == (20, 1e-4, 0.05, 7)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak reset only")
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory(CPU) as mem:
+        block = torch.ones(16 * 2**20)  # 64 MB, written so it is resident
+        del block
+    assert 48 < mem.mb < 512
+
+
+def test_baselines():
+    train = [("great fun", 1), ("great film", 1), ("dull mess", 0), ("great", 1)] * 5
+    test = [("great", 1), ("dull", 0), ("a mess", 0)]
+    assert majority_row(train, test)["dev_acc"] == pytest.approx(1 / 3)
+    pytest.importorskip("sklearn")
+    row = tfidf_row(train, test)
+    assert row["dev_acc"] == 1.0 and row["trainable"] > 0
+
+
+def test_table_shows_dashes_for_what_does_not_apply():
+    table = format_table([
+        {"model": "majority class", "dev_acc": 0.509, "trainable": 0},
+        {"model": "full", "dev_acc": 0.8, "val_acc": 0.81, "trainable": 10, "total": 1000,
+         "train_time_s": 12.3, "peak_mem_mb": 50.0, "checkpoint_bytes": 3 * 2**20},
+    ]).splitlines()
+    assert table[0].split()[:3] == ["model", "dev", "acc"] and set(table[1]) <= {"-", " "}
+    assert table[2].split()[-1] == "-" and "50.9 %" in table[2]
+    assert all(cell in table[3] for cell in ("81.0 %", "10", "1.00 %", "12 s", "50 MB",
+                                              "3.00 MB"))
+
+
+def test_default_lora_trains_under_one_percent_of_the_cpu_preset_model():
+    preset = PRESETS["cpu"]
+    config = GPTConfig(vocab_size=preset["vocab_size"], context_length=preset["context_length"],
+                       n_layer=preset["n_layer"], n_head=preset["n_head"],
+                       n_embd=preset["n_embd"])
+    model = GPTClassifier(GPTModel(config))
+    finetune_lora_classifier.add_lora(model, finetune_lora_classifier.parse_args([]))
+    trainable, total = count_parameters(model)
+    assert trainable / total < 0.01
+
+
+def test_lora_script_rejects_unknown_targets():
+    model = GPTClassifier(GPTModel(GPTConfig(vocab_size=64, context_length=8, n_layer=1,
+                                             n_head=1, n_embd=8)))
+    args = finetune_lora_classifier.parse_args(["--targets", "qkv", "lm_head"])
+    with pytest.raises(ValueError, match="Unknown --targets"):
+        finetune_lora_classifier.add_lora(model, args)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster on a busy machine
+    return subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not HAVE_SST2 or not (SHARED_DATA / "tinyshakespeare.txt").is_file(),
+                    reason="needs the shared SST-2 and TinyShakespeare files")
+def test_both_scripts_end_to_end(tmp_path, monkeypatch):
+    made = run("main.py", "--preset", "tiny", "--max-steps", "2", "--sample-tokens", "0",
+               "--checkpoint-interval", "0", "--vocab-size", "260", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    tiny = ("--max-steps", "3", "--train-size", "64", "--batch-size", "16", "--eval-interval",
+            "3", "--device", "cpu", "--dtype", "float32")
+
+    full = run("finetune_classifier.py", *tiny, cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+    lora = run("finetune_lora_classifier.py", *tiny, "--rank", "2", cwd=tmp_path)
+    assert lora.returncode == 0, lora.stderr[-2000:]
+
+    rows = json.loads((tmp_path / "runs/classifier/metrics.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == [
+        "majority class", "TF-IDF 1-2gram + logistic regression", "full finetune (pretrained)",
+        "full finetune (random init)"][: len(rows)] and len(rows) >= 3
+    assert rows[0]["dev_acc"] == pytest.approx(444 / 872)  # GLUE dev: 444 positive of 872
+    lora_rows = json.loads((tmp_path / "runs/lora-classifier/metrics.json").read_text())["rows"]
+    lora_row = next(r for r in lora_rows if r["model"].startswith("LoRA"))
+    assert lora_row["trainable"] < rows[2]["trainable"]
+    assert any("[classifier]" in r["model"] for r in lora_rows)  # the full run, for comparison
+    assert "dev acc" in lora.stdout and "LoRA r=2" in lora.stdout
+    for name in ("classifier", "classifier-random-init", "lora-classifier"):
+        log = (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(log[0])["step"] == 3 and "dev_acc" in json.loads(log[-1])
+
+    full_ckpt, lora_ckpt = tmp_path / "classifier.pth", tmp_path / "lora_classifier.pth"
+    assert lora_ckpt.stat().st_size < full_ckpt.stat().st_size
+    monkeypatch.chdir(tmp_path)  # the LoRA checkpoint names its base as it was given
+    for ckpt in (full_ckpt, lora_ckpt):
+        model, tok, meta = load_classifier(ckpt)
+        label, probs = predict(model, tok, "A charming, often affecting journey.")
+        assert label in probs and meta["train_size"] == 64
+
+    missing = run("finetune_lora_classifier.py", "--base", "nope.pth", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: No checkpoint at nope.pth: run python main.py first."
