@@ -43,9 +43,9 @@ from training import TrainConfig, cleanup_distributed, pick_device, setup_distri
 # Each preset: model shape, tokenizer size and training schedule. Flags override any field.
 PRESETS: dict[str, dict] = {
     # Finishes in about 5 minutes on 2 CPU cores.
-    "cpu": dict(vocab_size=1024, context_length=128, n_layer=4, n_head=4, n_embd=192,
-                dropout=0.0, batch_size=32, grad_accum_steps=1, max_steps=2000,
-                learning_rate=2e-3, min_lr=2e-4, warmup_steps=100, eval_interval=250),
+    "cpu": dict(vocab_size=1024, context_length=128, n_layer=4, n_head=4, n_embd=128,
+                dropout=0.0, batch_size=32, grad_accum_steps=1, max_steps=600,
+                learning_rate=2e-3, min_lr=2e-4, warmup_steps=50, eval_interval=100),
     # One modern GPU, about 10 minutes.
     "gpu": dict(vocab_size=2048, context_length=256, n_layer=6, n_head=6, n_embd=384,
                 dropout=0.2, batch_size=64, grad_accum_steps=1, max_steps=5000,
