@@ -10,9 +10,10 @@ loop around it: pick a token from that distribution, append it, repeat.
 - The KV cache keeps every layer's keys and values from earlier steps, so each new token
   costs one position of compute instead of re-running the whole sequence.
 
-Once the sequence outgrows the context window, the cached keys' positions would no longer
-match a fresh forward pass, so from then on each step recomputes the last
-``context_length`` tokens: the output is identical with and without the cache.
+When the sequence fills the context window, the window slides forward by half its length
+and the cache is rebuilt from the newer half (positions restart at 0). With or without the
+cache the model sees exactly the same window, so the output is identical; the cache is
+rebuilt once every ``context_length / 2`` tokens instead of recomputing every step.
 """
 
 from __future__ import annotations
@@ -79,15 +80,16 @@ def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperatu
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     seq = torch.tensor([ids[-ctx:]], dtype=torch.long, device=device)
-    cache = None
+    start, cache = 0, None  # the model sees seq[:, start:], at most ctx tokens
     for _ in range(max_new_tokens):
-        if use_cache and cache is not None and seq.size(1) <= ctx:
+        if seq.size(1) - start > ctx:  # window full: keep its newer half, rebuild the cache
+            start, cache = seq.size(1) - ctx // 2, None
+        if use_cache and cache is not None:
             logits, cache = model(seq[:, -1:], past_kvs=cache, use_cache=True)
         elif use_cache:
-            seq = seq[:, -ctx:]
-            logits, cache = model(seq, use_cache=True)
+            logits, cache = model(seq[:, start:], use_cache=True)
         else:
-            logits = model(seq[:, -ctx:])
+            logits = model(seq[:, start:])
         logits = logits[:, -1, :]
         if vocab_size is not None and vocab_size < logits.size(-1):
             logits = logits[:, :vocab_size]  # never sample ids the tokenizer cannot decode
