@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_sst2_splits(args.data_dir, args.train_size, args.seed)
     describe_setup(args.base, base, device, splits)
     loaders = make_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
-                           args.seed)
+                           args.seed, args.group_by_length)
     rows = baseline_rows(splits)
 
     torch.manual_seed(args.seed)

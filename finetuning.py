@@ -33,12 +33,13 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from checkpoint import load_checkpoint
 from classifier import encode_text
@@ -76,6 +77,8 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: 
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help="training sentences, seeded subsample of the 66k; 0 or 'all': every one")
     p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch sentences of similar length (3x less padding on SST-2)")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine to lr/10)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of max-steps")
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -153,24 +156,70 @@ def collate(pad_id: int):
     return fn
 
 
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Random batches of sentences of similar length, so that little of a batch is padding.
+
+    A batch is padded to its longest sentence. SST-2's training phrases are 21 tokens long on
+    average but a random batch of 32 is padded to about 65, so two thirds of the computed
+    positions would be padding. Each epoch: shuffle (seed + epoch), sort each window of
+    ``window`` batches by length, cut it into batches, and shuffle the batches. Every batch
+    is still a random draw, only of neighbours in length (Hugging Face's group_by_length);
+    the padded share drops to a few percent, so a CPU step is about 3x faster.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        span = self.window * self.batch_size
+        grouped = [i for start in range(0, len(order), span)
+                   for i in sorted(order[start : start + span], key=self.lengths.__getitem__)]
+        batches = [grouped[i * self.batch_size : (i + 1) * self.batch_size]
+                   for i in range(len(self))]
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=generator)])
+
+
 def make_loader(examples: list[Example], tokenizer: BPETokenizer, context_length: int,
-                batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of (ids, lengths, labels). Training batches are random (not sorted by length):
-    a new seeded shuffle each epoch, a pure function of (seed, epoch)."""
+                batch_size: int, shuffle: bool, seed: int = 0, group_by_length: bool = True
+                ) -> DataLoader:
+    """Batches of (ids, lengths, labels).
+
+    Training (``shuffle``): a new seeded shuffle each epoch, a pure function of (seed, epoch),
+    in batches of similar length (LengthGroupedBatches) unless ``group_by_length`` is off.
+    Evaluation: the file's order, every sentence.
+    """
     dataset = ClassificationDataset(examples, tokenizer, context_length)
-    if shuffle and len(dataset) < batch_size:
+    pad = collate(tokenizer.eot_id)
+    if not shuffle:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=pad)
+    if len(dataset) < batch_size:
         raise ValueError(f"{len(dataset)} training sentences cannot fill one batch of "
                          f"{batch_size}; use a larger --train-size or a smaller --batch-size.")
-    sampler = ShardedSampler(len(dataset), shuffle, seed, rank=0, world_size=1)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
-                      collate_fn=collate(tokenizer.eot_id))
+    if group_by_length:
+        batches = LengthGroupedBatches([len(ids) for ids in dataset.ids], batch_size, seed)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=pad)
+    sampler = ShardedSampler(len(dataset), shuffle=True, seed=seed, rank=0, world_size=1)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                      collate_fn=pad)
 
 
 def make_loaders(splits: dict[str, list[Example]], tokenizer: BPETokenizer, context_length: int,
-                 batch_size: int, seed: int) -> dict[str, DataLoader]:
+                 batch_size: int, seed: int, group_by_length: bool = True
+                 ) -> dict[str, DataLoader]:
     return {name: make_loader(examples, tokenizer, context_length,
                               batch_size if name == "train" else 2 * batch_size,
-                              shuffle=name == "train", seed=seed)
+                              shuffle=name == "train", seed=seed,
+                              group_by_length=group_by_length)
             for name, examples in splits.items()}
 
 

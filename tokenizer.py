@@ -39,6 +39,8 @@ GPT4_SPLIT_PATTERN = (
 )
 ENDOFTEXT = "<|endoftext|>"
 FORMAT_VERSION = 1
+MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or broken
+MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long "tokens"
 CACHE_SIZE = 100_000  # chunk -> ids entries kept; real text repeats " the", "\n" and co. endlessly
 NO_RANK = float("inf")
 
@@ -102,6 +104,9 @@ class BPETokenizer:
         self._byte_order = byte_order or list(range(256))  # id of each single byte: a permutation
         self._vocab = {i: bytes([b]) for i, b in enumerate(self._byte_order)}
         for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
+            if len(self._vocab[a]) + len(self._vocab[b]) > MAX_TOKEN_BYTES:
+                raise ValueError(f"merge {new_id} would spell a token longer than "
+                                 f"{MAX_TOKEN_BYTES} bytes")
             self._vocab[new_id] = self._vocab[a] + self._vocab[b]
         self._ranks = {token: i for i, token in self._vocab.items()}
         if len(self._ranks) != len(self._vocab):
@@ -270,6 +275,9 @@ class BPETokenizer:
             raise ValueError(f"not a version-{FORMAT_VERSION} tokenizer dict.")
         try:
             tok = cls(d["pattern"])
+            if len(d["merges"]) > MAX_MERGES:
+                raise ValueError(f"{len(d['merges']):,} merges is more than the {MAX_MERGES:,} "
+                                 "this loader accepts")
             merges = {(int(a), int(b)): 256 + i for i, (a, b) in enumerate(d["merges"])}
             if any(a >= new_id or b >= new_id for (a, b), new_id in merges.items()):
                 raise ValueError("a merge refers to a token that does not exist yet")

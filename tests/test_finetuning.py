@@ -14,6 +14,7 @@ from conftest import ROOT, SHARED_DATA
 import finetune_lora_classifier
 from classifier import GPTClassifier, load_classifier, predict
 from finetuning import (
+    LengthGroupedBatches,
     PeakMemory,
     classification_loss,
     collate,
@@ -55,6 +56,7 @@ def test_loader_pads_batches_and_shuffles_by_seed():
     examples = [(f"sentence number {i} " + "word " * (i % 5), i % 2) for i in range(20)]
     loader = make_loader(examples, tok, context_length=16, batch_size=4, shuffle=True, seed=3)
     ids, lengths, labels = next(iter(loader))
+    assert len(set(lengths.tolist())) <= 2  # grouped by length (examples have 5 lengths)
     assert ids.shape[0] == lengths.shape[0] == labels.shape[0] == 4
     assert ids.shape[1] == int(lengths.max()) <= 16
     assert (ids[torch.arange(4), lengths - 1] == tok.eot_id).all()  # each ends in <|endoftext|>
@@ -62,6 +64,25 @@ def test_loader_pads_batches_and_shuffles_by_seed():
     assert torch.equal(next(iter(again))[2], labels) and len(loader) == 5
     with pytest.raises(ValueError, match="cannot fill one batch"):
         make_loader(examples[:3], tok, 16, batch_size=4, shuffle=True)
+
+
+def test_length_grouped_batches_are_random_full_and_nearly_unpadded():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 80, (1000,), generator=g).tolist()
+    sampler = LengthGroupedBatches(lengths, batch_size=10, seed=0, window=20)
+    first, second = list(sampler), list(sampler)  # two epochs
+    assert len(first) == len(sampler) == 100 and all(len(b) == 10 for b in first)
+    assert sorted(i for b in first for i in b) == list(range(1000))
+    assert first != second  # a new shuffle each epoch ...
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ... that is a function of (seed, epoch)
+
+    def real_share(batches):
+        return sum(lengths[i] for b in batches for i in b) / sum(
+            max(lengths[i] for i in b) * len(b) for b in batches)
+
+    random_batches = torch.randperm(1000, generator=g).view(100, 10).tolist()
+    assert real_share(random_batches) < 0.7 < 0.9 < real_share(first)
 
 
 class FixedLogits(torch.nn.Module):

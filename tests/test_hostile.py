@@ -1,0 +1,128 @@
+"""Hostile files and inputs: nothing may raise anything but the project's clear errors.
+
+Property tests (hypothesis) throw arbitrary unicode and sizes at every user-facing entry
+point; hand-made files probe the loaders. Per-module tests cover the rest: checkpoint
+payloads in test_checkpoint.py, data files in test_data_utils.py, adapters on the wrong base
+in test_classifier.py and test_instructions.py.
+"""
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from classifier import GPTClassifier, predict
+from generation import generate_text
+from instructions import answer, format_prompt
+from model import GPTConfig, GPTModel
+from tokenizer import MAX_TOKEN_BYTES, BPETokenizer
+
+# Any code point, lone surrogates included, and long strings now and then.
+ANY_TEXT = st.text(st.characters(codec=None), max_size=200) | st.text(max_size=5000)
+PROFILE = settings(max_examples=60, deadline=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                          HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> BPETokenizer:
+    tok = BPETokenizer()
+    tok.train("it's a fine, funny film; i do n't like it. ### Instruction: Response:\n" * 40, 300)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def model() -> GPTModel:
+    torch.manual_seed(0)
+    return GPTModel(GPTConfig(vocab_size=320, context_length=32, n_layer=1, n_head=2,
+                              n_embd=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def classifier(model) -> GPTClassifier:
+    return GPTClassifier(model).eval()
+
+
+@PROFILE
+@given(text=ANY_TEXT)
+def test_tokenizer_round_trips_any_text(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@PROFILE
+@given(prompt=ANY_TEXT, max_new_tokens=st.integers(-5, 8),
+       temperature=st.floats(allow_nan=True, allow_infinity=True, width=32),
+       top_k=st.none() | st.integers(-3, 500), top_p=st.none() | st.floats(-1, 2))
+def test_generate_text_either_works_or_says_what_is_wrong(model, tokenizer, prompt,
+                                                          max_new_tokens, temperature, top_k,
+                                                          top_p):
+    try:
+        out = generate_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, seed=0)
+    except ValueError as e:
+        assert str(e).endswith(".") and "\n" not in str(e)  # one clear sentence
+    else:
+        assert isinstance(out, str)
+
+
+@PROFILE
+@given(text=ANY_TEXT)
+def test_predict_gives_probabilities_for_any_text(classifier, tokenizer, text):
+    label, probs = predict(classifier, tokenizer, text)
+    assert label in probs and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@PROFILE
+@given(instruction=ANY_TEXT, context=ANY_TEXT)
+def test_instruction_template_and_answer_take_any_text(model, tokenizer, instruction, context):
+    prompt = format_prompt(instruction, context)
+    assert prompt.endswith("### Response:\n")
+    assert isinstance(answer(model, tokenizer, instruction, context, max_new_tokens=3, seed=0),
+                      str)
+
+
+@pytest.mark.parametrize("merges, reason", [
+    ("abc", "merges as a string"),
+    ([[1, 2, 3]], "a merge with three ids"),
+    ([["a", "b"]], "ids that are not numbers"),
+    ([[97, 97]] + [[256 + i, 97] for i in range(MAX_TOKEN_BYTES)], "a chain of merges "
+     "spelling a token longer than the limit (a memory bomb)"),
+])
+def test_hostile_tokenizer_files_get_a_clear_error(tmp_path, merges, reason):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"version": 1, "pattern": "", "special_tokens": {},
+                                "merges": merges}))
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        BPETokenizer.load(path)
+
+
+def test_a_huge_merge_list_is_refused_before_it_is_built(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    merges = ",".join(["[97,97]"] * 1_000_001)
+    header = '{"version": 1, "pattern": "", "special_tokens": {}, "merges": ['
+    path.write_text(header + merges + "]}")
+    with pytest.raises(ValueError, match="more than"):
+        BPETokenizer.load(path)
+
+
+def test_a_checkpoint_with_a_hostile_tokenizer_is_refused(tmp_path, model, tokenizer):
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["tokenizer"]["special_tokens"] = ["not", "a", "dict"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="invalid config or tokenizer"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_with_a_wrongly_typed_config_is_refused(tmp_path, model, tokenizer):
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["n_layer"] = "four"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
