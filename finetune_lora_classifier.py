@@ -41,8 +41,8 @@ from finetuning import (
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from training import pick_device
 
-# Rank 2 on the attention projections only keeps the CPU preset model under 1 % trainable.
-DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 4, 8.0, ("qkv", "out_proj")
+# Rank 2 on the attention projections: 0.7 % of the CPU preset model (4 x 128) trains.
+DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 2, 4.0, ("qkv", "out_proj")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,7 +7,8 @@ weights, so everything else lives here, once:
 - ``add_common_args``      the flags both scripts take (--base, --out, --max-steps, ...).
 - ``load_base``            the pretrained model; a missing file says "run python main.py first".
 - ``load_sst2_splits``     SST-2 with the training sentences subsampled (seeded) if asked.
-- ``make_loaders``         sentences -> ids once, then right-padded random batches.
+- ``make_loaders``         sentences -> ids once, then right-padded random batches of
+                           similar-length sentences (``LengthGroupedBatches``).
 - ``classification_loss``  cross-entropy on the class logits, for ``training.train_model``.
 - ``evaluate_accuracy``    share of correctly classified sentences in a loader.
 - ``finetune``             train with ``training.train_model``, then measure everything the
@@ -303,7 +304,8 @@ def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Na
     """Train ``model``'s trainable weights on loaders["train"]; return its results row.
 
     The row holds: dev (GLUE dev = our "test") and val accuracy, trainable and total
-    parameters, wall time of training, peak memory during training, and the loss summary.
+    parameters, wall time of training (with its periodic val-loss evaluations), peak memory
+    during training (PeakMemory), and the loss summary.
     The JSON-lines log gets train_model's records plus one final record with the accuracies.
     """
     log_path = Path(log_path)
@@ -328,7 +330,10 @@ def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Na
         "train_loss": summary["train_loss"],
         "val_loss": summary["val_loss"],
         "dtype": summary["dtype"],
+        "interrupted": summary["interrupted"],
     }
+    if summary["interrupted"]:
+        print(f"note: {name} was stopped early, at step {summary['steps']}.")
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"step": summary["steps"], "val_acc": row["val_acc"],
                             "dev_acc": row["dev_acc"]}) + "\n")
