@@ -143,8 +143,9 @@ def encode_text(tokenizer: BPETokenizer, text: str, context_length: int) -> list
     """Ids of the normalized text plus <|endoftext|>, cut to the last ``context_length``.
 
     Used for training data and for ``predict`` alike, so both see identical sequences.
-    Only the tail of a huge text is normalized and encoded: the rest would be cut anyway
-    (a token is at least one character, and 16 characters per token is generous).
+    Only the tail of a huge text is normalized and encoded, since the rest would be cut
+    anyway: 16 characters per token is far more than BPE tokens hold on average (about 4),
+    so the tail still fills the window.
     """
     text = text[-16 * context_length :]
     ids = tokenizer.encode(normalize_text(text)) + [tokenizer.eot_id]
@@ -154,7 +155,10 @@ def encode_text(tokenizer: BPETokenizer, text: str, context_length: int) -> list
 @torch.no_grad()
 def predict(model: GPTClassifier, tokenizer: BPETokenizer, text: str
             ) -> tuple[str, dict[str, float]]:
-    """(label, {label: probability}) for one text. Any string works: "", emoji, a whole novel."""
+    """(label, {label: probability}) for one text. Any string works: "", emoji, a whole novel.
+
+    The model is switched to eval mode (no dropout), so the answer is deterministic.
+    """
     if not isinstance(text, str):
         raise ValueError(f"predict needs text, got {type(text).__name__}.")
     model.eval()
