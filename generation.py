@@ -19,6 +19,7 @@ rebuilt once every ``context_length / 2`` tokens instead of recomputing every st
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Iterator
 
 import torch
@@ -34,9 +35,9 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
     """Raise one clear ValueError for any out-of-range sampling setting."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
-    if not (isinstance(temperature, int | float) and temperature >= 0):
+    if not (isinstance(temperature, int | float) and 0 <= temperature < math.inf):
         raise ValueError(
-            f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}.")
+            f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}.")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
     if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
@@ -58,6 +59,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token once the tokens before it already reach top_p (the first always stays).
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop_sorted[:, 0] = False  # also when top_p rounds to 0 in float32 (e.g. 1e-50)
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)

@@ -50,6 +50,12 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     assert torch.equal(sample_next(logits, 1.0, top_k=None, top_p=1e-6), greedy)
 
 
+def test_a_top_p_below_float32_resolution_is_still_greedy():
+    # Regression: 5e-324 rounds to 0.0 in float32, which once dropped every token (NaN probs).
+    logits = torch.zeros(2, 50)  # a uniform distribution: every cumulative gap is exactly 0
+    assert sample_next(logits, float(3.4e38), top_k=None, top_p=5e-324).shape == (2, 1)
+
+
 def test_top_k_only_samples_among_the_k_best():
     logits = torch.arange(10.0).repeat(500, 1)  # token 9 best, then 8, ...
     generator = torch.Generator().manual_seed(0)
@@ -85,7 +91,8 @@ def test_empty_and_over_long_prompts_work(model, tokenizer):
 
 @pytest.mark.parametrize("bad", [
     dict(temperature=-0.1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5),
-    dict(max_new_tokens=-1), dict(temperature="hot"),
+    dict(max_new_tokens=-1), dict(temperature="hot"), dict(temperature=float("inf")),
+    dict(temperature=float("nan")),
 ])
 def test_out_of_range_settings_get_a_clear_error(model, tokenizer, bad):
     kwargs = dict(max_new_tokens=5, temperature=1.0, top_k=None, top_p=None) | bad
