@@ -25,24 +25,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, weights_fingerprint
+from checkpoint import CheckpointError
 from classifier import GPTClassifier, save_classifier
 from data_utils import DataMissingError
-from finetuning import (
-    add_common_args,
-    baseline_rows,
-    check_args,
-    checkpoint_row,
-    describe_setup,
-    finetune,
-    load_base,
-    load_sst2_splits,
-    make_loaders,
-    print_table,
-    write_metrics,
-)
+from finetuning import add_common_args, checkpoint_row, prepare
 from model import GPTModel
-from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,39 +43,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_args(args)
-    device = pick_device(args.device)
-    run_dir = Path("runs") / args.run_name
-    base, tokenizer, _ = load_base(args.base)
-    base_fingerprint = weights_fingerprint(base.state_dict())
-    splits = load_sst2_splits(args.data_dir, args.train_size, args.seed)
-    describe_setup(args.base, base, device, splits)
-    loaders = make_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
-                           args.seed, args.group_by_length)
-    rows = baseline_rows(splits)
+    exp = prepare(args)  # flags checked, base model, SST-2, loaders, baseline rows
 
     torch.manual_seed(args.seed)
-    model = GPTClassifier(base)
-    row = finetune(model, loaders, args, device, "full finetune (pretrained)",
-                   run_dir / "metrics.jsonl")
-    save_classifier(args.out, model, tokenizer, base_path=str(args.base),
-                    base_fingerprint=base_fingerprint, run_name=args.run_name,
-                    dev_acc=row["dev_acc"], val_acc=row["val_acc"], train_size=len(splits["train"]),
-                    steps=row["steps"])
-    rows.append(checkpoint_row(row, args.out))
+    model = GPTClassifier(exp.base)
+    row = exp.finetune(model, "full finetune (pretrained)", exp.run_dir / "metrics.jsonl")
+    if exp.run.is_main:
+        save_classifier(args.out, model, exp.tokenizer, base_path=str(args.base),
+                        base_fingerprint=exp.base_fingerprint, run_name=args.run_name,
+                        dev_acc=row["dev_acc"], val_acc=row["val_acc"],
+                        train_size=len(exp.splits["train"]), steps=row["steps"])
+        exp.rows.append(checkpoint_row(row, args.out))
 
-    if not args.skip_random_init:
+    if not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
         torch.manual_seed(args.seed)
-        scratch = GPTClassifier(GPTModel(base.config))
-        rows.append(finetune(scratch, loaders, args, device, "full finetune (random init)",
-                             Path("runs") / f"{args.run_name}-random-init" / "metrics.jsonl"))
-
-    print_table(rows, f"SST-2, GLUE dev set ({len(splits['test'])} sentences); "
-                f"trained on {len(splits['train']):,} sentences, {args.max_steps} steps")
-    path = write_metrics(run_dir, rows, args, base=str(args.base),
-                         base_fingerprint=base_fingerprint, train_size=len(splits["train"]))
-    print(f"Saved {args.out}; results in {path}")
-    return 0
+        scratch = GPTClassifier(GPTModel(exp.base.config))
+        row = exp.finetune(scratch, "full finetune (random init)",
+                           Path("runs") / f"{args.run_name}-random-init" / "metrics.jsonl")
+        exp.rows += [row] if row else []
+    return exp.finish()
 
 
 if __name__ == "__main__":

@@ -22,24 +22,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError, weights_fingerprint
+from checkpoint import CheckpointError
 from classifier import GPTClassifier, save_lora_classifier
 from data_utils import DataMissingError
-from finetuning import (
-    add_common_args,
-    baseline_rows,
-    check_args,
-    checkpoint_row,
-    describe_setup,
-    finetune,
-    load_base,
-    load_sst2_splits,
-    make_loaders,
-    print_table,
-    write_metrics,
-)
+from finetuning import add_common_args, checkpoint_row, prepare
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
-from training import pick_device
 
 # Rank 2 on the attention projections: 0.7 % of the CPU preset model (4 x 128) trains.
 DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 2, 4.0, ("qkv", "out_proj")
@@ -89,39 +76,26 @@ def compared_rows(path: str | Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_args(args)
-    device = pick_device(args.device)
-    run_dir = Path("runs") / args.run_name
-    base, tokenizer, _ = load_base(args.base)
-    base_fingerprint = weights_fingerprint(base.state_dict())
-    splits = load_sst2_splits(args.data_dir, args.train_size, args.seed)
-    describe_setup(args.base, base, device, splits)
-    loaders = make_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
-                           args.seed, args.group_by_length)
-    rows = baseline_rows(splits)
+    exp = prepare(args)  # flags checked, base model, SST-2, loaders, baseline rows
 
     torch.manual_seed(args.seed)
-    model = GPTClassifier(base)
+    model = GPTClassifier(exp.base)
     lora = add_lora(model, args)
     trainable, total = count_parameters(model)
-    print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(args.targets)}: "
-          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
+    if exp.run.is_main:
+        print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(args.targets)}: "
+              f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
     name = f"LoRA r={args.rank} ({'+'.join(args.targets)})"
-    row = finetune(model, loaders, args, device, name, run_dir / "metrics.jsonl")
-    save_lora_classifier(args.out, model, tokenizer, base_path=args.base,
-                         base_fingerprint=base_fingerprint, lora=lora, run_name=args.run_name,
-                         dev_acc=row["dev_acc"], val_acc=row["val_acc"],
-                         train_size=len(splits["train"]), steps=row["steps"])
-    rows.append(checkpoint_row(row, args.out))
-    rows += compared_rows(args.compare)
-
-    print_table(rows, f"SST-2, GLUE dev set ({len(splits['test'])} sentences); "
-                f"trained on {len(splits['train']):,} sentences, {args.max_steps} steps")
-    path = write_metrics(run_dir, rows, args, base=str(args.base),
-                         base_fingerprint=base_fingerprint, train_size=len(splits["train"]),
-                         lora=lora)
-    print(f"Saved {args.out}; results in {path}")
-    return 0
+    row = exp.finetune(model, name, exp.run_dir / "metrics.jsonl")
+    if exp.run.is_main:
+        save_lora_classifier(args.out, model, exp.tokenizer, base_path=args.base,
+                             base_fingerprint=exp.base_fingerprint, lora=lora,
+                             run_name=args.run_name, dev_acc=row["dev_acc"],
+                             val_acc=row["val_acc"], train_size=len(exp.splits["train"]),
+                             steps=row["steps"])
+        exp.rows.append(checkpoint_row(row, args.out))
+        exp.rows += compared_rows(args.compare)
+    return exp.finish(lora=lora)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from instructions import (
 )
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
-from training import lm_loss, pick_device, train_model
+from training import cleanup_distributed, launch, lm_loss, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     check_qlora_args(args)
     started = time.perf_counter()
-    device = pick_device(args.device)
+    run = launch(args.device)  # under torchrun: this process's rank and its own device
+    device = run.device
     run_dir = Path("runs") / args.run_name
     torch.manual_seed(args.seed)
 
@@ -152,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(args)
     train, train_stats = encode_examples(splits["train"], tokenizer, ctx)
     test, test_stats = encode_examples(splits["test"], tokenizer, ctx)
-    print(f"Base {args.base}: {base.num_parameters() / 1e6:.2f} M parameters, context {ctx}; "
-          f"device {device}\nTrain: {train_stats.summary()}\nHeld-out: {test_stats.summary()}")
+    say = print if run.is_main else lambda *_: None  # only the main process reports
+    say(f"Base {args.base}: {base.num_parameters() / 1e6:.2f} M parameters, context {ctx}; "
+        f"device {device}" + (f"; {run.world_size} processes" if run.world_size > 1 else "")
+        + f"\nTrain: {train_stats.summary()}\nHeld-out: {test_stats.summary()}")
     train_loader = instruction_dataloader(train, args.batch_size, tokenizer.eot_id,
-                                          shuffle=True, seed=args.seed)
+                                          shuffle=True, seed=args.seed, rank=run.rank,
+                                          world_size=run.world_size)
     test_loader = instruction_dataloader(test, 2 * args.batch_size, tokenizer.eot_id,
                                          shuffle=False)
 
     # The reference: the pretrained model, dense, with the same template and held-out tokens.
     base = base.to(device)
-    dense_loss = response_loss(base, test_loader)
+    dense_loss = response_loss(base, test_loader) if run.is_main else math.nan
     dense = {name: m.weight.detach().float().cpu().clone() for name, m in base.named_modules()
              if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
 
@@ -171,24 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     nbytes = quantized_nbytes(model)
     q_error = quantization_error(dense, model)
     trainable, total = count_parameters(model)
-    print(f"NF4 ({args.backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
+    say(f"NF4 ({args.backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
           f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
           f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
           f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
           f"weight error {q_error:.4f}")
-    print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
-          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
-
-    # Fresh adapters change nothing (B = 0), so this is the 4-bit base model's score.
-    nf4_loss = response_loss(model, test_loader)
-    shown = sample_records(splits["test"], tokenizer, ctx, args.samples)
-    base_answers = answer_samples(model, tokenizer, shown, args)
+    say(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
+        f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
 
     log_path = run_dir / "metrics.jsonl"
-    log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
+    if run.is_main:
+        # Fresh adapters change nothing (B = 0), so this is the 4-bit base model's score.
+        nf4_loss = response_loss(model, test_loader)
+        shown = sample_records(splits["test"], tokenizer, ctx, args.samples)
+        base_answers = answer_samples(model, tokenizer, shown, args)
+        log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
     with PeakMemory(device) as memory:
-        summary = train_model(model, train_loader, test_loader, train_config(args), device,
-                              loss_fn=lm_loss, log_path=log_path, desc="qlora")
+        summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),
+                              device, loss_fn=lm_loss, log_path=log_path, is_main=run.is_main,
+                              desc="qlora")
+    cleanup_distributed()
+    if not run.is_main:
+        return 0
     tuned_loss = response_loss(model, test_loader)
     tuned_answers = answer_samples(model, tokenizer, shown, args)
     with open(log_path, "a", encoding="utf-8") as f:

@@ -15,6 +15,10 @@ weights, so everything else lives here, once:
                            report needs: accuracy, trainable share, wall time, peak memory.
 - ``baseline_rows``        the majority class and a TF-IDF + logistic regression baseline.
 - ``print_table`` / ``write_metrics``   the results table and ``runs/<name>/metrics.json``.
+- ``prepare`` / ``Experiment``   the set-up both classifier scripts share, and their report.
+
+Both run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each process
+its own share of the batches, only rank 0 evaluates, logs and saves).
 
 Which data is used for what. SST-2's GLUE dev set (``load_sst2``'s "test", 872 sentences)
 is only ever scored, once, at the end: nothing is trained, tuned or selected on it. The "val"
@@ -35,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,13 +47,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, weights_fingerprint
 from classifier import encode_text
 from data_utils import ShardedSampler, load_sst2, pad_batch
 from lora import count_parameters
 from model import GPTModel
 from tokenizer import BPETokenizer
-from training import TrainConfig, train_model
+from training import Launch, TrainConfig, cleanup_distributed, launch, train_model
 
 Example = tuple[str, int]  # (sentence, label)
 
@@ -168,15 +173,17 @@ class LengthGroupedBatches(Sampler[list[int]]):
     the padded share drops to a few percent, so a CPU step is about 3x faster.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50,
+                 rank: int = 0, world_size: int = 1):
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.rank, self.world_size = rank, world_size  # under DDP: every world_size-th batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths) // self.batch_size
+        return len(self.lengths) // self.batch_size // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -186,17 +193,19 @@ class LengthGroupedBatches(Sampler[list[int]]):
         grouped = [i for start in range(0, len(order), span)
                    for i in sorted(order[start : start + span], key=self.lengths.__getitem__)]
         batches = [grouped[i * self.batch_size : (i + 1) * self.batch_size]
-                   for i in range(len(self))]
-        return iter([batches[i] for i in torch.randperm(len(batches), generator=generator)])
+                   for i in range(len(self.lengths) // self.batch_size)]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return iter(shuffled[self.rank : len(self) * self.world_size : self.world_size])
 
 
 def make_loader(examples: list[Example], tokenizer: BPETokenizer, context_length: int,
-                batch_size: int, shuffle: bool, seed: int = 0, group_by_length: bool = True
-                ) -> DataLoader:
+                batch_size: int, shuffle: bool, seed: int = 0, group_by_length: bool = True,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """Batches of (ids, lengths, labels).
 
     Training (``shuffle``): a new seeded shuffle each epoch, a pure function of (seed, epoch),
-    in batches of similar length (LengthGroupedBatches) unless ``group_by_length`` is off.
+    in batches of similar length (LengthGroupedBatches) unless ``group_by_length`` is off;
+    under DDP, process ``rank`` takes its own share of the batches.
     Evaluation: the file's order, every sentence.
     """
     dataset = ClassificationDataset(examples, tokenizer, context_length)
@@ -207,20 +216,22 @@ def make_loader(examples: list[Example], tokenizer: BPETokenizer, context_length
         raise ValueError(f"{len(dataset)} training sentences cannot fill one batch of "
                          f"{batch_size}; use a larger --train-size or a smaller --batch-size.")
     if group_by_length:
-        batches = LengthGroupedBatches([len(ids) for ids in dataset.ids], batch_size, seed)
+        batches = LengthGroupedBatches([len(ids) for ids in dataset.ids], batch_size, seed,
+                                       rank=rank, world_size=world_size)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=pad)
-    sampler = ShardedSampler(len(dataset), shuffle=True, seed=seed, rank=0, world_size=1)
+    sampler = ShardedSampler(len(dataset), shuffle=True, seed=seed, rank=rank,
+                             world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       collate_fn=pad)
 
 
 def make_loaders(splits: dict[str, list[Example]], tokenizer: BPETokenizer, context_length: int,
-                 batch_size: int, seed: int, group_by_length: bool = True
-                 ) -> dict[str, DataLoader]:
+                 batch_size: int, seed: int, group_by_length: bool = True, rank: int = 0,
+                 world_size: int = 1) -> dict[str, DataLoader]:
     return {name: make_loader(examples, tokenizer, context_length,
                               batch_size if name == "train" else 2 * batch_size,
                               shuffle=name == "train", seed=seed,
-                              group_by_length=group_by_length)
+                              group_by_length=group_by_length, rank=rank, world_size=world_size)
             for name, examples in splits.items()}
 
 
@@ -300,24 +311,30 @@ class PeakMemory:
 
 
 def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Namespace,
-             device: torch.device, name: str, log_path: str | Path) -> dict:
+             run: Launch, name: str, log_path: str | Path) -> dict | None:
     """Train ``model``'s trainable weights on loaders["train"]; return its results row.
 
     The row holds: dev (GLUE dev = our "test") and val accuracy, trainable and total
     parameters, wall time of training (with its periodic val-loss evaluations), peak memory
     during training (PeakMemory), and the loss summary.
     The JSON-lines log gets train_model's records plus one final record with the accuracies.
+    Under torchrun every process trains (DistributedDataParallel) and only the main one
+    measures and reports: the others return None.
     """
     log_path = Path(log_path)
-    log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
-    model.to(device)
+    if run.is_main:
+        log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
+    model.to(run.device)
     trainable, total = count_parameters(model)
     # The first AdamW in a process imports torch._dynamo (~90 MB of code and data); do that
     # before measuring, so the peak is this run's tensors, not a one-time import.
     torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
-    with PeakMemory(device) as memory:
-        summary = train_model(model, loaders["train"], loaders["val"], train_config(args),
-                              device, loss_fn=classification_loss, log_path=log_path, desc=name)
+    with PeakMemory(run.device) as memory:
+        summary = train_model(run.wrap(model), loaders["train"], loaders["val"],
+                              train_config(args), run.device, loss_fn=classification_loss,
+                              log_path=log_path, is_main=run.is_main, desc=name)
+    if not run.is_main:
+        return None
     row = {
         "model": name,
         "dev_acc": evaluate_accuracy(model, loaders["test"]),
@@ -330,6 +347,7 @@ def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Na
         "train_loss": summary["train_loss"],
         "val_loss": summary["val_loss"],
         "dtype": summary["dtype"],
+        "processes": run.world_size,
         "interrupted": summary["interrupted"],
     }
     if summary["interrupted"]:
@@ -442,8 +460,63 @@ def sizes_line(splits: dict[str, list[Example]]) -> str:
     return ", ".join(f"{name} {len(rows):,}" for name, rows in splits.items())
 
 
-def describe_setup(base_path: str | Path, model: GPTModel, device: torch.device,
-                   splits: dict[str, list[Example]]) -> None:
-    print(f"Base {base_path}: {model.num_parameters() / 1e6:.2f} M parameters, context "
-          f"{model.config.context_length}; SST-2 sentences: {sizes_line(splits)} "
-          f"(test = GLUE dev); device {device}")
+# ---------------------------------------------------------------------------- one experiment
+
+
+@dataclass
+class Experiment:
+    """What both classifier scripts set up the same way, and the rows of their report."""
+
+    args: argparse.Namespace
+    run: Launch
+    base: GPTModel
+    tokenizer: BPETokenizer
+    base_fingerprint: str
+    splits: dict[str, list[Example]]
+    loaders: dict[str, DataLoader]
+    rows: list[dict]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path("runs") / self.args.run_name
+
+    def finetune(self, model: nn.Module, name: str, log_path: str | Path) -> dict | None:
+        return finetune(model, self.loaders, self.args, self.run, name, log_path)
+
+    def finish(self, **extra) -> int:
+        """Print the table and write runs/<name>/metrics.json (main process); end the run."""
+        cleanup_distributed()
+        if not self.run.is_main:
+            return 0
+        print_table(self.rows, f"SST-2, GLUE dev set ({len(self.splits['test'])} sentences); "
+                    f"trained on {len(self.splits['train']):,} sentences, "
+                    f"{self.args.max_steps} steps x {self.run.world_size} process(es)")
+        path = write_metrics(self.run_dir, self.rows, self.args, base=str(self.args.base),
+                             base_fingerprint=self.base_fingerprint,
+                             train_size=len(self.splits["train"]),
+                             processes=self.run.world_size, **extra)
+        print(f"Saved {self.args.out}; results in {path}")
+        return 0
+
+
+def prepare(args: argparse.Namespace) -> Experiment:
+    """Check the flags, start the processes, load the base model and SST-2, build the loaders.
+
+    Under torchrun each process gets its own share of the training batches (--batch-size is
+    per process, so the global batch is batch size x processes); only the main process
+    prints and computes the baselines.
+    """
+    check_args(args)
+    run = launch(args.device)
+    base, tokenizer, _ = load_base(args.base)
+    splits = load_sst2_splits(args.data_dir, args.train_size, args.seed)
+    if run.is_main:
+        print(f"Base {args.base}: {base.num_parameters() / 1e6:.2f} M parameters, context "
+              f"{base.config.context_length}; SST-2 sentences: {sizes_line(splits)} "
+              f"(test = GLUE dev); device {run.device}"
+              + (f"; {run.world_size} processes" if run.world_size > 1 else ""))
+    loaders = make_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
+                           args.seed, args.group_by_length, rank=run.rank,
+                           world_size=run.world_size)
+    return Experiment(args, run, base, tokenizer, weights_fingerprint(base.state_dict()),
+                      splits, loaders, baseline_rows(splits) if run.is_main else [])

@@ -182,11 +182,13 @@ def collate(pad_id: int):
 
 
 def instruction_dataloader(examples: list[Example], batch_size: int, pad_id: int,
-                           shuffle: bool = True, seed: int = 0) -> DataLoader:
+                           shuffle: bool = True, seed: int = 0, rank: int = 0,
+                           world_size: int = 1) -> DataLoader:
     """Batches of (inputs, targets) for ``training.train_model`` with ``lm_loss``.
 
     Training batches are shuffled anew each epoch, as a pure function of (seed, epoch), so a
     run is reproducible; evaluation batches keep the order and include the last short batch.
+    Under DDP, process ``rank`` of ``world_size`` draws from its own share of the examples.
     """
     if not examples:
         raise ValueError("No instruction examples fit the context window; nothing to batch.")
@@ -195,7 +197,7 @@ def instruction_dataloader(examples: list[Example], batch_size: int, pad_id: int
     if shuffle and len(examples) < batch_size:
         raise ValueError(f"{len(examples)} training examples cannot fill one batch of "
                          f"{batch_size}; use more data or a smaller --batch-size.")
-    sampler = ShardedSampler(len(examples), shuffle, seed, rank=0, world_size=1)
+    sampler = ShardedSampler(len(examples), shuffle, seed, rank=rank, world_size=world_size)
     return DataLoader(examples, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
                       collate_fn=collate(pad_id))
 

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import (
     CheckpointError,
     atomic_save,
     config_and_tokenizer,
+    load_checkpoint,
     make_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -38,7 +38,7 @@ from data_utils import (
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
-from training import TrainConfig, cleanup_distributed, pick_device, setup_distributed, train_model
+from training import TrainConfig, cleanup_distributed, launch, train_model
 
 # Each preset: model shape, tokenizer size and training schedule. Flags override any field.
 PRESETS: dict[str, dict] = {
@@ -120,11 +120,8 @@ def forget_steps_after(log_path: Path, step: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = settings(args)
-    rank, world_size, local_rank = setup_distributed()
-    is_main = rank == 0
-    if world_size > 1 and args.device == "auto":  # one GPU per process
-        args.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = pick_device(args.device)
+    run = launch(args.device)  # under torchrun: this process's rank and its own device
+    rank, world_size, is_main, device = run.rank, run.world_size, run.is_main, run.device
     torch.manual_seed(args.seed)
     run_dir = Path("runs") / args.run_name
     state_path = run_dir / "state.pt"
@@ -177,32 +174,49 @@ def main(argv: list[str] | None = None) -> int:
               f"({json.dumps(model_cfg.to_dict())}); {len(train_ids):,} train tokens "
               f"({len(splits['train']) / len(train_ids):.2f} chars/token); device {device}; "
               f"global batch {batch_size * train_cfg.grad_accum_steps * world_size} x {ctx}")
-    wrapped = DistributedDataParallel(model) if world_size > 1 else model
+    wrapped = run.wrap(model)  # DistributedDataParallel under torchrun
 
     meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset}
+    # A resumed run has already written its best model to --out (if it reached an evaluation).
+    best_saved = resume_state is not None and resume_state.get("best_val", (0, 0))[1] > 0
+
+    def model_meta(state: dict) -> dict:
+        return {**meta, "step": state["step"], "elapsed": state["elapsed"],
+                "train_config": train_cfg.to_dict(), "batch_size": batch_size}
+
+    def save_best(state: dict) -> None:
+        # The weights users get are the ones with the lowest val loss (as nanoGPT does):
+        # past that point a small corpus is being memorised, not learned.
+        nonlocal best_saved
+        best_saved = True
+        save_checkpoint(args.out, model, tokenizer, **model_meta(state),
+                        val_loss=state["best_val"][0])
 
     def save(state: dict) -> None:
-        model_meta = {**meta, "step": state["step"], "elapsed": state["elapsed"],
-                      "train_config": train_cfg.to_dict(), "batch_size": batch_size}
-        training = {k: state[k] for k in ("optimizer", "step", "rng", "elapsed")}
+        training = {k: state[k] for k in ("optimizer", "step", "rng", "elapsed", "best_val")}
         checkpoint = make_checkpoint("train-state", state["model"], model_cfg, tokenizer,
-                                     **model_meta)
+                                     **model_meta(state))
         atomic_save({**checkpoint, "training": training}, state_path)
-        save_checkpoint(args.out, model, tokenizer, **model_meta)
+        if not best_saved:  # stopped before the first evaluation: keep what there is
+            save_checkpoint(args.out, model, tokenizer, **model_meta(state))
 
     summary = train_model(
         wrapped, train_loader, val_loader, train_cfg, device, log_path=run_dir / "metrics.jsonl",
-        save_fn=save, resume_state=resume_state, tokens_per_batch=batch_size * ctx * world_size,
+        save_fn=save, best_fn=save_best, resume_state=resume_state,
+        tokens_per_batch=batch_size * ctx * world_size,
         flops_per_token=model.flops_per_token(), is_main=is_main, desc="pretrain")
     cleanup_distributed()
     if not is_main:
         return 0
     status = "stopped early" if summary["interrupted"] else "done"
+    best = (f"best val loss {summary['best_val_loss']:.3f} at step {summary['best_step']}"
+            if summary["best_step"] else "no evaluation yet")
     print(f"Training {status} at step {summary['steps']} in {summary['elapsed']:.0f} s "
-          f"(train loss {summary['train_loss']:.3f}, val loss {summary['val_loss'] or 0:.3f}, "
-          f"{summary['dtype']}). Saved {args.out}; resume state in {state_path}.")
+          f"(train loss {summary['train_loss']:.3f}, {best}, {summary['dtype']}). "
+          f"Saved {args.out} (the best-val weights); resume state in {state_path}.")
     if args.sample_tokens:
-        sample = generate_text(model, tokenizer, "ROMEO:", max_new_tokens=args.sample_tokens,
+        best_model, _, _ = load_checkpoint(args.out)
+        sample = generate_text(best_model, tokenizer, "ROMEO:", max_new_tokens=args.sample_tokens,
                                temperature=0.8, top_k=50, seed=args.seed)
         print("\n--- sample ---\nROMEO:" + sample)
     return 0

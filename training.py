@@ -220,6 +220,7 @@ def train_model(
     loss_fn: Callable = lm_loss,
     log_path: str | Path | None = None,
     save_fn: Callable[[dict], None] | None = None,
+    best_fn: Callable[[dict], None] | None = None,
     resume_state: dict | None = None,
     tokens_per_batch: int | None = None,
     flops_per_token: int | None = None,
@@ -230,17 +231,20 @@ def train_model(
 
     ``save_fn(state)`` receives the full training state (model, optimizer, step, RNG) at each
     checkpoint interval, at the end, and when SIGINT/SIGTERM asks the run to stop.
+    ``best_fn(state)`` receives it after each evaluation that sets a new lowest val loss, so
+    the caller can keep the best model: small data overfits, and val loss turns back up.
     ``resume_state`` is such a state: training continues exactly where it left off.
     ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
     """
     dtype = pick_dtype(cfg.dtype, device)
     raw_model = getattr(model, "module", model)
     optimizer = configure_optimizer(raw_model, cfg, device)
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, best_val, best_step = 0, 0.0, math.inf, 0
     if resume_state is not None:
         raw_model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         step, elapsed_before = resume_state["step"], resume_state.get("elapsed", 0.0)
+        best_val, best_step = resume_state.get("best_val", (math.inf, 0))
         set_rng_state(resume_state["rng"])
     step_model = torch.compile(model) if cfg.compile else model
     is_ddp = hasattr(model, "no_sync")
@@ -248,7 +252,7 @@ def train_model(
     def state() -> dict:
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "rng": rng_state(), "elapsed": elapsed,
-                "train_config": cfg.to_dict()}
+                "best_val": (best_val, best_step), "train_config": cfg.to_dict()}
 
     log_file = None
     if log_path is not None and is_main:
@@ -310,6 +314,10 @@ def train_model(
                         val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
                                                  cfg.eval_batches)
                         record["val_loss"] = val_loss
+                        if val_loss < best_val:
+                            best_val, best_step = val_loss, step
+                            if best_fn:
+                                best_fn(state())
                     log(record)
                     bar.set_postfix(loss=f"{train_loss:.3f}",
                                     **({"val": f"{val_loss:.3f}"} if val_loss else {}))
@@ -326,6 +334,7 @@ def train_model(
     if save_fn and is_main:
         save_fn(state())
     return {"steps": step, "train_loss": train_loss, "val_loss": val_loss, "elapsed": elapsed,
+            "best_val_loss": best_val if best_step else None, "best_step": best_step,
             "interrupted": interrupted, "dtype": str(dtype).removeprefix("torch.")}
 
 
@@ -355,3 +364,38 @@ def cleanup_distributed() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the run: rank ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) logs, evaluates and saves."""
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around ``model`` when there are several processes."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+def launch(device: str = "auto") -> Launch:
+    """Start (under torchrun) or skip (plain python) the process group; pick the device.
+
+    Under torchrun with ``device="auto"`` each process takes its own GPU (cuda:LOCAL_RANK),
+    or the CPU where there is none.
+    """
+    rank, world_size, local_rank = setup_distributed()
+    if world_size > 1 and device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return Launch(rank, world_size, pick_device(device))

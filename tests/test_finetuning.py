@@ -85,6 +85,18 @@ def test_length_grouped_batches_are_random_full_and_nearly_unpadded():
     assert real_share(random_batches) < 0.7 < 0.9 < real_share(first)
 
 
+def test_ddp_ranks_split_the_batches_between_them():
+    lengths = torch.randint(1, 80, (1000,), generator=torch.Generator().manual_seed(1)).tolist()
+    single = list(LengthGroupedBatches(lengths, batch_size=10, seed=0))
+    ranks = [LengthGroupedBatches(lengths, batch_size=10, seed=0, rank=r, world_size=2)
+             for r in (0, 1)]
+    assert [len(r) for r in ranks] == [50, 50]
+    first, second = (list(r) for r in ranks)
+    # Rank r takes batches r, r + 2, ... of what one process would draw: together they see
+    # every batch once, in the same epoch, and no sentence twice.
+    assert first == single[0::2] and second == single[1::2]
+
+
 class FixedLogits(torch.nn.Module):
     """Predicts class 1 for sequences longer than 2 tokens, else class 0."""
 

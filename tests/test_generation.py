@@ -53,7 +53,7 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 def test_a_top_p_below_float32_resolution_is_still_greedy():
     # Regression: 5e-324 rounds to 0.0 in float32, which once dropped every token (NaN probs).
     logits = torch.zeros(2, 50)  # a uniform distribution: every cumulative gap is exactly 0
-    assert sample_next(logits, float(3.4e38), top_k=None, top_p=5e-324).shape == (2, 1)
+    assert sample_next(logits, 3.4e38, top_k=None, top_p=5e-324).shape == (2, 1)
 
 
 def test_top_k_only_samples_among_the_k_best():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, SHARED_DATA
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, read_checkpoint
 
 SCRIPTS = ["main.py", "evaluate.py"]
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
@@ -45,14 +45,17 @@ def pretrained(tmp_path_factory):
 def test_main_trains_saves_and_logs(pretrained):
     workdir, result = pretrained
     assert "--- sample ---" in result.stdout
-    model, tokenizer, meta = load_checkpoint(workdir / "model_weights.pth")
-    assert meta["step"] == 200 and meta["dataset"] == "tinyshakespeare"
     assert (workdir / "tokenizer.json").exists()
     records = [json.loads(line) for line in
                (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()]
-    val = [r["val_loss"] for r in records if "val_loss" in r]
-    assert records[-1]["step"] == 200 and val[-1] < val[0]
-    assert (workdir / "runs/pretrain/state.pt").exists()
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert records[-1]["step"] == 200 and val[200] < val[10]
+    # model_weights.pth holds the weights of the evaluation with the lowest val loss.
+    model, tokenizer, meta = load_checkpoint(workdir / "model_weights.pth")
+    assert meta["dataset"] == "tinyshakespeare" and meta["val_loss"] == min(val.values())
+    assert val[meta["step"]] == min(val.values())
+    state = read_checkpoint(workdir / "runs/pretrain/state.pt", kind="train-state")
+    assert state["training"]["step"] == 200
 
 
 @needs_data
@@ -74,8 +77,12 @@ def test_resume_continues_from_the_saved_state(pretrained):
     result = run([str(ROOT / "main.py"), "--preset", "tiny", "--max-steps", "210", "--resume",
                   "--sample-tokens", "0"], workdir)
     assert "Resuming" in result.stdout and "at step 210" in result.stdout
-    _, _, meta = load_checkpoint(workdir / "model_weights.pth")
-    assert meta["step"] == 210
+    state = read_checkpoint(workdir / "runs/pretrain/state.pt", kind="train-state")
+    assert state["training"]["step"] == 210
+    records = [json.loads(line) for line in
+               (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()]
+    best = min((r["val_loss"], r["step"]) for r in records if "val_loss" in r)
+    assert load_checkpoint(workdir / "model_weights.pth")[2]["step"] == best[1]
 
 
 def test_missing_checkpoint_is_one_clear_sentence(tmp_path):

@@ -1,4 +1,5 @@
-"""Faults and scale-out: SIGKILL/SIGTERM mid-run, exact resume, and DDP == one process."""
+"""Faults and scale-out: SIGKILL/SIGTERM mid-run, exact resume, and DDP == one process
+(for pretraining and for the finetuning scripts)."""
 
 import json
 import os
@@ -47,7 +48,13 @@ def workdir_with_tokenizer(tmp_path, tokenizer_dir, name: str):
     return workdir
 
 
-def final_weights(workdir) -> dict:
+def final_weights(workdir) -> tuple[dict, dict]:
+    """The last step's weights and metadata (model_weights.pth holds the best-val step's)."""
+    ckpt = read_checkpoint(workdir / "runs/pretrain/state.pt", kind="train-state")
+    return ckpt["state_dict"], ckpt["metadata"]
+
+
+def best_weights(workdir) -> tuple[dict, dict]:
     model, _, meta = load_checkpoint(workdir / "model_weights.pth")
     return model.state_dict(), meta
 
@@ -81,12 +88,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir
     proc.wait()
     # Whatever moment the kill hit, the last good checkpoint is readable ...
     _, meta = final_weights(killed)
+    best_weights(killed)  # and so is the best-val model
     assert 60 <= meta["step"] < 300
     # ... and resuming reaches exactly the uninterrupted run's weights and loss.
     main_py(killed, *steps, "--resume")
     expected, expected_meta = final_weights(straight)
     actual, actual_meta = final_weights(killed)
     assert actual_meta["step"] == expected_meta["step"] == 300
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], msg=name)
+    (expected, expected_meta), (actual, actual_meta) = best_weights(straight), best_weights(killed)
+    assert actual_meta["step"] == expected_meta["step"]  # the same best-val model was kept
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], msg=name)
 
@@ -129,3 +141,57 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     two, _ = final_weights(ddp)
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def torchrun(workdir, script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / script), *args], cwd=workdir, env=ENV, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer_dir):
+    """A tiny model_weights.pth for the finetuning scripts (context 128: instructions fit)."""
+    workdir = tmp_path_factory.mktemp("base")
+    shutil.copy(tokenizer_dir / "tokenizer.json", workdir)
+    main_py(workdir, "--max-steps", "5", "--checkpoint-interval", "0", "--context-length", "128")
+    return workdir
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2" / "train.tsv").exists(), reason="needs SST-2")
+def test_two_process_classifier_matches_one_process(tmp_path, base_dir):
+    """finetune_classifier.py under torchrun: the same weights as one process, same batch."""
+    common = ["--base", str(base_dir / "model_weights.pth"), "--max-steps", "4",
+              "--train-size", "256", "--eval-interval", "1000", "--device", "cpu",
+              "--dtype", "float32", "--skip-random-init", "--no-group-by-length"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir(), ddp.mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "finetune_classifier.py"), *common,
+                             "--batch-size", "16"], cwd=single, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = torchrun(ddp, "finetune_classifier.py", *common, "--batch-size", "8").stdout
+    assert out.count("SST-2, GLUE dev set") == 1  # only rank 0 reports
+    assert "2 processes" in out
+
+    from classifier import load_classifier
+    one = load_classifier(single / "classifier.pth")[0].state_dict()
+    two = load_classifier(ddp / "classifier.pth")[0].state_dict()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+    rows = json.loads((ddp / "runs/classifier/metrics.json").read_text())["rows"]
+    assert rows[-1]["processes"] == 2
+
+
+def test_two_process_qlora_trains_and_saves_once(tmp_path, base_dir):
+    out = torchrun(tmp_path, "finetune_qlora_instructions.py", "--base",
+                   str(base_dir / "model_weights.pth"), "--data-file",
+                   str(SHARED_DATA / "instruction-data-1100.jsonl"), "--max-steps", "3",
+                   "--train-size", "64", "--batch-size", "4", "--eval-interval", "1000",
+                   "--samples", "1", "--max-new-tokens", "4", "--device", "cpu").stdout
+    assert out.count("Held-out response tokens") == 1 and "2 processes" in out
+    metrics = json.loads((tmp_path / "runs/qlora-instruct/metrics.json").read_text())
+    assert metrics["rows"][-1]["steps"] == 3

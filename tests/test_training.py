@@ -12,6 +12,7 @@ from model import GPTConfig, GPTModel
 from training import (
     TrainConfig,
     configure_optimizer,
+    evaluate_loss,
     lm_loss,
     lr_at,
     pick_device,
@@ -74,6 +75,27 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
     assert {"step", "train_loss", "lr", "elapsed", "tokens_per_sec"} <= set(records[0])
     assert "val_loss" in records[1]
+
+
+def test_best_fn_receives_the_weights_with_the_lowest_val_loss(tmp_path):
+    train, val = loaders()
+    log = tmp_path / "metrics.jsonl"
+    bests = []  # (step, weights) at each new lowest val loss
+    cfg = TrainConfig(max_steps=80, learning_rate=1e-2, warmup_steps=5, eval_interval=10)
+    summary = train_model(fresh_model(), train, val, cfg, CPU, log_path=log,
+                          best_fn=lambda s: bests.append(
+                              (s["step"], {k: v.clone() for k, v in s["model"].items()})))
+    vals = {r["step"]: r["val_loss"] for r in map(json.loads, log.read_text().splitlines())
+            if "val_loss" in r}
+    record_steps = [step for step in vals if vals[step] == min(v for s, v in vals.items()
+                                                               if s <= step)]
+    assert [step for step, _ in bests] == record_steps
+    assert summary["best_step"] == record_steps[-1]
+    assert summary["best_val_loss"] == min(vals.values())
+    best = fresh_model()
+    best.load_state_dict(bests[-1][1])
+    assert evaluate_loss(best, val, lm_loss, CPU, torch.float32, cfg.eval_batches) == pytest.approx(
+        min(vals.values()), rel=1e-6)
 
 
 def test_resumed_run_matches_an_uninterrupted_one():
