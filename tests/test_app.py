@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from conftest import ROOT, SHARED_DATA
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 APP = str(ROOT / "app.py")
@@ -186,6 +188,38 @@ def test_any_prompt_generates_without_crashing(project, monkeypatch, prompt):
     at.button(key="gen_go").click().run(timeout=60)
     no_trouble(at)
     assert "tokens/s" in at.tabs[2].caption[-1].value
+
+
+@needs_data
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(text=st.text(st.characters(codec=None), max_size=300) | st.text(max_size=3000),
+       context=st.text(max_size=300), temperature=st.sampled_from([0.0, 0.05, 1.0, 2.0]),
+       top_k=st.integers(0, 300), top_p=st.sampled_from([0.05, 0.5, 1.0]),
+       max_new=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_any_input_in_any_tab_is_an_answer_or_a_message(project, monkeypatch, text, context,
+                                                        temperature, top_k, top_p, max_new,
+                                                        seed):
+    """Hostile inputs through the real widgets: nothing may raise, every tab still answers."""
+    at = run_app(project, monkeypatch)
+    at.text_area(key="tok_text").input(text)
+    at.text_input(key="attn_text").input(text[:300])  # the widgets' max_chars
+    at.text_area(key="gen_prompt").input(text)
+    at.slider(key="gen_max").set_value(max_new)
+    at.slider(key="gen_temp").set_value(temperature)
+    at.number_input(key="gen_top_k").set_value(top_k)
+    at.slider(key="gen_top_p").set_value(top_p)
+    at.number_input(key="gen_seed").set_value(seed)
+    at.button(key="gen_go").click().run(timeout=60)
+    no_trouble(at)
+    at.text_input(key="sent_text").input(text[:500])
+    at.button(key="sent_go").click().run(timeout=60)
+    no_trouble(at)
+    at.text_area(key="inst_text").input(text[:1000])
+    at.text_area(key="inst_context").input(context)
+    at.slider(key="inst_max").set_value(max_new)
+    at.button(key="inst_go").click().run(timeout=60)
+    no_trouble(at)
 
 
 @needs_data
