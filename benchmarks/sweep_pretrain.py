@@ -28,6 +28,7 @@ from main import PRESETS, get_tokenizer, parse_args  # noqa: E402
 
 
 def run_variant(name: str, flags: list[str], log_dir: Path) -> dict:
+    main_args = parse_args(flags)  # evaluate.py scores on the device and data main.py used
     run_dir = Path("runs") / f"sweep-{name}"
     weights = run_dir / "model.pth"
     started = time.perf_counter()
@@ -40,9 +41,9 @@ def run_variant(name: str, flags: list[str], log_dir: Path) -> dict:
         if train.returncode != 0:
             return {"name": name, "flags": " ".join(flags),
                     "error": f"main.py exited with {train.returncode}"}
-        device = [f for i, f in enumerate(flags) if i and flags[i - 1] == "--device"] or ["auto"]
+        data = ["--data-dir", main_args.data_dir] if main_args.data_dir else []
         subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(weights),
-                        "--split", "val", "--device", device[-1],
+                        "--split", "val", "--device", main_args.device, *data,
                         "--out", str(run_dir / "val.json")], stdout=log, stderr=subprocess.STDOUT,
                        check=True)
     val = json.loads((run_dir / "val.json").read_text())
