@@ -164,16 +164,20 @@ def main(argv: list[str] | None = None) -> int:
                                          shuffle=False)
 
     # The reference: the pretrained model, dense, with the same template and held-out tokens.
+    # Only the main process reports, so only it measures the reference.
     base = base.to(device)
-    dense_loss = response_loss(base, test_loader) if run.is_main else math.nan
-    dense = {name: m.weight.detach().float().cpu().clone() for name, m in base.named_modules()
-             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
+    dense_loss, dense = math.nan, {}
+    if run.is_main:
+        dense_loss = response_loss(base, test_loader)
+        dense = {name: m.weight.detach().float().cpu().clone() for name, m in
+                 base.named_modules()
+                 if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
 
     lora = {"r": args.rank, "alpha": args.alpha, "dropout": args.dropout,
             "targets": list(DEFAULT_TARGETS)}
     model = make_qlora(base, args.backend, **lora)
     nbytes = quantized_nbytes(model)
-    q_error = quantization_error(dense, model)
+    q_error = quantization_error(dense, model) if dense else math.nan
     trainable, total = count_parameters(model)
     say(f"NF4 ({args.backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
           f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
