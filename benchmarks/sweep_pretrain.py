@@ -5,7 +5,8 @@
 
 Each variant is NAME=FLAGS (FLAGS are main.py flags laid over --common). Variants run as
 separate processes, --jobs at a time; each writes runs/sweep-NAME/ and is scored with
-evaluate.py on the *val* split (the test split stays unseen while choosing settings).
+evaluate.py on the *val* split (the test split stays unseen while choosing settings;
+--also-test adds it, for reporting the choice afterwards).
 Tokenizers are trained once per vocabulary size before the runs start, so parallel runs
 never race to write the same file. Results: a table, and runs/sweep/results.jsonl.
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from main import PRESETS, get_tokenizer, parse_args  # noqa: E402
 
 
-def run_variant(name: str, flags: list[str], log_dir: Path) -> dict:
+def run_variant(name: str, flags: list[str], log_dir: Path, splits: list[str]) -> dict:
     main_args = parse_args(flags)  # evaluate.py scores on the device and data main.py used
     run_dir = Path("runs") / f"sweep-{name}"
     weights = run_dir / "model.pth"
@@ -42,18 +43,20 @@ def run_variant(name: str, flags: list[str], log_dir: Path) -> dict:
             return {"name": name, "flags": " ".join(flags),
                     "error": f"main.py exited with {train.returncode}"}
         data = ["--data-dir", main_args.data_dir] if main_args.data_dir else []
-        subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", str(weights),
-                        "--split", "val", "--device", main_args.device, *data,
-                        "--out", str(run_dir / "val.json")], stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
-    val = json.loads((run_dir / "val.json").read_text())
+        for split in splits:
+            subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint",
+                            str(weights), "--split", split, "--device", main_args.device, *data,
+                            "--out", str(run_dir / f"{split}.json")],
+                           stdout=log, stderr=subprocess.STDOUT, check=True)
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = steps[-1]
-    return {"name": name, "flags": " ".join(flags), "wall_s": round(wall, 1),
-            "train_s": round(last["elapsed"], 1), "step": last["step"],
-            "train_loss": round(last["train_loss"], 4),
-            "val_nats_per_char": round(val["model"]["nats_per_char"], 4),
-            "val_perplexity": round(val["model"]["perplexity"], 2)}
+    result = {"name": name, "flags": " ".join(flags), "wall_s": round(wall, 1),
+              "train_s": round(last["elapsed"], 1), "step": last["step"],
+              "train_loss": round(last["train_loss"], 4)}
+    for split in splits:
+        scores = json.loads((run_dir / f"{split}.json").read_text())["model"]
+        result[f"{split}_nats_per_char"] = round(scores["nats_per_char"], 4)
+    return result
 
 
 def main() -> int:
@@ -62,7 +65,10 @@ def main() -> int:
     p.add_argument("--common", default="", help="main.py flags shared by every variant")
     p.add_argument("--jobs", type=int, default=1, help="variants run at the same time")
     p.add_argument("--out-dir", default="runs/sweep")
+    p.add_argument("--also-test", action="store_true",
+                   help="score the test split too: for reporting a choice, not for making it")
     args = p.parse_args()
+    splits = ["val", "test"] if args.also_test else ["val"]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +84,7 @@ def main() -> int:
         variants[name] = flags + ["--tokenizer", str(path)]
 
     def run_and_record(item: tuple[str, list[str]]) -> dict:
-        result = run_variant(*item, out_dir)
+        result = run_variant(*item, out_dir, splits)
         with open(out_dir / "results.jsonl", "a") as f:  # as each finishes: nothing is lost
             f.write(json.dumps(result) + "\n")
         print(json.dumps(result), flush=True)
@@ -86,13 +92,14 @@ def main() -> int:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_and_record, variants.items()))
-    print(f"{'variant':<14}{'steps':>6}{'train s':>9}{'train loss':>11}{'val nats/char':>14}")
+    print(f"{'variant':<14}{'steps':>6}{'train s':>9}{'train loss':>11}"
+          + "".join(f"{split + ' nats/char':>16}" for split in splits))
     for r in results:
         if "error" in r:
             print(f"{r['name']:<14}{r['error']}")
         else:
             print(f"{r['name']:<14}{r['step']:>6}{r['train_s']:>9.1f}{r['train_loss']:>11.3f}"
-                  f"{r['val_nats_per_char']:>14.4f}")
+                  + "".join(f"{r[split + '_nats_per_char']:>16.4f}" for split in splits))
     return 0
 
 

@@ -56,6 +56,7 @@ def test_main_trains_saves_and_logs(pretrained):
     assert val[meta["step"]] == min(val.values())
     state = read_checkpoint(workdir / "runs/pretrain/state.pt", kind="train-state")
     assert state["training"]["step"] == 200
+    assert state["metadata"]["train_config"]["optimizer"] == "muon"  # the presets' optimizer
 
 
 @needs_data

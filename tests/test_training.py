@@ -3,18 +3,23 @@
 import json
 import os
 import signal
+from itertools import islice
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from data_utils import create_dataloader
 from model import GPTConfig, GPTModel
 from training import (
+    Muon,
     TrainConfig,
     configure_optimizer,
     evaluate_loss,
     lm_loss,
     lr_at,
+    orthogonalize,
     pick_device,
     pick_dtype,
     train_model,
@@ -62,14 +67,63 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_loss_falls_and_metrics_are_logged(tmp_path):
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
+def test_orthogonalize_keeps_the_directions_and_evens_out_the_singular_values(shape):
+    g = 100 * torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    o = orthogonalize(g)
+    singular_values = torch.linalg.svdvals(o)
+    assert singular_values.min() > 0.6 and singular_values.max() < 1.25
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)  # the exact answer: U V^T
+    assert F.cosine_similarity(o.flatten(), (u @ vh).flatten(), dim=0) > 0.98
+
+
+def test_muon_gives_linear_matrices_to_muon_and_the_rest_to_adamw():
+    model = fresh_model()
+    opt = configure_optimizer(model, TrainConfig(optimizer="muon", learning_rate=3e-3,
+                                                 muon_lr=0.02), CPU)
+    decay, no_decay, muon = opt.param_groups
+    linear = [m.weight for m in model.modules() if isinstance(m, nn.Linear)
+              and m.weight is not model.tok_emb.weight]
+    assert [id(p) for p in muon["params"]] == [id(p) for p in linear]
+    assert muon["muon"] and muon["lr_scale"] == pytest.approx(0.02 / 3e-3)
+    assert any(p is model.tok_emb.weight for p in decay["params"])  # the tied head: AdamW
+    assert not decay["muon"] and not no_decay["muon"]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="Unknown optimizer 'sgd'; use adamw or muon"):
+        configure_optimizer(model, TrainConfig(optimizer="sgd"), CPU)
+
+
+def test_muon_without_muon_groups_is_exactly_adamw():
+    def groups(model):
+        return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                {"params": [p for p in model.parameters() if p.dim() < 2]}]
+
+    def no_bias_model():  # a key bias has zero gradient (softmax ignores it): pure noise
+        torch.manual_seed(0)
+        return GPTModel(GPTConfig(**{**CFG.to_dict(), "bias": False}))
+
+    a, b = no_bias_model(), no_bias_model()
+    adamw = torch.optim.AdamW(groups(a), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
+    muon = Muon(groups(b), lr=1e-2, betas=(0.9, 0.99))
+    train, _ = loaders()
+    for batch in islice(train, 5):
+        for model, opt in ((a, adamw), (b, muon)):
+            lm_loss(model, batch).backward()
+            opt.step()
+            opt.zero_grad()
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_falls_and_metrics_are_logged(tmp_path, optimizer):
     train, val = loaders()
     model = fresh_model()
     before = sum(lm_loss(model, b).item() for b in val) / len(val)
     log = tmp_path / "metrics.jsonl"
     summary = train_model(model, train, val, TrainConfig(max_steps=60, learning_rate=3e-3,
-                          warmup_steps=5, eval_interval=20, log_interval=10), CPU,
-                          log_path=log, tokens_per_batch=8 * 16)
+                          warmup_steps=5, eval_interval=20, log_interval=10,
+                          optimizer=optimizer), CPU, log_path=log, tokens_per_batch=8 * 16)
     assert summary["val_loss"] < before - 1.0
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
@@ -98,9 +152,11 @@ def test_best_fn_receives_the_weights_with_the_lowest_val_loss(tmp_path):
         min(vals.values()), rel=1e-6)
 
 
-def test_resumed_run_matches_an_uninterrupted_one():
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_matches_an_uninterrupted_one(optimizer):
     """Ctrl-C at step 15, resume to 30: the same weights as 30 steps in one go (dropout on)."""
-    cfg = TrainConfig(max_steps=30, learning_rate=3e-3, warmup_steps=5, eval_interval=1000)
+    cfg = TrainConfig(max_steps=30, learning_rate=3e-3, warmup_steps=5, eval_interval=1000,
+                      optimizer=optimizer)
     train, _ = loaders()
     straight = fresh_model(dropout=0.1)
     train_model(straight, train, None, cfg, CPU)
