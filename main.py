@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = TrainConfig(
             max_steps=s["max_steps"], learning_rate=s["learning_rate"], min_lr=s["min_lr"],
             warmup_steps=s["warmup_steps"], grad_accum_steps=s["grad_accum_steps"],
-            eval_interval=s["eval_interval"], weight_decay=s.get("weight_decay", 0.1),
-            optimizer=s["optimizer"], muon_lr=s.get("muon_lr", 0.02),
+            eval_interval=s["eval_interval"],
+            weight_decay=s.get("weight_decay", TrainConfig.weight_decay),
+            optimizer=s["optimizer"], muon_lr=s.get("muon_lr", TrainConfig.muon_lr),
             checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
             compile=args.compile, seed=args.seed)
         batch_size = s["batch_size"]

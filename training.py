@@ -174,11 +174,12 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
     """
     if cfg.optimizer not in ("adamw", "muon"):
         raise ValueError(f"Unknown optimizer '{cfg.optimizer}'; use adamw or muon.")
-    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    to_muon = set()
+    if cfg.optimizer == "muon":  # the tied output head is an Embedding's weight: AdamW keeps it
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        to_muon = linear - embedding
     params = [p for p in model.parameters() if p.requires_grad]
-    # The tied output head is an Embedding's weight: it stays with AdamW.
-    to_muon = {id(p) for p in params if cfg.optimizer == "muon" and id(p) in linear - embedding}
     muon = [p for p in params if id(p) in to_muon]
     decay = [p for p in params if p.dim() >= 2 and id(p) not in to_muon]
     no_decay = [p for p in params if p.dim() < 2]
