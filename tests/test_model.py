@@ -44,6 +44,22 @@ def test_multi_head_attention_equals_independent_heads():
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_dropout_acts_on_the_attention_weights_in_training_only():
+    """With the residual dropout switched off, training-mode outputs still vary: the attention
+    weights are dropped inside the kernel. Eval mode is deterministic and drops nothing."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(GPTConfig(**{**CFG.to_dict(), "dropout": 0.5}))
+    mha.resid_drop = torch.nn.Identity()
+    x = torch.randn(2, 11, CFG.n_embd)
+    mha.train()
+    first, second = mha(x)[0], mha(x)[0]
+    assert not torch.allclose(first, second)
+    mha.eval()
+    without_dropout = MultiHeadAttention(CFG).eval()
+    without_dropout.load_state_dict(mha.state_dict())
+    torch.testing.assert_close(mha(x)[0], without_dropout(x)[0])
+
+
 def test_changing_a_future_token_never_changes_earlier_logits(model):
     idx = torch.randint(0, CFG.vocab_size, (1, 12))
     changed = idx.clone()
