@@ -117,7 +117,10 @@ def test_too_long_input_gets_a_clear_error(model):
         model(torch.zeros(1, CFG.context_length + 1, dtype=torch.long))
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0)])
-def test_invalid_config_gets_a_clear_error(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [(dict(n_embd=30, n_head=4), "divisible"),
+                                          (dict(n_layer=0), "n_layer"),
+                                          (dict(dropout=1.0), "dropout"),
+                                          (dict(dropout=-0.1), "dropout")])
+def test_invalid_config_gets_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
         GPTConfig(**{**CFG.to_dict(), **bad})
