@@ -144,7 +144,8 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                p.mul_(1 - lr * wd)  # decoupled weight decay, as in AdamW
+                if wd:  # decoupled weight decay, as in AdamW (Muon and vector groups have none)
+                    p.mul_(1 - lr * wd)
                 if group["muon"]:
                     buf = state.setdefault("momentum", torch.zeros_like(p))
                     buf.lerp_(p.grad, 1 - group["momentum"])
