@@ -116,7 +116,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
     return TrainConfig(max_steps=args.max_steps, learning_rate=args.lr, min_lr=args.lr / 10,
                        warmup_steps=warmup, weight_decay=args.weight_decay,
-                       eval_interval=args.eval_interval, eval_batches=10**9, log_interval=10,
+                       eval_interval=args.eval_interval, log_interval=10,
                        dtype=args.dtype, seed=args.seed)
 
 

@@ -45,7 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum_steps: int = 1
     eval_interval: int = 100
-    eval_batches: int = 20
+    eval_batches: int | None = None  # None: the whole val loader (the presets' val split is small)
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0: only at the end (and on interruption)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -240,16 +240,21 @@ def to_device(batch, device: torch.device):
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
                   dtype: torch.dtype = torch.float32, max_batches: int | None = None) -> float:
-    """Mean loss over the first ``max_batches`` batches of ``loader`` (all if None)."""
+    """Mean loss per example over the first ``max_batches`` batches of ``loader`` (all if None).
+
+    Each batch's mean is weighted by its number of examples, so a short last batch counts
+    exactly as much as the examples it holds.
+    """
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
+        rows = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
         with autocast(device, dtype):
-            total += loss_fn(model, to_device(batch, device)).item()
-        count += 1
+            total += loss_fn(model, to_device(batch, device)).item() * rows
+        count += rows
     model.train(was_training)
     return total / max(count, 1)
 

@@ -152,6 +152,17 @@ def test_best_fn_receives_the_weights_with_the_lowest_val_loss(tmp_path):
         min(vals.values()), rel=1e-6)
 
 
+def test_val_loss_is_the_mean_over_every_window_even_with_a_short_last_batch():
+    ids = tiny_data()[1600:]
+    model = fresh_model()
+    everything = next(iter(create_dataloader(ids, 16, 1000, shuffle=False, drop_last=False)))
+    in_fives = create_dataloader(ids, 16, 5, shuffle=False, drop_last=False)
+    assert len(everything[0]) % 5 != 0  # so the last batch of five is short
+    with torch.no_grad():
+        expected = lm_loss(model.eval(), everything).item()
+    assert evaluate_loss(model, in_fives, lm_loss, CPU) == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resumed_run_matches_an_uninterrupted_one(optimizer):
     """Ctrl-C at step 15, resume to 30: the same weights as 30 steps in one go (dropout on)."""
