@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     model, tokenizer, meta = load_checkpoint(args.checkpoint, map_location=device)
-    splits = split_shakespeare(load_tinyshakespeare(args.data_dir))
+    nanogpt = meta.get("split") == "nanogpt"  # trained on train + val, as nanoGPT trains
+    if nanogpt and args.split == "val":
+        print("Note: this model was trained with --nanogpt-split, so it has seen the val split.")
+    splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=nanogpt)
     test_ids = tokenizer.encode(splits[args.split])
     # Characters actually predicted: everything after the first token.
     chars = len(splits[args.split]) - len(tokenizer.decode(test_ids[:1]))

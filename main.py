@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~30 s)")
     p.add_argument("--resume", action="store_true", help="continue runs/<run-name>/state.pt")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--nanogpt-split", action="store_true",
+                   help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
+                        "its published losses on the same test slice (val is then trained on)")
     p.add_argument("--sample-tokens", type=int, default=200, help="sample length after training")
     for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "batch_size",
                  "grad_accum_steps", "max_steps", "warmup_steps", "eval_interval"):
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = TrainConfig(**{**ckpt["metadata"]["train_config"],
                                    "max_steps": s["max_steps"]})
         batch_size = ckpt["metadata"]["batch_size"]
+        args.nanogpt_split = ckpt["metadata"].get("split") == "nanogpt"  # the text it started on
         print(f"Resuming {state_path} at step {resume_state['step']}")
         if is_main:  # drop log lines written after that checkpoint: they are about to be redone
             forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
 
-    splits = split_shakespeare(load_tinyshakespeare(args.data_dir))
+    splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=args.nanogpt_split)
     train_ids = tokenizer.encode(splits["train"])
     val_ids = tokenizer.encode(splits["val"])
     ctx = model_cfg.context_length
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
               f"global batch {batch_size * train_cfg.grad_accum_steps * world_size} x {ctx}")
     wrapped = run.wrap(model)  # DistributedDataParallel under torchrun
 
-    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset}
+    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
+            "split": "nanogpt" if args.nanogpt_split else "standard"}
     # A resumed run has already written its best model to --out (if it reached an evaluation).
     best_saved = resume_state is not None and resume_state.get("best_val", (0, 0))[1] > 0
 

@@ -79,6 +79,14 @@ def test_shakespeare_split_matches_nanogpt_val_slice(n):
     assert len(splits["train"]) == n * 85 // 100
 
 
+def test_nanogpt_split_trains_on_nanogpts_train_slice_and_keeps_the_same_test():
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    ours, theirs = split_shakespeare(text), split_shakespeare(text, nanogpt=True)
+    assert theirs["train"] == text[: int(len(text) * 0.9)]  # nanoGPT: train = data[:int(n*0.9)]
+    assert theirs["train"] == ours["train"] + ours["val"]
+    assert theirs["val"] == ours["val"] and theirs["test"] == ours["test"]
+
+
 def test_sst2_val_is_seeded_carve_out_of_train_and_test_is_dev(tmp_path):
     write_fixture(tmp_path)
     a = load_sst2(tmp_path, val_size=5, seed=1, verify=False)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -84,6 +85,27 @@ def test_resume_continues_from_the_saved_state(pretrained):
                (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()]
     best = min((r["val_loss"], r["step"]) for r in records if "val_loss" in r)
     assert load_checkpoint(workdir / "model_weights.pth")[2]["step"] == best[1]
+
+
+@needs_data
+def test_nanogpt_split_trains_on_the_first_90_percent_and_resume_keeps_it(pretrained):
+    workdir, _ = pretrained
+    tokenizer = load_checkpoint(workdir / "model_weights.pth")[1]
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    expected = len(tokenizer.encode(text[: len(text) * 90 // 100]))
+
+    def train_tokens(stdout: str) -> int:
+        return int(re.search(r"; ([\d,]+) train tokens", stdout).group(1).replace(",", ""))
+
+    common = ["--preset", "tiny", "--run-name", "nano", "--out", "nano.pth", "--sample-tokens", "0"]
+    first = run([str(ROOT / "main.py"), *common, "--max-steps", "10", "--nanogpt-split"], workdir)
+    assert train_tokens(first.stdout) == expected
+    assert load_checkpoint(workdir / "nano.pth")[2]["split"] == "nanogpt"
+    resumed = run([str(ROOT / "main.py"), *common, "--max-steps", "12", "--resume"], workdir)
+    assert train_tokens(resumed.stdout) == expected  # the text it started on, flag or not
+    val = run([str(ROOT / "evaluate.py"), "--checkpoint", "nano.pth", "--split", "val",
+               "--out", "runs/nano-val.json"], workdir)
+    assert "has seen the val split" in val.stdout
 
 
 def test_missing_checkpoint_is_one_clear_sentence(tmp_path):
