@@ -35,15 +35,15 @@ from training import pick_device
 
 
 @torch.no_grad()
-def total_nll(model: GPTModel, ids: list[int], batch_size: int = 16) -> tuple[float, int]:
-    """Sum of -log p(token | previous tokens in its window) over ids[1:], and the count."""
+def token_nll(model: GPTModel, ids: list[int], batch_size: int = 16) -> torch.Tensor:
+    """-log p(token | the tokens before it in its window), for each of ids[1:]."""
     model.eval()
     device = next(model.parameters()).device
     ctx = model.config.context_length
     data = torch.tensor(ids, dtype=torch.long)
     # Windows of ctx+1 tokens overlapping by one, so every token after the first is a target once.
     starts = list(range(0, len(ids) - 1, ctx))
-    nll, count = 0.0, 0
+    nll = []
     for i in range(0, len(starts), batch_size):
         chunk = [data[s : s + ctx + 1] for s in starts[i : i + batch_size]]
         lengths = [len(c) - 1 for c in chunk]
@@ -52,10 +52,10 @@ def total_nll(model: GPTModel, ids: list[int], batch_size: int = 16) -> tuple[fl
         for row, c in enumerate(chunk):
             x[row, : len(c) - 1], y[row, : len(c) - 1] = c[:-1], c[1:]
         logits = model(x.to(device)).float()
-        nll += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
-                               reduction="sum").item()
-        count += sum(lengths)
-    return nll, count
+        losses = F.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
+                                 reduction="none").cpu()
+        nll.extend(row[:n] for row, n in zip(losses, lengths, strict=True))
+    return torch.cat(nll) if nll else torch.zeros(0)
 
 
 def unigram_nll(train_ids: list[int], test_ids: list[int], vocab_size: int) -> float:
@@ -91,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     chars = len(splits[args.split]) - len(tokenizer.decode(test_ids[:1]))
 
     t0 = time.perf_counter()
-    results = {"model": scores(*total_nll(model, test_ids), chars)}
+    results = {"model": scores(token_nll(model, test_ids).double().sum().item(),
+                               len(test_ids) - 1, chars)}
     elapsed = time.perf_counter() - t0
     train_ids = tokenizer.encode(splits["train"])
     results["unigram"] = scores(unigram_nll(train_ids, test_ids, tokenizer.vocab_size),
                                 len(test_ids) - 1, chars)
     torch.manual_seed(0)
     untrained = GPTModel(model.config).to(device)
-    results["untrained"] = scores(*total_nll(untrained, test_ids), chars)
+    results["untrained"] = scores(token_nll(untrained, test_ids).double().sum().item(),
+                                  len(test_ids) - 1, chars)
 
     print(f"{args.checkpoint} on the TinyShakespeare {args.split} split "
           f"({chars:,} chars, {len(test_ids):,} tokens, {chars / len(test_ids):.2f} chars/token)")
