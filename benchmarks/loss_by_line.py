@@ -28,6 +28,16 @@ from evaluate import token_nll  # noqa: E402
 SPEAKER = re.compile(r"^([A-Z][A-Z' ]*[A-Z]):$", re.MULTILINE)
 
 
+def on_speaker_line(text: str, ids: list[int], tokenizer) -> torch.Tensor:
+    """For each scored token (ids[1:]), whether its first byte lies on a speaker's line."""
+    on_line = torch.zeros(len(text.encode("utf-8")), dtype=torch.bool)
+    for m in SPEAKER.finditer(text):  # ASCII text: character offsets are byte offsets
+        on_line[m.start() : m.end()] = True
+    lengths = torch.tensor([len(tokenizer.token_bytes(i)) for i in ids])
+    starts = lengths.cumsum(0) - lengths  # each token's first byte
+    return on_line[starts[1:]]  # the first token is never scored
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="model_weights.pth")
@@ -37,21 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
     splits = split_shakespeare(load_tinyshakespeare(args.data_dir),
                                nanogpt=meta.get("split") == "nanogpt")
-    test = splits["test"].encode("utf-8")
-    ids = tokenizer.encode(splits["test"])
+    if not splits["test"].isascii():  # names are found by character, tokens counted in bytes
+        sys.exit("error: the test slice is not ASCII; this breakdown expects TinyShakespeare.")
+    test = splits["test"]
+    ids = tokenizer.encode(test)
     nll = token_nll(model, ids).double()
 
-    on_name_line = torch.zeros(len(test), dtype=torch.bool)
-    for m in SPEAKER.finditer(splits["test"]):  # the slice is ASCII: characters are bytes
-        on_name_line[m.start() : m.end()] = True
-    lengths = torch.tensor([len(tokenizer.token_bytes(i)) for i in ids])
-    starts = lengths.cumsum(0) - lengths  # each token's first byte
-    names = on_name_line[starts[1:]]  # the first token is never scored
-    name_chars = int(on_name_line.sum())
+    names = on_speaker_line(test, ids, tokenizer)
+    name_chars = sum(len(m.group(0)) for m in SPEAKER.finditer(test))
     other_chars = len(test) - name_chars
 
     known = set(SPEAKER.findall(splits["train"]))
-    speakers = SPEAKER.findall(splits["test"])
+    speakers = SPEAKER.findall(test)
     unseen = [s for s in speakers if s not in known]
     print(f"{args.checkpoint} on the test slice (trained on the {meta.get('split', 'standard')}"
           f" split): {len(unseen)} of {len(speakers)} speeches are by speakers the training "

@@ -32,3 +32,24 @@ def test_scores_turn_a_total_nll_into_perplexity_nats_and_bits_per_char():
     assert result["perplexity"] == pytest.approx(math.exp(2.0))
     assert result["nats_per_char"] == pytest.approx(0.5)
     assert result["bits_per_char"] == pytest.approx(0.5 / math.log(2))
+
+
+def test_loss_by_line_charges_each_token_to_the_line_its_first_byte_is_on():
+    from benchmarks.loss_by_line import on_speaker_line
+    from tokenizer import BPETokenizer
+
+    text = "ROMEO:\nGood morrow.\n\nJULIET:\nAy, ROMEO.\n"
+    speaker_bytes = set(range(0, 6)) | set(range(text.find("JULIET:"), text.find("JULIET:") + 7))
+    bytewise = BPETokenizer()  # untrained: one token per byte
+    mask = on_speaker_line(text, bytewise.encode(text), bytewise)
+    assert mask.tolist() == [i in speaker_bytes for i in range(1, len(text))]  # byte 0: unscored
+
+    merged = BPETokenizer()
+    merged.train(text * 3, 280)  # whole words become single tokens
+    ids = merged.encode(text)
+    assert len(ids) < len(text)
+    firsts, offset = [], 0
+    for token in ids:
+        firsts.append(offset)
+        offset += len(merged.decode([token]))
+    assert on_speaker_line(text, ids, merged).tolist() == [f in speaker_bytes for f in firsts[1:]]

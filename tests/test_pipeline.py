@@ -108,6 +108,23 @@ def test_nanogpt_split_trains_on_the_first_90_percent_and_resume_keeps_it(pretra
     assert "has seen the val split" in val.stdout
 
 
+@needs_data
+def test_loss_by_line_splits_the_evaluated_loss_into_names_and_the_rest(pretrained):
+    workdir, _ = pretrained
+    out = run([str(ROOT / "benchmarks" / "loss_by_line.py")], workdir).stdout
+    assert "880 of 882 speeches are by speakers the training text never has speak" in out
+    rows = {line[:16].strip(): line[16:].split() for line in out.splitlines()[2:5]}
+    chars = {k: int(v[0].replace(",", "")) for k, v in rows.items()}
+    nats = {k: float(v[2]) for k, v in rows.items()}
+    assert chars["speaker names"] + chars["everything else"] == chars["all"] == 111_540
+    weighted = (nats["speaker names"] * chars["speaker names"]
+                + nats["everything else"] * chars["everything else"]) / chars["all"]
+    assert weighted == pytest.approx(nats["all"], abs=2e-4)
+    run([str(ROOT / "evaluate.py"), "--out", "runs/by-line.json"], workdir)
+    evaluated = json.loads((workdir / "runs/by-line.json").read_text())["model"]
+    assert nats["all"] == pytest.approx(evaluated["nats_per_char"], rel=1e-3)
+
+
 def test_missing_checkpoint_is_one_clear_sentence(tmp_path):
     result = run([str(ROOT / "evaluate.py"), "--checkpoint", "nope.pth"], tmp_path, check=False)
     assert result.returncode != 0
