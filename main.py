@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = TrainConfig(**{**ckpt["metadata"]["train_config"],
                                    "max_steps": s["max_steps"]})
         batch_size = ckpt["metadata"]["batch_size"]
-        args.nanogpt_split = ckpt["metadata"].get("split") == "nanogpt"  # the text it started on
+        started_nanogpt = ckpt["metadata"].get("split") == "nanogpt"
+        if args.nanogpt_split and not started_nanogpt:
+            print("Note: --nanogpt-split is ignored: a resumed run keeps the split it started on.")
+        args.nanogpt_split = started_nanogpt
         print(f"Resuming {state_path} at step {resume_state['step']}")
         if is_main:  # drop log lines written after that checkpoint: they are about to be redone
             forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])

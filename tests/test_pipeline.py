@@ -106,6 +106,11 @@ def test_nanogpt_split_trains_on_the_first_90_percent_and_resume_keeps_it(pretra
     val = run([str(ROOT / "evaluate.py"), "--checkpoint", "nano.pth", "--split", "val",
                "--out", "runs/nano-val.json"], workdir)
     assert "has seen the val split" in val.stdout
+    standard = ["--preset", "tiny", "--run-name", "std", "--out", "std.pth", "--sample-tokens", "0"]
+    run([str(ROOT / "main.py"), *standard, "--max-steps", "10"], workdir)
+    late = run([str(ROOT / "main.py"), *standard, "--max-steps", "12", "--resume",
+                "--nanogpt-split"], workdir)
+    assert "--nanogpt-split is ignored" in late.stdout and train_tokens(late.stdout) < expected
 
 
 @needs_data
