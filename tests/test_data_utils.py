@@ -77,6 +77,8 @@ def test_shakespeare_split_matches_nanogpt_val_slice(n):
     assert sum(len(part) for part in splits.values()) == n
     assert len(splits["test"]) == n - int(n * 0.9)  # nanoGPT: val = data[int(n * 0.9):]
     assert len(splits["train"]) == n * 85 // 100
+    theirs = split_shakespeare(text, nanogpt=True)
+    assert len(theirs["train"]) == int(n * 0.9) and theirs["test"] == splits["test"]
 
 
 def test_nanogpt_split_trains_on_nanogpts_train_slice_and_keeps_the_same_test():
