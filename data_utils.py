@@ -28,7 +28,8 @@ Splits are fixed and documented, so results compare across runs and with other p
 
 - TinyShakespeare, by characters: train = first 85 %, val = next 5 %, test = last 10 %.
   The last 10 % is exactly the slice nanoGPT reports its validation loss on
-  (`data[int(n * 0.9):]`), so our test loss compares with nanoGPT's "val loss".
+  (`data[int(n * 0.9):]`). nanoGPT trains on everything before it, and the two losses
+  compare only when we do too (`nanogpt=True`): our val 5 % begins a play the test continues.
 - SST-2: the GLUE dev set (872 sentences) is our test set, never used for training or model
   selection; val is a seeded carve-out of GLUE train, train is the rest.
 - Instructions: a seeded 95 / 5 train / test split.
