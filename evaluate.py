@@ -58,6 +58,12 @@ def token_nll(model: GPTModel, ids: list[int], batch_size: int = 16) -> torch.Te
     return torch.cat(nll) if nll else torch.zeros(0)
 
 
+def trained_splits(meta: dict, data_dir=None) -> dict[str, str]:
+    """The TinyShakespeare splits a checkpoint was trained with (its metadata says which)."""
+    nanogpt = meta.get("split") == "nanogpt"  # main.py --nanogpt-split: trained on train + val
+    return split_shakespeare(load_tinyshakespeare(data_dir), nanogpt=nanogpt)
+
+
 def unigram_nll(train_ids: list[int], test_ids: list[int], vocab_size: int) -> float:
     """NLL of test_ids[1:] under add-one-smoothed token frequencies of the training split."""
     counts = Counter(train_ids)
@@ -82,25 +88,25 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     model, tokenizer, meta = load_checkpoint(args.checkpoint, map_location=device)
-    nanogpt = meta.get("split") == "nanogpt"  # trained on train + val, as nanoGPT trains
-    if nanogpt and args.split == "val":
+    if meta.get("split") == "nanogpt" and args.split == "val":
         print("Note: this model was trained with --nanogpt-split, so it has seen the val split.")
-    splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=nanogpt)
+    splits = trained_splits(meta, args.data_dir)
     test_ids = tokenizer.encode(splits[args.split])
-    # Characters actually predicted: everything after the first token.
+    # Predicted: every token after the first, and the characters they spell.
+    predicted = len(test_ids) - 1
     chars = len(splits[args.split]) - len(tokenizer.decode(test_ids[:1]))
 
+    def model_scores(m: GPTModel) -> dict:
+        return scores(token_nll(m, test_ids).double().sum().item(), predicted, chars)
+
     t0 = time.perf_counter()
-    results = {"model": scores(token_nll(model, test_ids).double().sum().item(),
-                               len(test_ids) - 1, chars)}
+    results = {"model": model_scores(model)}
     elapsed = time.perf_counter() - t0
     train_ids = tokenizer.encode(splits["train"])
     results["unigram"] = scores(unigram_nll(train_ids, test_ids, tokenizer.vocab_size),
-                                len(test_ids) - 1, chars)
+                                predicted, chars)
     torch.manual_seed(0)
-    untrained = GPTModel(model.config).to(device)
-    results["untrained"] = scores(token_nll(untrained, test_ids).double().sum().item(),
-                                  len(test_ids) - 1, chars)
+    results["untrained"] = model_scores(GPTModel(model.config).to(device))
 
     print(f"{args.checkpoint} on the TinyShakespeare {args.split} split "
           f"({chars:,} chars, {len(test_ids):,} tokens, {chars / len(test_ids):.2f} chars/token)")

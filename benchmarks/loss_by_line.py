@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from checkpoint import load_checkpoint  # noqa: E402
-from data_utils import load_tinyshakespeare, split_shakespeare  # noqa: E402
-from evaluate import token_nll  # noqa: E402
+from evaluate import token_nll, trained_splits  # noqa: E402
 
 SPEAKER = re.compile(r"^([A-Z][A-Z' ]*[A-Z]):$", re.MULTILINE)
 
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
-    splits = split_shakespeare(load_tinyshakespeare(args.data_dir),
-                               nanogpt=meta.get("split") == "nanogpt")
+    splits = trained_splits(meta, args.data_dir)
     if not splits["test"].isascii():  # names are found by character, tokens counted in bytes
         sys.exit("error: the test slice is not ASCII; this breakdown expects TinyShakespeare.")
     test = splits["test"]
