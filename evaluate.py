@@ -79,11 +79,12 @@ def scores(nll: float, tokens: int, chars: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="model_weights.pth")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $LLM_DATA_DIR)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--out", default="runs/evaluate/metrics.json")
+    p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py")
+    p.add_argument("--data-dir", default=None,
+                   help="read datasets from this folder; unset: $LLM_DATA_DIR, else download")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="text to score")
+    p.add_argument("--out", default="runs/evaluate/metrics.json", help="where the figures go")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)

@@ -71,16 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="model_weights.pth", help="where to save the model")
     p.add_argument("--tokenizer", default="tokenizer.json",
                    help="tokenizer file: reused if it exists with the right vocab size")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder "
-                   "(default: $LLM_DATA_DIR, else download into data/)")
+    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
+                   "$LLM_DATA_DIR, else download into data/")
     p.add_argument("--instruction-file", default=None,
-                   help="Dolly-schema JSONL added to the tokenizer corpus (default: Dolly-15k)")
+                   help="Dolly-schema JSONL added to the tokenizer corpus; unset: Dolly-15k")
     p.add_argument("--run-name", default="pretrain", help="metrics go to runs/<run-name>/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~30 s)")
     p.add_argument("--resume", action="store_true", help="continue runs/<run-name>/state.pt")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337,
+                   help="drives the weights, batch order and sample")
     p.add_argument("--nanogpt-split", action="store_true",
                    help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
                         "its published losses on the same test slice (val is then trained on)")
