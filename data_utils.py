@@ -254,6 +254,13 @@ def _read_text(path: Path) -> tuple[str, bytes]:
         ) from None
 
 
+def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for the lines of a TSV or JSONL file. Only "\n" ends a line: text
+    fields may hold U+2028, form feeds and the like, which str.splitlines() would split on."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")
+
+
 # ----------------------------------------------------------------------------------------------
 # TinyShakespeare
 
@@ -292,7 +299,7 @@ def split_shakespeare(text: str, nanogpt: bool = False) -> dict[str, str]:
 def _parse_sst2(text: str, where: str) -> tuple[list[tuple[str, int]], list[int]]:
     """Rows (sentence, label) of a GLUE `sentence<TAB>label` file, and the bad line numbers."""
     rows, bad = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in _numbered_lines(text):
         if lineno == 1 and line.strip() == "sentence\tlabel":
             continue  # header
         if not line.strip():
@@ -405,7 +412,7 @@ def load_instructions(
         _verify(path.name, path, data)
 
     records, bad = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in _numbered_lines(text):
         if not line.strip():
             continue
         record = _parse_record(line)
@@ -502,12 +509,19 @@ class TokenWindowDataset(Dataset):
         self.context_length = context_length
         self.stride = stride
         # the last window needs context_length inputs plus one more token as its final target
+        if len(self.tokens) < context_length + 1:
+            raise ValueError(
+                f"Need at least context_length + 1 = {context_length + 1} tokens for one "
+                f"(input, target) window, got {len(self.tokens)}."
+            )
         self.num_windows = (len(self.tokens) - context_length - 1) // stride + 1
 
     def __len__(self) -> int:
         return self.num_windows
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.num_windows:  # also what ends a plain `for x, y in dataset`
+            raise IndexError(f"window {i} is out of range for {self.num_windows} windows.")
         start = i * self.stride
         window = self.tokens[start : start + self.context_length + 1]
         return window[:-1], window[1:]
@@ -577,14 +591,8 @@ def create_dataloader(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
 
-    tokens = torch.as_tensor(token_ids, dtype=torch.long).flatten()  # one tensor, no lists
-    n_tokens = len(tokens)
-    if n_tokens < context_length + 1:
-        raise ValueError(
-            f"Need at least context_length + 1 = {context_length + 1} tokens for one "
-            f"(input, target) window, got {n_tokens}."
-        )
-    dataset = TokenWindowDataset(tokens, context_length, stride)
+    dataset = TokenWindowDataset(token_ids, context_length, stride)
+    n_tokens = len(dataset.tokens)
     sampler = ShardedSampler(len(dataset), shuffle, seed, rank, world_size)
     if len(sampler) == 0 or (drop_last and len(sampler) < batch_size):
         raise ValueError(

@@ -178,6 +178,26 @@ def test_download_is_verified_then_cached(monkeypatch):
     assert not (data_utils.CACHE_DIR / "tinyshakespeare.txt").exists()  # bad bytes not cached
 
 
+def test_line_separators_inside_fields_do_not_split_records(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028, U+0085 and form feeds raw inside strings;
+    # only "\n" (or "\r\n") ends a JSONL or TSV line.
+    odd = "first\u2028second\x85third\x0cfourth"
+    records = [{"instruction": f"task {i}", "context": "", "response": f"{odd} {i}"}
+               for i in range(20)]
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipped lines" warning
+        splits = load_instructions(path)
+    loaded = splits["train"] + splits["test"]
+    assert sorted(r["response"] for r in loaded) == sorted(r["response"] for r in records)
+
+    write_fixture(tmp_path)
+    dev = tmp_path / "sst2" / "dev.tsv"
+    dev.write_text(dev.read_text() + f"an {odd} film\t1\n")
+    assert (f"an {odd} film", 1) in load_sst2(tmp_path, val_size=5, verify=False)["test"]
+
+
 def test_sst2_bad_rows_are_skipped_and_counted(tmp_path):
     write_fixture(tmp_path)
     train = tmp_path / "sst2" / "train.tsv"
@@ -278,6 +298,17 @@ def test_stride_sets_window_starts(stride):
     starts = [int(x[0, 0]) for x, _ in loader]
     assert starts == list(range(0, 100 - 8, stride))
     assert starts[-1] + 8 < 100  # the last window still has its final target
+
+
+def test_window_dataset_ends_and_refuses_too_few_tokens():
+    dataset = data_utils.TokenWindowDataset(torch.arange(20), context_length=8, stride=4)
+    windows = list(dataset)  # plain iteration stops at the IndexError after the last window
+    assert len(windows) == len(dataset) == 3
+    assert [int(x[0]) for x, _ in windows] == [0, 4, 8] and int(windows[-1][1][-1]) == 16
+    with pytest.raises(IndexError):
+        dataset[-1]
+    with pytest.raises(ValueError, match="at least context_length \\+ 1 = 9 tokens"):
+        data_utils.TokenWindowDataset(torch.arange(8), context_length=8, stride=1)
 
 
 def test_shuffle_is_deterministic_by_seed_and_reshuffles_each_epoch():
