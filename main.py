@@ -64,11 +64,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Flags that override one preset field (unset: the preset's value).
+INT_OVERRIDES = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "batch_size",
+                 "grad_accum_steps", "max_steps", "warmup_steps", "eval_interval")
+FLOAT_OVERRIDES = ("dropout", "learning_rate", "min_lr", "weight_decay", "muon_lr")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="cpu", help="model and schedule size")
-    p.add_argument("--out", default="model_weights.pth", help="where to save the model")
+    p.add_argument("--out", default=None,
+                   help="where to save the model; unset: model_weights.pth, or a resumed "
+                        "run's own file")
     p.add_argument("--tokenizer", default="tokenizer.json",
                    help="tokenizer file: reused if it exists with the right vocab size")
     p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
@@ -86,11 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
                         "its published losses on the same test slice (val is then trained on)")
     p.add_argument("--sample-tokens", type=int, default=200, help="sample length after training")
-    for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "batch_size",
-                 "grad_accum_steps", "max_steps", "warmup_steps", "eval_interval"):
+    for name in INT_OVERRIDES:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                        help="override the preset")
-    for name in ("dropout", "learning_rate", "min_lr", "weight_decay", "muon_lr"):
+    for name in FLOAT_OVERRIDES:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="override the preset")
     p.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
@@ -140,19 +147,29 @@ def main(argv: list[str] | None = None) -> int:
     state_path = run_dir / "state.pt"
 
     resume_state = None
-    if args.resume:
+    if args.resume:  # the run it continues: settings, seed, split, --out; only --max-steps changes
         ckpt = read_checkpoint(state_path, kind="train-state",
                                missing_hint="start a run without --resume first")
         model_cfg, tokenizer = config_and_tokenizer(ckpt, state_path)
         resume_state = ckpt["training"]
         resume_state["model"] = ckpt["state_dict"]
-        train_cfg = TrainConfig(**{**ckpt["metadata"]["train_config"],
-                                   "max_steps": s["max_steps"]})
-        batch_size = ckpt["metadata"]["batch_size"]
-        started_nanogpt = ckpt["metadata"].get("split") == "nanogpt"
+        started = ckpt["metadata"]
+        train_cfg = TrainConfig(**started["train_config"])
+        if args.max_steps is not None:
+            train_cfg.max_steps = args.max_steps
+        batch_size = started["batch_size"]
+        ignored = [name for name in INT_OVERRIDES + FLOAT_OVERRIDES + ("optimizer",)
+                   if name != "max_steps" and getattr(args, name) is not None]
+        started_nanogpt = started.get("split") == "nanogpt"
         if args.nanogpt_split and not started_nanogpt:
-            print("Note: --nanogpt-split is ignored: a resumed run keeps the split it started on.")
-        args.nanogpt_split = started_nanogpt
+            ignored.append("nanogpt_split")
+        if ignored:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            print(f"Note: {flags} ignored: a resumed run keeps the settings it started with "
+                  "(only --max-steps can change).")
+        args.nanogpt_split, args.seed = started_nanogpt, train_cfg.seed
+        args.preset = started.get("preset", args.preset)
+        args.out = args.out or started.get("out")
         print(f"Resuming {state_path} at step {resume_state['step']}")
         if is_main:  # drop log lines written after that checkpoint: they are about to be redone
             forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
@@ -179,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
 
+    args.out = args.out or "model_weights.pth"
     splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=args.nanogpt_split)
     train_ids = tokenizer.encode(splits["train"])
     val_ids = tokenizer.encode(splits["val"])
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     wrapped = run.wrap(model)  # DistributedDataParallel under torchrun
 
     meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
-            "split": "nanogpt" if args.nanogpt_split else "standard"}
+            "split": "nanogpt" if args.nanogpt_split else "standard", "out": str(args.out)}
     # A resumed run has already written its best model to --out (if it reached an evaluation).
     best_saved = resume_state is not None and resume_state.get("best_val", (0, 0))[1] > 0
 

@@ -52,6 +52,21 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
 
+    def __post_init__(self) -> None:
+        # Caught here, a bad value is one sentence; later it would be a ZeroDivisionError
+        # mid-run, or a "finished" run that never saw a batch (grad_accum_steps=0).
+        for name, low in (("grad_accum_steps", 1), ("eval_interval", 1), ("log_interval", 1),
+                          ("max_steps", 1), ("warmup_steps", 0), ("checkpoint_interval", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        for name in ("learning_rate", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -394,7 +409,11 @@ def train_model(
                     if tokens_per_batch:
                         record["tokens_per_sec"] = round(tokens_since / (now - last_t), 1)
                         if flops_per_token and device.type == "cuda":
-                            peak = 989e12 if dtype == torch.bfloat16 else 67e12  # H100 SXM dense
+                            # H100 SXM dense peak per GPU; tokens_per_batch counts every rank's
+                            dist = torch.distributed
+                            gpus = dist.get_world_size() if dist.is_initialized() else 1
+                            half = dtype in (torch.bfloat16, torch.float16)
+                            peak = (989e12 if half else 67e12) * gpus
                             record["mfu"] = round(flops_per_token * record["tokens_per_sec"]
                                                   / peak, 4)
                     last_t, tokens_since = now, 0

@@ -86,8 +86,14 @@ def test_dropout_only_touches_the_adapter_input():
     x = torch.randn(64, 8)
     assert torch.equal(layer(x), layer.linear(x))  # B = 0: dropout cannot matter yet
     randomize_adapters(layer)
-    layer.eval()  # dropout off: deterministic
-    assert torch.equal(layer(x), layer(x))
+    torch.manual_seed(1)
+    trained = layer(x)
+    torch.manual_seed(1)  # the same draw, as a mask: zeros or 1 / (1 - p)
+    mask = torch.nn.functional.dropout(torch.ones_like(x), 0.5, training=True)
+    dropped = layer.linear(x) + (x * mask) @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(trained, dropped)  # the base path saw x itself
+    layer.eval()  # dropout off: deterministic, the plain update
+    assert torch.equal(layer(x), layer(x)) and not torch.allclose(layer(x), trained)
 
 
 def test_apply_lora_to_model_is_exact_noop_and_idempotent():

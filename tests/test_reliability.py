@@ -54,8 +54,8 @@ def final_weights(workdir) -> tuple[dict, dict]:
     return ckpt["state_dict"], ckpt["metadata"]
 
 
-def best_weights(workdir) -> tuple[dict, dict]:
-    model, _, meta = load_checkpoint(workdir / "model_weights.pth")
+def best_weights(workdir, name: str = "model_weights.pth") -> tuple[dict, dict]:
+    model, _, meta = load_checkpoint(workdir / name)
     return model.state_dict(), meta
 
 
@@ -76,7 +76,8 @@ def wait_for_step(path, step: int, proc: subprocess.Popen, timeout: float = 120)
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir):
-    steps = ["--max-steps", "300", "--checkpoint-interval", "20"]
+    steps = ["--max-steps", "300", "--checkpoint-interval", "20", "--seed", "7",
+             "--out", "kept.pth"]
     straight = workdir_with_tokenizer(tmp_path, tokenizer_dir, "straight")
     main_py(straight, *steps)
 
@@ -88,16 +89,22 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir
     proc.wait()
     # Whatever moment the kill hit, the last good checkpoint is readable ...
     _, meta = final_weights(killed)
-    best_weights(killed)  # and so is the best-val model
+    best_weights(killed, "kept.pth")  # and so is the best-val model
     assert 60 <= meta["step"] < 300
-    # ... and resuming reaches exactly the uninterrupted run's weights and loss.
-    main_py(killed, *steps, "--resume")
+    # ... and `--resume` alone (no preset, steps, seed or --out repeated) reaches exactly the
+    # uninterrupted run's weights and loss.
+    resumed = subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume",
+                              "--sample-tokens", "0"], cwd=killed, env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not (killed / "model_weights.pth").exists()
     expected, expected_meta = final_weights(straight)
     actual, actual_meta = final_weights(killed)
     assert actual_meta["step"] == expected_meta["step"] == 300
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], msg=name)
-    (expected, expected_meta), (actual, actual_meta) = best_weights(straight), best_weights(killed)
+    (expected, expected_meta), (actual, actual_meta) = (best_weights(straight, "kept.pth"),
+                                                        best_weights(killed, "kept.pth"))
     assert actual_meta["step"] == expected_meta["step"]  # the same best-val model was kept
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], msg=name)

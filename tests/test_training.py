@@ -93,6 +93,19 @@ def test_muon_gives_linear_matrices_to_muon_and_the_rest_to_adamw():
         configure_optimizer(model, TrainConfig(optimizer="sgd"), CPU)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("eval_interval", 0, "eval_interval must be an integer >= 1, got 0"),
+    ("grad_accum_steps", 0, "grad_accum_steps must be an integer >= 1"),
+    ("max_steps", -1, "max_steps must be an integer >= 1"),
+    ("learning_rate", 0.0, "learning_rate must be positive"),
+    ("weight_decay", -0.1, "weight_decay must be >= 0"),
+])
+def test_bad_train_config_is_one_sentence_up_front(field, value, message):
+    # Left to the loop, these were a ZeroDivisionError mid-run or a run that saw no batch.
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
 def test_muon_without_muon_groups_is_exactly_adamw():
     def groups(model):
         return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
