@@ -93,6 +93,9 @@ def read_checkpoint(
                               f"this code reads version {VERSION}.")
     if kind is not None and ckpt.get("kind") != kind:
         raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected '{kind}'.")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
+                              "('state_dict').")
     return ckpt
 
 
@@ -123,6 +126,9 @@ def config_and_tokenizer(ckpt: dict, path: str | Path) -> tuple[GPTConfig, BPETo
     """Rebuild the config and tokenizer stored in a checkpoint dict."""
     try:
         config = GPTConfig(**ckpt["config"])
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            if type(getattr(config, name)) is not int:  # 8.0 passes GPTConfig, not nn.Embedding
+                raise ValueError(f"{name} must be an integer, got {getattr(config, name)!r}")
         tokenizer = BPETokenizer.from_dict(ckpt["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 
 from model import GPTModel
-from tokenizer import BPETokenizer
+from tokenizer import ENDOFTEXT, BPETokenizer
 
 MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake
 
@@ -85,7 +85,7 @@ def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperatu
     start, cache = 0, None  # the model sees seq[:, start:], at most ctx tokens
     for _ in range(max_new_tokens):
         if seq.size(1) - start > ctx:  # window full: keep its newer half, rebuild the cache
-            start, cache = seq.size(1) - ctx // 2, None
+            start, cache = seq.size(1) - max(1, ctx // 2), None  # ctx=1: keep 1, not 0
         if use_cache and cache is not None:
             logits, cache = model(seq[:, -1:], past_kvs=cache, use_cache=True)
         elif use_cache:
@@ -110,7 +110,12 @@ def encode_prompt(tokenizer: BPETokenizer, prompt: str) -> list[int]:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"The prompt has {len(prompt):,} characters; the limit is "
                          f"{MAX_PROMPT_CHARS:,}. Shorten it.")
-    return tokenizer.encode(prompt) or [tokenizer.eot_id]
+    if ids := tokenizer.encode(prompt):
+        return ids
+    if ENDOFTEXT not in tokenizer.special_tokens:
+        raise ValueError(f"This tokenizer has no {ENDOFTEXT} token to start from, so give a "
+                         "non-empty prompt.")
+    return [tokenizer.eot_id]
 
 
 def stream_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int = 200,
@@ -123,10 +128,11 @@ def stream_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str, max_new_t
     incremental UTF-8 decoder that only releases complete characters.
     """
     ids = encode_prompt(tokenizer, prompt)
+    # A tokenizer trained without <|endoftext|> has no token to stop at: run to max_new_tokens.
+    stop_id = tokenizer.special_tokens.get(ENDOFTEXT) if stop_at_eot else None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token in generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                              use_cache, vocab_size=tokenizer.vocab_size,
-                              stop_id=tokenizer.eot_id if stop_at_eot else None):
+                              use_cache, vocab_size=tokenizer.vocab_size, stop_id=stop_id):
         piece = decoder.decode(tokenizer.token_bytes(token))
         if piece:
             yield piece

@@ -26,6 +26,7 @@ when `encode` is told to allow it, so text can never inject a control token.
 import codecs
 import heapq
 import json
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import pairwise
@@ -197,19 +198,21 @@ class BPETokenizer:
         return ids
 
     def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
-        """Text -> ids. Special-token text becomes its id only if allowed ("all" or a set of
-        names); by default ("none") it is encoded as ordinary bytes like any other text."""
+        """Text -> ids. Special-token text becomes its id only if allowed ("all", one name or a
+        set of names); by default ("none") it is encoded as ordinary bytes like any other text."""
         if not isinstance(text, str):
             raise ValueError(f"encode() needs a str, got {type(text).__name__}.")
         if allowed_special == "none":
             allowed = set()
         elif allowed_special == "all":
             allowed = set(self.special_tokens)
+        elif isinstance(allowed_special, str):  # one name: set() would split it into characters
+            allowed = {allowed_special}
         else:
             allowed = set(allowed_special)
-            if unknown := allowed - set(self.special_tokens):
-                raise ValueError(f"unknown special tokens {sorted(unknown)}; this tokenizer has "
-                                 f"{sorted(self.special_tokens)}.")
+        if unknown := allowed - set(self.special_tokens):
+            raise ValueError(f"unknown special tokens {sorted(unknown)}; this tokenizer has "
+                             f"{sorted(self.special_tokens)}.")
         segments = [text]
         if allowed:  # a capturing split keeps the specials at the odd positions
             longest_first = sorted(allowed, key=len, reverse=True)
@@ -225,6 +228,10 @@ class BPETokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token; a special token's bytes are its UTF-8 text."""
+        try:  # a 0-d tensor hashes by identity, so `in self._vocab` needs its int value
+            token_id = operator.index(token_id)
+        except TypeError:
+            raise ValueError(f"token ids must be integers, got {token_id!r}.") from None
         if token_id in self._vocab:
             return self._vocab[token_id]
         for name, special_id in self.special_tokens.items():
@@ -285,12 +292,13 @@ class BPETokenizer:
             if byte_order is not None and sorted(byte_order) != list(range(256)):
                 raise ValueError("byte_order must be a permutation of 0..255")
             tok._set_merges(merges, byte_order)
-            tok.special_tokens = {str(s): int(i) for s, i in d["special_tokens"].items()}
+            tok.special_tokens = {str(s): i for s, i in d["special_tokens"].items()}
         except (KeyError, TypeError, AttributeError, regex.error) as e:
             raise ValueError(f"malformed tokenizer dict ({type(e).__name__}: {e}).") from None
-        if set(tok.special_tokens.values()) & set(tok._vocab) or \
-                len(set(tok.special_tokens.values())) != len(tok.special_tokens):
-            raise ValueError("special token ids must be distinct and not collide with merges.")
+        ids, first = list(tok.special_tokens.values()), len(tok._vocab)  # 256 bytes + merges
+        if not all(type(i) is int and i >= first for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError(f"special token ids must be distinct ints >= {first}, so that they "
+                             "do not collide with the bytes and merges.")
         return tok
 
     def save(self, path: str | Path) -> None:

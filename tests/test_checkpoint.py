@@ -115,6 +115,34 @@ def test_mismatched_weights_get_a_clear_error(tmp_path, model, tokenizer):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("weights", ["missing", None, [1, 2]])
+def test_a_checkpoint_without_weights_gets_a_clear_error(tmp_path, model, tokenizer, weights):
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    if weights == "missing":
+        del ckpt["state_dict"]
+    else:
+        ckpt["state_dict"] = weights
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name, value", [("n_embd", 32.0), ("n_layer", True),
+                                         ("context_length", 16.0)])
+def test_a_non_integer_size_in_the_config_gets_a_clear_error(tmp_path, model, tokenizer, name,
+                                                            value):
+    # 32.0 passes GPTConfig's range checks but would fail deep inside nn.Embedding.
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"][name] = value
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"{name} must be an integer"):
+        load_checkpoint(path)
+
+
 def test_a_crash_mid_save_leaves_the_old_file_intact(tmp_path, model, tokenizer, monkeypatch):
     path = tmp_path / "m.pth"
     save_checkpoint(path, model, tokenizer, step=1)

@@ -36,6 +36,19 @@ def test_greedy_decoding_is_identical_with_and_without_the_cache(model):
     assert len(with_cache) == 40
 
 
+def test_a_one_token_window_sees_only_the_last_token():
+    # Regression: sliding a 1-token window by "half" kept 0 tokens and crashed on token 2.
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, context_length=1, n_layer=1, n_head=1, n_embd=8)
+    tiny = GPTModel(cfg).eval()
+    with_cache = list(generate_ids(tiny, [5, 6], 10, temperature=0, use_cache=True))
+    without = list(generate_ids(tiny, [5, 6], 10, temperature=0, use_cache=False))
+    assert with_cache == without and len(with_cache) == 10
+    with torch.no_grad():
+        for prev, token in zip([6, *with_cache], with_cache, strict=False):
+            assert token == tiny(torch.tensor([[prev]]))[0, -1].argmax().item()
+
+
 def test_the_same_seed_gives_the_same_sample(model, tokenizer):
     a = generate_text(model, tokenizer, "To be", 30, temperature=1.0, seed=7)
     b = generate_text(model, tokenizer, "To be", 30, temperature=1.0, seed=7)
@@ -83,10 +96,32 @@ def test_never_samples_ids_the_tokenizer_cannot_decode(model, tokenizer):
     assert max(ids) < tokenizer.vocab_size
 
 
-def test_empty_and_over_long_prompts_work(model, tokenizer):
-    assert isinstance(generate_text(model, tokenizer, "", 5, seed=0), str)
-    long_prompt = TEXT * 5  # far more tokens than the 16-token window: only the tail is used
-    assert isinstance(generate_text(model, tokenizer, long_prompt, 5, seed=0), str)
+def continuation(model, tokenizer, ids, n, stop_id=None, **settings) -> str:
+    """The text of ``n`` tokens generated from exactly ``ids``."""
+    new = generate_ids(model, ids, n, vocab_size=tokenizer.vocab_size, stop_id=stop_id, **settings)
+    return b"".join(map(tokenizer.token_bytes, new)).decode("utf-8", errors="replace")
+
+
+def test_an_over_long_prompt_keeps_its_last_context_length_tokens(model, tokenizer):
+    ids = tokenizer.encode(TEXT * 5)  # far more tokens than the 16-token window
+    got = generate_text(model, tokenizer, TEXT * 5, 20, temperature=0)
+    eot = tokenizer.eot_id
+    assert got == continuation(model, tokenizer, ids[-16:], 20, eot, temperature=0)
+    assert got != continuation(model, tokenizer, ids[:16], 20, eot, temperature=0)
+
+
+def test_an_empty_prompt_starts_from_endoftext(model, tokenizer):
+    got = generate_text(model, tokenizer, "", 20, temperature=0, stop_at_eot=False)
+    assert got == continuation(model, tokenizer, [tokenizer.eot_id], 20, temperature=0)
+
+
+def test_a_tokenizer_without_endoftext_generates_but_needs_a_prompt(model):
+    tok = BPETokenizer()
+    tok.train(TEXT, 300, special_tokens=())
+    got = generate_text(model, tok, "To be", 20, temperature=0)
+    assert got == continuation(model, tok, tok.encode("To be"), 20, temperature=0)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        generate_text(model, tok, "", 5)
 
 
 @pytest.mark.parametrize("bad", [
