@@ -264,6 +264,9 @@ def attention_tab(slot: sc.Slot) -> None:
 
 
 def metrics_tab(runs: sc.Runs) -> None:
+    # The tables first: they skip malformed entries and add them to runs.problems.
+    evaluation, accuracy = sc.evaluation_frame(runs), sc.accuracy_frame(runs)
+    methods, nf4 = sc.methods_frame(runs), sc.nf4_frame(runs)
     for problem in runs.problems:
         st.warning(problem)
     st.subheader("Training curves")
@@ -278,7 +281,6 @@ def metrics_tab(runs: sc.Runs) -> None:
             chart(sc.loss_chart(frame, f"runs/{run}"))
 
     st.subheader("Language model on the held-out test split")
-    evaluation = sc.evaluation_frame(runs)
     if evaluation.empty:
         st.info("Run `python evaluate.py` for perplexity and bits per character.")
     else:
@@ -290,14 +292,12 @@ def metrics_tab(runs: sc.Runs) -> None:
                                ".3f"))
 
     st.subheader("Sentiment: accuracy on the GLUE dev set")
-    accuracy = sc.accuracy_frame(runs)
     if accuracy.empty:
         st.info("Run `python finetune_classifier.py` and `python finetune_lora_classifier.py`.")
     else:
         chart(sc.bar_chart(accuracy, "accuracy", "model", "Dev accuracy", ".1%", domain=(0, 1)))
 
     st.subheader("What each finetuning method costs")
-    methods = sc.methods_frame(runs)
     if methods.empty:
         st.info("The finetuning scripts write these numbers to runs/<name>/metrics.json.")
     else:
@@ -315,7 +315,6 @@ def metrics_tab(runs: sc.Runs) -> None:
             "peak_mem_mb": st.column_config.NumberColumn("peak memory (MB)")})
 
     st.subheader("NF4: memory of the quantized weights")
-    nf4 = sc.nf4_frame(runs)
     if nf4.empty:
         st.info("Run `python finetune_qlora_instructions.py` to quantize the base model.")
     for run, frame in nf4.groupby("run", sort=False):

@@ -15,7 +15,9 @@ Why this shape:
   A crash or kill mid-save leaves the previous checkpoint intact.
 
 Adapter checkpoints (LoRA / QLoRA) store only their small tensors plus the base model's
-``weights_fingerprint`` so they can refuse to load on top of the wrong base model.
+``weights_fingerprint`` so they can refuse to load on top of the wrong base model;
+``adapter_metadata`` checks what such a file says about its adapters and its base, so a
+hand-edited one fails with one sentence.
 """
 
 from __future__ import annotations
@@ -167,3 +169,54 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
+    """One sentence for a metadata entry that a loader cannot use (``ok`` is False).
+
+    A hand-edited or foreign file then fails here, naming the entry, rather than with a
+    TypeError or KeyError deep inside the loader, which the app could not show.
+    """
+    if not ok:
+        problem = "is missing" if value is None else f"is invalid ({value!r:.60})"
+        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; make the file "
+                              "again with the script that wrote it.")
+
+
+def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
+    """The checkpoint's metadata dict (one sentence if it is not a dict)."""
+    meta = ckpt.get("metadata", {})
+    check_metadata(path, "metadata", meta, isinstance(meta, dict))
+    return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
+                     ) -> tuple[dict, str, str | Path]:
+    """(LoRA settings, base fingerprint, base path) of an adapter checkpoint, all checked.
+
+    The settings are apply_lora's {"r", "alpha", "dropout", "targets"}; the base path is
+    ``base`` when given, else the one stored (the path the adapters were trained on).
+    """
+    meta = checkpoint_metadata(ckpt, path)
+    lora = meta.get("lora")
+    check_metadata(path, "lora", lora, isinstance(lora, dict))
+    r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "targets"))
+    check_metadata(path, "lora.r", r, isinstance(r, int) and not isinstance(r, bool) and r > 0)
+    check_metadata(path, "lora.alpha", alpha, _is_number(alpha))
+    check_metadata(path, "lora.dropout", dropout,
+                   dropout is None or (_is_number(dropout) and 0 <= dropout < 1))
+    check_metadata(path, "lora.targets", targets, isinstance(targets, list | tuple)
+                   and len(targets) > 0 and all(isinstance(t, str) for t in targets))
+    fingerprint = meta.get("base_fingerprint")
+    check_metadata(path, "base_fingerprint", fingerprint, isinstance(fingerprint, str))
+    if base is None:
+        base = meta.get("base_path")
+        check_metadata(path, "base_path", base, isinstance(base, str))
+    return lora, fingerprint, base

@@ -42,7 +42,10 @@ import torch.nn as nn
 
 from checkpoint import (
     CheckpointError,
+    adapter_metadata,
     atomic_save,
+    check_metadata,
+    checkpoint_metadata,
     config_and_tokenizer,
     load_checkpoint,
     load_weights,
@@ -209,14 +212,16 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     ckpt = read_checkpoint(path, missing_hint="run python finetune_classifier.py "
                            "(or finetune_lora_classifier.py) first")
     kind = ckpt.get("kind")
-    meta = ckpt.get("metadata", {})
-    labels = tuple(meta.get("labels", LABELS))
+    meta = checkpoint_metadata(ckpt, path)
+    labels = meta.get("labels", LABELS)
+    check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
+                   and all(isinstance(label, str) for label in labels))
     if kind == "classifier":
         config, tokenizer = config_and_tokenizer(ckpt, path)
-        model = GPTClassifier(GPTModel(config), labels)
+        model = GPTClassifier(GPTModel(config), tuple(labels))
         load_weights(model, ckpt["state_dict"], path)
     elif kind == "lora-classifier":
-        model, tokenizer = _load_lora_classifier(ckpt, path, base, labels)
+        model, tokenizer = _load_lora_classifier(ckpt, path, base, tuple(labels))
     else:
         raise CheckpointError(f"{path} holds a '{kind}' model, not a sentiment classifier.")
     return model.to(map_location).eval(), tokenizer, meta
@@ -224,17 +229,13 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
 
 def _load_lora_classifier(ckpt: dict, path: str | Path, base: str | Path | None,
                           labels: tuple[str, ...]) -> tuple[GPTClassifier, BPETokenizer]:
-    meta = ckpt.get("metadata", {})
-    try:
-        lora, fingerprint = meta["lora"], meta["base_fingerprint"]
-        base = base if base is not None else meta["base_path"]
-    except KeyError as e:
-        raise CheckpointError(f"{path} is a LoRA classifier without its {e} metadata.") from None
+    lora, fingerprint, base = adapter_metadata(ckpt, path, base)
     base_model, tokenizer, _ = load_checkpoint(base)  # missing: "run python main.py first"
     if weights_fingerprint(base_model.state_dict()) != fingerprint:
         raise CheckpointError(
             f"{path} was trained on a different base model than {base} (the weights' "
-            f"fingerprints differ); pass the base it was trained on, {meta.get('base_path')}.")
+            f"fingerprints differ); pass the base it was trained on, "
+            f"{ckpt['metadata'].get('base_path')}.")
     model = GPTClassifier(base_model, labels)
     apply_lora(model.gpt, r=lora["r"], alpha=lora["alpha"], dropout=lora.get("dropout", 0.0),
                targets=lora["targets"])

@@ -382,6 +382,25 @@ def _parse_record(line: str) -> dict[str, str] | None:
     return {field: obj[field] for field in INSTRUCTION_FIELDS}
 
 
+def _instruction_file(data_file: str | Path, data_dir: str | Path | None) -> Path:
+    """`data_file` as given, or, for a bare name not in the current folder, that file in the
+    data folder (`data_dir`, else LLM_DATA_DIR, else the cache), where the other data lives."""
+    path = Path(data_file).expanduser()
+    if path.is_file():
+        return path
+    problem = "does not exist"
+    if str(data_file) == path.name:  # a bare name such as instruction-data-1100.jsonl
+        folder = resolve_data_dir(data_dir) or CACHE_DIR
+        if (folder / path).is_file():
+            return folder / path
+        problem = f"is in neither the current folder nor the data folder {folder}"
+    raise DataMissingError(
+        f"Instruction file {path} {problem}: pass the path of a Dolly-schema JSONL file, or "
+        f"the name of one in the data folder (LLM_DATA_DIR / --data-dir), e.g. "
+        f"{INSTRUCTIONS_1100}."
+    )
+
+
 def load_instructions(
     data_file: str | Path | None = None,
     data_dir: str | Path | None = None,
@@ -393,18 +412,14 @@ def load_instructions(
     """Instruction records split seeded 95 / 5 into {"train", "test"}.
 
     Each record is {"instruction", "context", "response", "category"}, all str. The source is
-    `data_file` (any Dolly-schema JSONL) when given, else databricks-dolly-15k.jsonl from the
-    data folder or cache. Lines that are not such records are skipped and counted in a warning.
+    `data_file` (any Dolly-schema JSONL; a bare name not in the current folder is looked up in
+    the data folder) when given, else databricks-dolly-15k.jsonl from the data folder or cache.
+    Lines that are not such records are skipped and counted in a warning.
     """
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}.")
     if data_file is not None:
-        path = Path(data_file).expanduser()
-        if not path.is_file():
-            raise DataMissingError(
-                f"Instruction file {path} does not exist: pass the path of a Dolly-schema JSONL "
-                f"file, e.g. {INSTRUCTIONS_1100} or {DOLLY}."
-            )
+        path = _instruction_file(data_file, data_dir)
     else:
         path = _locate(DOLLY, data_dir, download)
     text, data = _read_text(path)

@@ -28,14 +28,14 @@ import torch
 from checkpoint import CheckpointError
 from classifier import GPTClassifier, save_classifier
 from data_utils import DataMissingError
-from finetuning import add_common_args, checkpoint_row, prepare
+from finetuning import add_classifier_args, checkpoint_row, prepare
 from model import GPTModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, out="classifier.pth", run_name="classifier", lr=5e-4)
+    add_classifier_args(p, out="classifier.pth", run_name="classifier", lr=5e-4)
     p.add_argument("--skip-random-init", action="store_true",
                    help="do not also train the classifier from random weights")
     return p.parse_args(argv)

@@ -40,6 +40,7 @@ from finetuning import (
     check_args,
     load_base,
     train_config,
+    warm_up_optimizer,
     write_metrics,
 )
 from instructions import (
@@ -60,10 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(p, out="qlora_adapters.pth", run_name="qlora-instruct", lr=2e-3,
-                    max_steps=300, train_size=2000, batch_size=16)
+                    max_steps=300, train_size=2000, batch_size=16,
+                    train_size_help="training instructions, seeded subsample of the data "
+                    "file's 95 %% train split")
     p.add_argument("--data-file", default=None,
                    help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
-                   f"data folder), e.g. ../shared/data/{INSTRUCTIONS_1100}")
+                   f"data folder): a path, or the name of a file in the data folder, e.g. "
+                   f"{INSTRUCTIONS_1100}")
     p.add_argument("--backend", choices=BACKENDS, default="scratch",
                    help="NF4 implementation: ours (quantization.py) or bitsandbytes")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
@@ -92,8 +96,9 @@ def load_splits(args: argparse.Namespace) -> dict[str, list[dict]]:
     except DataMissingError as err:
         if args.data_file is not None:
             raise
-        raise DataMissingError(f"{err} This script takes such a file as --data-file, e.g. "
-                               f"--data-file ../shared/data/{INSTRUCTIONS_1100}.") from None
+        raise DataMissingError(f"{err} This script takes such a file as --data-file (a path, "
+                               f"or the name of a file in the data folder), e.g. "
+                               f"--data-file {INSTRUCTIONS_1100}.") from None
     if 0 < args.train_size < len(splits["train"]):
         splits["train"] = random.Random(args.seed).sample(splits["train"], args.train_size)
     return splits
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = sample_records(splits["test"], tokenizer, ctx, args.samples)
         base_answers = answer_samples(model, tokenizer, shown, args)
         log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
+    warm_up_optimizer()  # measured as finetuning.finetune measures: no one-time import
     with PeakMemory(device) as memory:
         summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),
                               device, loss_fn=lm_loss, log_path=log_path, is_main=run.is_main,

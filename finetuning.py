@@ -4,7 +4,8 @@
 LoRA adapters and the head train) are the same experiment with a different set of trainable
 weights, so everything else lives here, once:
 
-- ``add_common_args``      the flags both scripts take (--base, --out, --max-steps, ...).
+- ``add_common_args``      the flags every finetuning script takes (--base, --max-steps, ...);
+                           ``add_classifier_args`` adds what only the SST-2 scripts take.
 - ``load_base``            the pretrained model; a missing file says "run python main.py first".
 - ``load_sst2_splits``     SST-2 with the training sentences subsampled (seeded) if asked.
 - ``make_loaders``         sentences -> ids once, then right-padded random batches of
@@ -61,7 +62,7 @@ Example = tuple[str, int]  # (sentence, label)
 
 
 def train_size_arg(value: str) -> int:
-    """--train-size: a number of sentences; 0 or "all" means the whole training split."""
+    """--train-size: a number of training examples; 0 or "all" means the whole training split."""
     if value.lower() == "all":
         return 0
     try:
@@ -74,17 +75,16 @@ def train_size_arg(value: str) -> int:
 
 
 def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: float,
-                    max_steps: int = 600, train_size: int = 20_000, batch_size: int = 32
-                    ) -> argparse.ArgumentParser:
-    """The flags every finetuning script takes; each script picks its own defaults."""
+                    train_size_help: str, max_steps: int = 600, train_size: int = 20_000,
+                    batch_size: int = 32) -> argparse.ArgumentParser:
+    """The flags every finetuning script takes; each script picks its own defaults and says
+    what its --train-size counts (``train_size_help``)."""
     p.add_argument("--base", default="model_weights.pth", help="pretrained model from main.py")
     p.add_argument("--out", default=out, help="where to save the finetuned checkpoint")
     p.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
-                   help="training sentences, seeded subsample of the 66k; 0 or 'all': every one")
+                   help=f"{train_size_help}; 0 or 'all': every one")
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
-                   help="batch sentences of similar length (3x less padding on SST-2)")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine to lr/10)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of max-steps")
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -100,6 +100,16 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: 
     return p
 
 
+def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: float
+                        ) -> argparse.ArgumentParser:
+    """The flags of both SST-2 classifier scripts: the common ones plus --group-by-length."""
+    add_common_args(p, out=out, run_name=run_name, lr=lr,
+                    train_size_help="training sentences, seeded subsample of SST-2's 66k")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch sentences of similar length (3x less padding on SST-2)")
+    return p
+
+
 def check_args(args: argparse.Namespace) -> None:
     """One clear sentence for a flag value that would fail later in a confusing way."""
     for name in ("max_steps", "batch_size", "eval_interval"):
@@ -110,6 +120,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be positive, got {args.lr}.")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}.")
+    if args.weight_decay < 0:  # it would push the weights away from zero
+        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}.")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -307,6 +319,13 @@ class PeakMemory:
             self.mb = self._maxrss_mb() - self._start
 
 
+def warm_up_optimizer() -> None:
+    """Call before ``PeakMemory`` around training: the first AdamW in a process imports
+    torch._dynamo (~90 MB of code and data), and the peak should be the run's tensors, not
+    a one-time import."""
+    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
+
+
 # ---------------------------------------------------------------------------- finetune
 
 
@@ -326,9 +345,7 @@ def finetune(model: nn.Module, loaders: dict[str, DataLoader], args: argparse.Na
         log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
     model.to(run.device)
     trainable, total = count_parameters(model)
-    # The first AdamW in a process imports torch._dynamo (~90 MB of code and data); do that
-    # before measuring, so the peak is this run's tensors, not a one-time import.
-    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
+    warm_up_optimizer()
     with PeakMemory(run.device) as memory:
         summary = train_model(run.wrap(model), loaders["train"], loaders["val"],
                               train_config(args), run.device, loss_fn=classification_loss,

@@ -50,7 +50,9 @@ from torch.utils.data import DataLoader
 
 from checkpoint import (
     CheckpointError,
+    adapter_metadata,
     atomic_save,
+    check_metadata,
     load_checkpoint,
     load_weights,
     make_checkpoint,
@@ -61,7 +63,7 @@ from data_utils import ShardedSampler, pad_batch
 from generation import stream_text
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
-from quantization import quantize_model
+from quantization import BACKENDS, quantize_model
 from tokenizer import BPETokenizer
 
 IGNORE_INDEX = -100  # the target value F.cross_entropy skips (training.lm_loss uses it too)
@@ -268,14 +270,11 @@ def load_instruction_model(path: str | Path, base: str | Path | None = None,
     """
     ckpt = read_checkpoint(path, kind=KIND,
                            missing_hint="run python finetune_qlora_instructions.py first")
-    meta = ckpt.get("metadata", {})
-    try:
-        lora, fingerprint = meta["lora"], meta["base_fingerprint"]
-        base = base if base is not None else meta["base_path"]
-        backend = backend or meta["backend"]
-    except KeyError as e:
-        raise CheckpointError(f"{path} is a QLoRA checkpoint without its {e} metadata.") \
-            from None
+    lora, fingerprint, base = adapter_metadata(ckpt, path, base)
+    meta = ckpt["metadata"]
+    if backend is None:
+        backend = meta.get("backend")
+        check_metadata(path, "backend", backend, backend in BACKENDS)
     model, tokenizer, _ = load_checkpoint(base)  # missing: "run python main.py first"
     if weights_fingerprint(model.state_dict()) != fingerprint:
         raise CheckpointError(

@@ -26,6 +26,8 @@ import html
 import json
 import os
 import re
+import shlex
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +104,10 @@ def create_command(spec: ModelSpec, path: Path, base: Path, folder: Path) -> str
     def shown(p: Path) -> str:
         return str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p)
 
-    base_flag = f" --base {shown(base)}" if shown(base) != SPECS["base"].default else ""
-    out_flag = f" --out {shown(path)}" if shown(path) != spec.default else ""
+    # Quoted, so that a path with spaces or $ is copied into the shell as one argument.
+    base_flag = f" --base {shlex.quote(shown(base))}" if shown(base) != SPECS["base"].default \
+        else ""
+    out_flag = f" --out {shlex.quote(shown(path))}" if shown(path) != spec.default else ""
     if spec.key == "base":
         return f"python main.py{out_flag}"
     command = f"python {spec.script}{base_flag}{out_flag}"
@@ -319,19 +323,37 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "split", "loss"])
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _rows(runs: Runs) -> list[dict]:
-    """Every result row of every metrics.json, once: a row another run copied for comparison
-    ("name [run]") and the baselines each script repeats are kept only the first time."""
-    seen, rows = set(), []
+    """Every result row of every metrics.json, each result once.
+
+    Two kinds of rows repeat, and are dropped: a row a run copied from another for comparison
+    ("name [run]") when that run's own metrics.json is here, and a row with an earlier row's
+    name and numbers, wall time aside (the baselines each classifier script computes again).
+    Other rows that share a name (runs/classifier and runs/classifier-all both train "full
+    finetune (pretrained)") are all kept, named "name [run]" so that the charts tell them
+    apart.
+    """
+    kept, results = [], set()
     for run, summary in runs.summaries.items():
-        for row in summary.get("rows", []):
+        rows = summary.get("rows")
+        for row in rows if isinstance(rows, list) else []:
             if not isinstance(row, dict) or not isinstance(row.get("model"), str):
                 continue
-            name = re.sub(r" \[[^\]]*\]$", "", row["model"])
-            if name not in seen:
-                seen.add(name)
-                rows.append({**row, "model": name, "run": run})
-    return rows
+            copied = re.fullmatch(r"(.*) \[([^\]]*)\]", row["model"])
+            name, source = copied.groups() if copied else (row["model"], run)
+            if copied and source in runs.summaries:
+                continue
+            result = json.dumps({**row, "model": name, "train_time_s": None}, sort_keys=True)
+            if result not in results:
+                results.add(result)
+                kept.append((name, source, {**row, "run": run}))
+    names = Counter(name for name, _, _ in kept)
+    return [{**row, "model": f"{name} [{source}]" if names[name] > 1 else name}
+            for name, source, row in kept]
 
 
 def accuracy_frame(runs: Runs) -> pd.DataFrame:
@@ -342,11 +364,26 @@ def accuracy_frame(runs: Runs) -> pd.DataFrame:
 
 
 def methods_frame(runs: Runs) -> pd.DataFrame:
-    """The cost of each finetuning method: trainable share, wall time, peak memory."""
-    rows = [{"model": r["model"], "run": r["run"], "trainable": r["trainable"],
-             "total": r["total"], "trainable_share": r["trainable"] / r["total"],
-             "train_time_s": r.get("train_time_s"), "peak_mem_mb": r.get("peak_mem_mb")}
-            for r in _rows(runs) if r.get("total") and isinstance(r.get("trainable"), int)]
+    """The cost of each finetuning method: trainable share, wall time, peak memory.
+
+    Baselines train nothing and have no "total". A finetuned row whose counts or measurements
+    are not numbers is skipped and named in ``runs.problems``.
+    """
+    rows = []
+    for r in _rows(runs):
+        if "total" not in r:
+            continue
+        trainable, total = r.get("trainable"), r["total"]
+        seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
+        if not (_is_number(trainable) and _is_number(total) and 0 <= trainable <= total
+                and total > 0 and all(v is None or _is_number(v) for v in (seconds, mb))):
+            runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
+                                 "numbers for trainable, total, train_time_s and peak_mem_mb "
+                                 "(skipped).")
+            continue
+        rows.append({"model": r["model"], "run": r["run"], "trainable": trainable,
+                     "total": total, "trainable_share": trainable / total,
+                     "train_time_s": seconds, "peak_mem_mb": mb})
     return pd.DataFrame(rows, columns=["model", "run", "trainable", "total", "trainable_share",
                                        "train_time_s", "peak_mem_mb"])
 
@@ -357,17 +394,30 @@ def evaluation_frame(runs: Runs) -> pd.DataFrame:
     rows = [{"model": name, "perplexity": summary[name]["perplexity"],
              "bits_per_char": summary[name]["bits_per_char"]}
             for name in ("model", "unigram", "untrained")
-            if isinstance(summary.get(name), dict) and "bits_per_char" in summary[name]]
+            if isinstance(summary.get(name), dict)
+            and all(_is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
     return pd.DataFrame(rows, columns=["model", "perplexity", "bits_per_char"])
 
 
 def nf4_frame(runs: Runs) -> pd.DataFrame:
-    """Bytes of the quantized weights as fp32, NF4 and NF4 + double quantization."""
+    """Bytes of the quantized weights as fp32, NF4 and NF4 + double quantization.
+
+    A run whose quantized_bytes lacks one of the three, or holds anything but positive
+    numbers, is skipped and named in ``runs.problems``.
+    """
     formats = {"fp32": "fp32", "nf4": "NF4", "nf4_dq": "NF4 + double quant"}
-    rows = [{"run": run, "format": label, "bytes": summary["quantized_bytes"][key]}
-            for run, summary in runs.summaries.items()
-            if isinstance(summary.get("quantized_bytes"), dict)
-            for key, label in formats.items() if key in summary["quantized_bytes"]]
+    rows = []
+    for run, summary in runs.summaries.items():
+        sizes = summary.get("quantized_bytes")
+        if sizes is None:
+            continue
+        if not (isinstance(sizes, dict)
+                and all(_is_number(sizes.get(key)) and sizes[key] > 0 for key in formats)):
+            runs.problems.append(f"runs/{run}/metrics.json: quantized_bytes needs positive "
+                                 f"byte counts for {', '.join(formats)} (skipped).")
+            continue
+        rows += [{"run": run, "format": label, "bytes": sizes[key]}
+                 for key, label in formats.items()]
     return pd.DataFrame(rows, columns=["run", "format", "bytes"])
 
 

@@ -125,6 +125,49 @@ def test_paths_come_from_the_environment(tmp_path, monkeypatch):
                                         "python finetune_classifier.py --base models/gpt.pth")
 
 
+def test_commands_quote_paths_for_the_shell(tmp_path):
+    import shlex
+
+    from showcase import SPECS, create_command
+
+    command = create_command(SPECS["lora"], tmp_path / "my models" / "lora.pth",
+                             tmp_path / "it's $HOME.pth", tmp_path)
+    assert [shlex.split(part) for part in command.split(" && ")] == [
+        ["python", "main.py", "--out", "it's $HOME.pth"],
+        ["python", "finetune_lora_classifier.py", "--base", "it's $HOME.pth",
+         "--out", "my models/lora.pth"]]
+
+
+def test_hand_edited_checkpoints_and_metrics_are_messages_not_crashes(tmp_path, monkeypatch):
+    import torch
+
+    from classifier import GPTClassifier, save_classifier
+    from model import GPTConfig, GPTModel
+    from tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer()
+    tokenizer.train("a fine film, a dull one. " * 20, 260)
+    path = tmp_path / "classifier.pth"
+    save_classifier(path, GPTClassifier(GPTModel(GPTConfig(vocab_size=260, context_length=8,
+                                                           n_layer=1, n_head=1, n_embd=8))),
+                    tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["metadata"]["labels"] = 3
+    torch.save(ckpt, path)
+    for run, summary in [("a", {"quantized_bytes": {"fp32": 100, "nf4": 20}}),
+                         ("b", {"rows": [{"model": "m", "dev_acc": 0.5, "trainable": 1,
+                                          "total": "ten"}]})]:
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "metrics.json").write_text(json.dumps(summary))
+    at = run_app(tmp_path, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert "metadata entry 'labels' is invalid (3)" in at.tabs[0].error[0].value
+    warnings = [w.value for w in at.tabs[6].warning]
+    assert len(warnings) == 2 and "runs/a/metrics.json: quantized_bytes" in warnings[1]
+    assert "runs/b/metrics.json: row 'm'" in warnings[0]
+    assert chart_titles(at.tabs[6]) == ["Dev accuracy"]  # what is sound still shows
+
+
 def test_bad_paths_and_devices_are_messages_not_crashes(tmp_path, monkeypatch):
     at = run_app(tmp_path, monkeypatch)
     at.text_input(key="path_base").input("bad\x00name.pth").run(timeout=60)
@@ -314,6 +357,59 @@ def test_metrics_tab_charts_every_run(project, monkeypatch):
         assert title in titles
     saving = float(tab.metric[0].value.rstrip("%"))
     assert 80 < saving < 90  # 4-bit codes + 8-bit scales per 64 weights vs 32 bits
+
+
+def summary(*rows: dict, **extra) -> dict:
+    return {"rows": list(rows), **extra}
+
+
+def test_metrics_show_each_result_once_and_tell_runs_of_one_model_apart():
+    from showcase import Runs, accuracy_frame, methods_frame
+
+    majority = {"model": "majority class", "dev_acc": 0.51, "trainable": 0}
+    tfidf = {"model": "TF-IDF", "dev_acc": 0.79, "trainable": 9, "train_time_s": 2.1}
+    full = {"model": "full finetune", "dev_acc": 0.70, "trainable": 9, "total": 9,
+            "train_time_s": 50.0}
+    lora = {"model": "LoRA r=2", "dev_acc": 0.61, "trainable": 1, "total": 9}
+    runs = Runs(summaries={
+        "classifier": summary(majority, tfidf, full),
+        # The same baselines (another wall time) and a copy of classifier's row: shown once.
+        "lora-classifier": summary(majority, {**tfidf, "train_time_s": 2.4}, lora,
+                                   {**full, "model": "full finetune [classifier]"}),
+        # More data: other baselines and another full finetune, which must not vanish.
+        "classifier-all": summary({**majority, "dev_acc": 0.55}, {**tfidf, "dev_acc": 0.82},
+                                  {**full, "dev_acc": 0.75}),
+    })
+    accuracy = accuracy_frame(runs)
+    assert dict(zip(accuracy["model"], accuracy["accuracy"], strict=True)) == {
+        "majority class [classifier]": 0.51, "TF-IDF [classifier]": 0.79,
+        "full finetune [classifier]": 0.70, "LoRA r=2": 0.61,
+        "majority class [classifier-all]": 0.55, "TF-IDF [classifier-all]": 0.82,
+        "full finetune [classifier-all]": 0.75}
+    assert list(methods_frame(runs)["model"]) == ["full finetune [classifier]", "LoRA r=2",
+                                                  "full finetune [classifier-all]"]
+    alone = Runs(summaries={"lora-classifier": runs.summaries["lora-classifier"]})
+    assert list(accuracy_frame(alone)["model"]) == ["majority class", "TF-IDF", "LoRA r=2",
+                                                    "full finetune"]  # its copy, unlabelled
+
+
+def test_malformed_metrics_are_skipped_and_named():
+    from showcase import Runs, methods_frame, nf4_frame
+
+    good = {"model": "LoRA", "trainable": 1, "total": 9, "peak_mem_mb": 20.0}
+    runs = Runs(summaries={
+        "q": {"quantized_bytes": {"fp32": 100, "nf4": 14, "nf4_dq": 13}},
+        "a": {"quantized_bytes": {"fp32": 100, "nf4": 20}},
+        "b": {"quantized_bytes": {"fp32": "100", "nf4": 14, "nf4_dq": 13}},
+        "c": summary(good, {"model": "full", "trainable": 9, "total": "9"},
+                     {"model": "odd", "trainable": 9, "total": 9, "train_time_s": "1 min"}),
+    })
+    assert list(nf4_frame(runs)["run"].unique()) == ["q"]
+    assert list(methods_frame(runs)["model"]) == ["LoRA"]
+    assert [p.split(":")[0] for p in runs.problems] == [
+        "runs/a/metrics.json", "runs/b/metrics.json", "runs/c/metrics.json",
+        "runs/c/metrics.json"]
+    assert all(p.endswith("(skipped).") for p in runs.problems)
 
 
 # ---------------------------------------------------------------------------- robustness

@@ -284,3 +284,35 @@ def test_load_classifier_refuses_a_base_model_and_explains_a_missing_file(tmp_pa
         load_classifier(path)
     with pytest.raises(FileNotFoundError, match="finetune_classifier.py"):
         load_classifier(tmp_path / "missing.pth")
+
+
+def edit_metadata(path, edit) -> None:
+    """Rewrite a saved checkpoint with ``edit`` applied to its metadata, as a hand would."""
+    ckpt = torch.load(path, weights_only=True)
+    if callable(edit):
+        edit(ckpt["metadata"])
+    else:
+        ckpt["metadata"] = edit
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("kind, edit, entry", [
+    ("full", lambda m: m.update(labels=3), "labels"),
+    ("full", lambda m: m.update(labels=["only one"]), "labels"),
+    ("full", ["not", "a", "dict"], "metadata"),
+    ("lora", lambda m: m["lora"].pop("r"), "lora.r"),
+    ("lora", lambda m: m["lora"].update(alpha="4"), "lora.alpha"),
+    ("lora", lambda m: m["lora"].update(targets="qkv"), "lora.targets"),
+    ("lora", lambda m: m.update(lora=[2, 4.0]), "lora"),
+    ("lora", lambda m: m.update(base_path=5), "base_path"),
+    ("lora", lambda m: m.pop("base_fingerprint"), "base_fingerprint"),
+])
+def test_bad_metadata_is_one_checkpoint_error_naming_the_entry(tmp_path, tokenizer, lora_setup,
+                                                               kind, edit, entry):
+    _, path, _ = lora_setup
+    if kind == "full":
+        path = tmp_path / "classifier.pth"
+        save_classifier(path, make_classifier(), tokenizer)
+    edit_metadata(path, edit)
+    with pytest.raises(CheckpointError, match=rf"metadata entry '{entry}' is .*\.$"):
+        load_classifier(path)

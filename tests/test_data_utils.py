@@ -240,6 +240,20 @@ def test_instruction_bad_lines_are_counted_and_wrong_file_is_an_error(tmp_path):
         load_instructions(tmp_path / "absent.jsonl")
 
 
+def test_a_bare_instruction_file_name_is_found_in_the_data_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "mine.jsonl").write_text("\n".join(instruction_lines(40)) + "\n")
+    monkeypatch.chdir(tmp_path)  # the file is not in the current folder
+    assert len(load_instructions("mine.jsonl", data_dir=folder)["test"]) == 2
+    monkeypatch.setenv("LLM_DATA_DIR", str(folder))
+    assert len(load_instructions("mine.jsonl")["train"]) == 38
+    with pytest.raises(DataMissingError) as err:
+        load_instructions("absent.jsonl")
+    assert f"neither the current folder nor the data folder {folder}:" in str(err.value)
+    assert str(err.value).endswith("e.g. instruction-data-1100.jsonl.")  # a name that works
+
+
 def test_default_dolly_missing_points_to_data_file_option(tmp_path):
     write_fixture(tmp_path)
     with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*data_file"):

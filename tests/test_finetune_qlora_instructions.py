@@ -31,6 +31,17 @@ def test_help_lists_the_flags():
         assert flag in result.stdout
 
 
+def test_flags_speak_of_instructions_and_take_only_what_the_script_uses(capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "training instructions" in help_text
+    assert "SST-2" not in help_text and "66k" not in help_text
+    assert "group_by_length" not in vars(script.parse_args([]))  # so not in metrics.json
+    with pytest.raises(SystemExit):
+        script.parse_args(["--no-group-by-length"])
+
+
 def test_missing_dolly_names_the_data_file_flag(tmp_path):
     args = argparse.Namespace(data_file=None, data_dir=str(tmp_path), seed=0, train_size=0)
     with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*--data-file"):
@@ -92,6 +103,7 @@ def test_end_to_end_on_a_tiny_base(tmp_path, monkeypatch):
     assert losses["QLoRA r=8 (scratch)"] < losses["base, NF4+DQ (scratch)"]  # it learned
     assert metrics["quantized_bytes"]["nf4_dq"] <= 0.15 * metrics["quantized_bytes"]["fp32"]
     assert metrics["encoding"]["heldout"]["whole"] > 0
+    assert "group_by_length" not in metrics["args"]
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "val_loss" in r] == [6, 12]
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

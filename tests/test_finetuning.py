@@ -16,6 +16,7 @@ from classifier import GPTClassifier, load_classifier, predict
 from finetuning import (
     LengthGroupedBatches,
     PeakMemory,
+    check_args,
     classification_loss,
     collate,
     evaluate_accuracy,
@@ -139,6 +140,13 @@ def test_classifier_learns_a_separable_task():
     assert evaluate_accuracy(model, loader) > max(before, 0.95)
 
 
+def test_a_negative_weight_decay_is_refused_in_one_sentence():
+    args = finetune_lora_classifier.parse_args(["--weight-decay", "-0.1"])
+    with pytest.raises(ValueError, match=r"^--weight-decay must be >= 0, got -0.1.$"):
+        check_args(args)
+    check_args(finetune_lora_classifier.parse_args(["--weight-decay", "0"]))
+
+
 def test_train_config_from_flags():
     args = argparse.Namespace(max_steps=200, lr=1e-3, warmup_steps=None, weight_decay=0.05,
                               eval_interval=50, dtype="float32", seed=7)
@@ -192,6 +200,18 @@ def test_lora_script_rejects_unknown_targets():
     args = finetune_lora_classifier.parse_args(["--targets", "qkv", "lm_head"])
     with pytest.raises(ValueError, match="Unknown --targets"):
         finetune_lora_classifier.add_lora(model, args)
+
+
+def test_lora_compares_only_with_a_full_finetune_of_the_same_base(tmp_path, capsys):
+    path = tmp_path / "classifier" / "metrics.json"
+    path.parent.mkdir()
+    rows = [{"model": "majority class", "dev_acc": 0.5, "trainable": 0},
+            {"model": "full finetune (pretrained)", "dev_acc": 0.7, "trainable": 9, "total": 9}]
+    path.write_text(json.dumps({"rows": rows, "base_fingerprint": "same"}))
+    compared = finetune_lora_classifier.compared_rows(path, "same")
+    assert [r["model"] for r in compared] == ["full finetune (pretrained) [classifier]"]
+    assert finetune_lora_classifier.compared_rows(path, "another") == []
+    assert "different base model" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- end to end

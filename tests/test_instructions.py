@@ -260,6 +260,24 @@ def test_missing_base_or_adapters_say_what_to_run(base_path, tokenizer, tmp_path
         load_instruction_model(base_path)
 
 
+@pytest.mark.parametrize("edit, entry", [
+    (lambda m: m["lora"].pop("alpha"), "lora.alpha"),
+    (lambda m: m["lora"].update(r=True), "lora.r"),
+    (lambda m: m["lora"].update(dropout=1.5), "lora.dropout"),
+    (lambda m: m.update(backend="foo"), "backend"),
+    (lambda m: m.update(base_path=["base.pth"]), "base_path"),
+])
+def test_bad_metadata_is_one_checkpoint_error_naming_the_entry(base_path, tokenizer, tmp_path,
+                                                               edit, entry):
+    out = tmp_path / "adapters.pth"
+    trained_adapters(base_path, tokenizer, "scratch", out)
+    ckpt = torch.load(out, weights_only=True)
+    edit(ckpt["metadata"])
+    torch.save(ckpt, out)
+    with pytest.raises(CheckpointError, match=rf"metadata entry '{entry}' is .*\.$"):
+        load_instruction_model(out)
+
+
 # ---------------------------------------------------------------------------- answering
 
 
