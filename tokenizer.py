@@ -44,6 +44,7 @@ MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or
 MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long "tokens"
 CACHE_SIZE = 100_000  # chunk -> ids entries kept; real text repeats " the", "\n" and co. endlessly
 NO_RANK = float("inf")
+LONG_PIECE = 64  # bytes; above this, _bpe's rescan of every pair per merge costs more than a heap
 
 
 def _surrogatepass_or_replace(err: UnicodeDecodeError) -> tuple[str, int]:
@@ -60,6 +61,8 @@ codecs.register_error("bpe-surrogatepass-replace", _surrogatepass_or_replace)
 def _bpe(piece: bytes, ranks: dict[bytes, int], max_rank: float = NO_RANK) -> list[bytes]:
     """Split `piece` into tokens: merge the lowest-ranked adjacent pair (leftmost on ties) until
     no adjacent pair spells a token ranked below `max_rank`."""
+    if len(piece) > LONG_PIECE:
+        return _bpe_heap(piece, ranks, max_rank)
     rank = ranks.get
     parts = [piece[i:i + 1] for i in range(len(piece))]
     pair_ranks = [rank(a + b, NO_RANK) for a, b in pairwise(parts)]
@@ -75,6 +78,42 @@ def _bpe(piece: bytes, ranks: dict[bytes, int], max_rank: float = NO_RANK) -> li
         if i < len(pair_ranks):
             pair_ranks[i] = rank(parts[i] + parts[i + 1], NO_RANK)
     return parts
+
+
+def _bpe_heap(piece: bytes, ranks: dict[bytes, int], max_rank: float = NO_RANK) -> list[bytes]:
+    """_bpe for long pieces (a 20,000-letter "word" takes 0.1 s here, 7 s with the rescan).
+
+    Candidate pairs wait in a heap keyed (rank, position), so the lowest rank and then the
+    leftmost comes out first, as in _bpe. A merge leaves stale entries behind; each is
+    recognised when it comes out (its position no longer starts a pair of that rank) and
+    skipped. Parts live in a linked list: merged-away ones become None.
+    """
+    rank = ranks.get
+    parts: list[bytes | None] = [piece[i:i + 1] for i in range(len(piece))]
+    end = len(parts)
+    next_of, prev_of = list(range(1, end + 1)), list(range(-1, end - 1))  # end / -1: none
+    heap: list[tuple[int, int]] = []
+
+    def push(i: int) -> None:  # the pair starting at part i, if it spells a token
+        if i >= 0 and next_of[i] < end:
+            r = rank(parts[i] + parts[next_of[i]], NO_RANK)
+            if r < max_rank:
+                heapq.heappush(heap, (r, i))
+
+    for i in range(end - 1):
+        push(i)
+    while heap:
+        r, i = heapq.heappop(heap)
+        j = next_of[i] if parts[i] is not None else end
+        if j == end or rank(parts[i] + parts[j], NO_RANK) != r:
+            continue  # stale
+        parts[i], parts[j] = parts[i] + parts[j], None
+        next_of[i] = next_of[j]
+        if next_of[i] < end:
+            prev_of[next_of[i]] = i
+        push(prev_of[i])
+        push(i)
+    return [part for part in parts if part is not None]
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:

@@ -309,6 +309,32 @@ def test_tiktoken_equivalence_property(tok, tik, text):
     assert tok.encode(text, "all") == tik.encode(text, allowed_special="all")
 
 
+def test_heap_bpe_breaks_ties_leftmost():
+    ranks = {bytes([b]): b for b in range(256)} | {b"aa": 256}
+    assert tokenizer_module._bpe_heap(b"aaa", ranks) == [b"aa", b"a"]
+    long = b"a" * (tokenizer_module.LONG_PIECE + 1)  # odd: the last "a" is left over
+    assert tokenizer_module._bpe(long, ranks) == [b"aa"] * (len(long) // 2) + [b"a"]
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.one_of(st.binary(max_size=tokenizer_module.LONG_PIECE),
+                 st.text("the king's ", max_size=tokenizer_module.LONG_PIECE).map(str.encode),
+                 st.text("eel  ", max_size=tokenizer_module.LONG_PIECE).map(str.encode)),
+       st.integers(256, 1100))
+def test_heap_bpe_merges_exactly_like_the_rescan(tok, piece, max_rank):
+    ranks = tok.mergeable_ranks()  # short pieces: _bpe itself rescans
+    assert tokenizer_module._bpe_heap(piece, ranks, max_rank) == \
+        tokenizer_module._bpe(piece, ranks, max_rank)
+
+
+def test_long_words_encode_like_tiktoken(tok, tik):
+    rng = random.Random(0)
+    words = ["Theking" * 2858, "ing" * 6667, "".join(rng.choices("aeinorst", k=5000)),
+             "x" * (tokenizer_module.LONG_PIECE + 1)]
+    for word in words:  # one regex chunk each, longer than LONG_PIECE: the heap path
+        assert tok.encode(word) == tik.encode(word)
+
+
 CL100K_SPECIALS = {ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|endofprompt|>": 100276}
 
 
