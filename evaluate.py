@@ -12,7 +12,7 @@ Reports three numbers per model:
 Two reference points computed in the same run give the numbers meaning: a unigram model of
 the training tokens (knows only token frequencies) and the untrained model (knows nothing).
 The test text is cut into non-overlapping windows of the context length and every token
-after the first is scored, as nanoGPT scores its validation slice.
+after the first is scored exactly once (nanoGPT's estimate_loss averages random windows).
 """
 
 from __future__ import annotations

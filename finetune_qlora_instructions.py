@@ -90,9 +90,13 @@ def check_qlora_args(args: argparse.Namespace) -> None:
 
 
 def load_splits(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """The seeded 95 / 5 split, train cut to a seeded --train-size sample (0: all of it)."""
+    """The fixed 95 / 5 split, train cut to a seeded --train-size sample (0: all of it).
+
+    The split keeps load_instructions' own seed, not --seed: it is the split the tokenizer
+    corpus leaves the test records out of (as SST-2's is), so they stay unseen whatever --seed.
+    """
     try:
-        splits = load_instructions(args.data_file, args.data_dir, seed=args.seed)
+        splits = load_instructions(args.data_file, args.data_dir)
     except DataMissingError as err:
         if args.data_file is not None:
             raise

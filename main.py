@@ -163,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         started_nanogpt = started.get("split") == "nanogpt"
         if args.nanogpt_split and not started_nanogpt:
             ignored.append("nanogpt_split")
-        if ignored:
+        if ignored and is_main:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             print(f"Note: {flags} ignored: a resumed run keeps the settings it started with "
                   "(only --max-steps can change).")
         args.nanogpt_split, args.seed = started_nanogpt, train_cfg.seed
         args.preset = started.get("preset", args.preset)
         args.out = args.out or started.get("out")
-        print(f"Resuming {state_path} at step {resume_state['step']}")
-        if is_main:  # drop log lines written after that checkpoint: they are about to be redone
+        if is_main:  # log lines written after that checkpoint are about to be redone: drop them
+            print(f"Resuming {state_path} at step {resume_state['step']}")
             forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
     else:
         if is_main:

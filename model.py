@@ -232,7 +232,9 @@ class GPTModel(nn.Module):
         return n - self.pos_emb.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward = 3x forward), as in the PaLM paper."""
+        """Training FLOPs per token: forward + backward = 3x forward, 2 per weight forward, as in
+        the PaLM paper's estimate; its attention term counts the whole T x T score matrix,
+        while a causal mask needs half of it, which is what is counted here."""
         cfg = self.config
         T = seq_len or cfg.context_length
         matmul_params = self.num_parameters(non_embedding=True) - cfg.vocab_size * cfg.n_embd

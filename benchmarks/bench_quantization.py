@@ -1,7 +1,7 @@
 """Benchmark NF4 weight quantization: memory and error, fp32 vs NF4 vs NF4 + double quant.
 
 Not a test; it prints the numbers for the README and the QLoRA issue. For the GPT model (the
-default preset size with random weights, or a trained checkpoint with --checkpoint) it
+GPTConfig's default size with random weights, or a trained checkpoint with --checkpoint) it
 quantizes the linear layers LoRA targets (qkv, out_proj, fc_in, fc_out) and reports:
 
 1. Weight bytes of those layers in fp32, in NF4 (fp32 absmax per 64 weights) and in NF4 with

@@ -12,7 +12,7 @@ from conftest import ROOT, SHARED_DATA
 
 import finetune_qlora_instructions as script
 from checkpoint import read_checkpoint, save_checkpoint
-from data_utils import DataMissingError, load_tinyshakespeare
+from data_utils import DataMissingError, load_instructions, load_tinyshakespeare
 from instructions import answer, load_instruction_model
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
@@ -29,6 +29,19 @@ def test_help_lists_the_flags():
     for flag in ("--base", "--out", "--max-steps", "--train-size", "--data-file", "--backend",
                  "--rank", "--alpha", "--seed", "--device", "--data-dir", "--run-name"):
         assert flag in result.stdout
+
+
+@needs_data
+@pytest.mark.parametrize("seed", ["0", "1337", "5"])
+def test_held_out_instructions_are_the_ones_the_tokenizer_corpus_leaves_out(seed):
+    # tokenizer_training_corpus keeps load_instructions' default split; --seed must not move
+    # the held-out records into what the tokenizer was trained on.
+    args = script.parse_args(["--data-file", str(INSTRUCTIONS), "--seed", seed,
+                              "--train-size", "100"])
+    splits = script.load_splits(args)
+    corpus_split = load_instructions(INSTRUCTIONS)
+    assert splits["test"] == corpus_split["test"]
+    assert len(splits["train"]) == 100 and all(r in corpus_split["train"] for r in splits["train"])
 
 
 def test_flags_speak_of_instructions_and_take_only_what_the_script_uses(capsys):
