@@ -43,9 +43,23 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be used (corrupt, foreign, unsafe, mismatched)."""
 
 
+def check_writable(path: str | Path) -> None:
+    """One sentence now, not after the training, if a checkpoint cannot be written to ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that readers see either the old file or the new one."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                         train_size=len(exp.splits["train"]), steps=row["steps"])
         exp.rows.append(checkpoint_row(row, args.out))
 
-    if not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
+    if row is not None and row["interrupted"]:  # one Ctrl-C stops the script, not one run
+        print("note: the random-init run is skipped.")
+    elif not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
         torch.manual_seed(args.seed)
         scratch = GPTClassifier(GPTModel(exp.base.config))
         row = exp.finetune(scratch, "full finetune (random init)",
@@ -69,3 +71,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
+        sys.exit("Interrupted; the files already written are kept.")

@@ -111,3 +111,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
+        sys.exit("Interrupted; the files already written are kept.")

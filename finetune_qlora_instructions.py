@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     cleanup_distributed()
     if not run.is_main:
         return 0
+    if summary["interrupted"]:
+        print(f"note: QLoRA was stopped early, at step {summary['steps']}.")
     tuned_loss = response_loss(model, test_loader)
     tuned_answers = answer_samples(model, tokenizer, shown, args)
     with open(log_path, "a", encoding="utf-8") as f:
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         {"model": f"QLoRA r={args.rank} ({args.backend})", "loss": tuned_loss,
          "trainable": trainable, "total": total, "train_time_s": round(summary["elapsed"], 1),
          "peak_mem_mb": round(memory.mb, 1), "steps": summary["steps"],
-         "train_loss": summary["train_loss"], "dtype": summary["dtype"]},
+         "train_loss": summary["train_loss"], "dtype": summary["dtype"],
+         "interrupted": summary["interrupted"]},
     ]
     for row in rows:
         row["perplexity"] = math.exp(row["loss"])
@@ -264,3 +267,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (DataMissingError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
+        sys.exit("Interrupted; the files already written are kept.")

@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from checkpoint import load_checkpoint, weights_fingerprint
+from checkpoint import check_writable, load_checkpoint, weights_fingerprint
 from classifier import encode_text
 from data_utils import ShardedSampler, load_sst2, pad_batch
 from lora import count_parameters
@@ -122,6 +122,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}.")
     if args.weight_decay < 0:  # it would push the weights away from zero
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}.")
+    check_writable(args.out)  # now, not after the training
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -79,6 +79,8 @@ class LoRALayer(nn.Module):
             )
         if not isinstance(r, int) or isinstance(r, bool) or r < 1:
             raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+        if not alpha > 0:  # 0 would silence the adapters; a sign flip only confuses
+            raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
 

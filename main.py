@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from checkpoint import (
     CheckpointError,
     atomic_save,
+    check_writable,
     config_and_tokenizer,
     load_checkpoint,
     make_checkpoint,
@@ -139,6 +141,8 @@ def forget_steps_after(log_path: Path, step: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sample_tokens < 0:
+        raise ValueError(f"--sample-tokens must be >= 0 (0: no sample), got {args.sample_tokens}.")
     s = settings(args)
     run = launch(args.device)  # under torchrun: this process's rank and its own device
     rank, world_size, is_main, device = run.rank, run.world_size, run.is_main, run.device
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = TrainConfig(**started["train_config"])
         if args.max_steps is not None:
             train_cfg.max_steps = args.max_steps
+        if train_cfg.max_steps <= resume_state["step"]:
+            raise ValueError(f"The run in {state_path} is already at step {resume_state['step']} "
+                             f"of {train_cfg.max_steps}; give a larger --max-steps to go on.")
         batch_size = started["batch_size"]
         ignored = [name for name in INT_OVERRIDES + FLOAT_OVERRIDES + ("optimizer",)
                    if name != "max_steps" and getattr(args, name) is not None]
@@ -169,21 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                   "(only --max-steps can change).")
         args.nanogpt_split, args.seed = started_nanogpt, train_cfg.seed
         args.preset = started.get("preset", args.preset)
-        args.out = args.out or started.get("out")
+        args.out = args.out or started.get("out", "model_weights.pth")
+        check_writable(args.out)
         if is_main:  # log lines written after that checkpoint are about to be redone: drop them
             print(f"Resuming {state_path} at step {resume_state['step']}")
             forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
-    else:
-        if is_main:
-            tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,
-                                      args.instruction_file)
-        if world_size > 1:  # the other ranks wait for rank 0's tokenizer file
-            torch.distributed.barrier()
-            tokenizer = BPETokenizer.load(args.tokenizer)
-        # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
-        model_cfg = GPTConfig(vocab_size=(tokenizer.vocab_size + 63) // 64 * 64,
-                              context_length=s["context_length"], n_layer=s["n_layer"],
-                              n_head=s["n_head"], n_embd=s["n_embd"], dropout=s["dropout"])
+    else:  # both configs check their values before minutes go into the tokenizer
+        model_cfg = GPTConfig(vocab_size=s["vocab_size"], context_length=s["context_length"],
+                              n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"],
+                              dropout=s["dropout"])
         train_cfg = TrainConfig(
             max_steps=s["max_steps"], learning_rate=s["learning_rate"], min_lr=s["min_lr"],
             warmup_steps=s["warmup_steps"], grad_accum_steps=s["grad_accum_steps"],
@@ -193,10 +194,19 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
             compile=args.compile, seed=args.seed)
         batch_size = s["batch_size"]
+        args.out = args.out or "model_weights.pth"
+        check_writable(args.out)
+        if is_main:
+            tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,
+                                      args.instruction_file)
+        if world_size > 1:  # the other ranks wait for rank 0's tokenizer file
+            torch.distributed.barrier()
+            tokenizer = BPETokenizer.load(args.tokenizer)
+        # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
+        model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
         if is_main:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
 
-    args.out = args.out or "model_weights.pth"
     splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=args.nanogpt_split)
     train_ids = tokenizer.encode(splits["train"])
     val_ids = tokenizer.encode(splits["val"])
@@ -265,3 +275,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # during setup; once training runs, Ctrl-C saves and stops
+        sys.exit("Interrupted; the files already written are kept.")

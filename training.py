@@ -84,7 +84,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. xpu, meta: untested
+        raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; "
                          "use --device cpu.")

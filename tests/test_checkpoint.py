@@ -9,6 +9,8 @@ import torch
 import checkpoint
 from checkpoint import (
     CheckpointError,
+    atomic_save,
+    check_writable,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -141,6 +143,17 @@ def test_a_non_integer_size_in_the_config_gets_a_clear_error(tmp_path, model, to
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match=f"{name} must be an integer"):
         load_checkpoint(path)
+
+
+def test_an_unwritable_path_is_one_sentence_before_any_work(tmp_path):
+    check_writable(tmp_path / "new" / "m.pth")  # a missing folder is made
+    with pytest.raises(CheckpointError, match="is a folder; give a file name"):
+        check_writable(tmp_path)
+    with pytest.raises(CheckpointError, match="is a folder; give a file name"):
+        atomic_save({"x": 1}, tmp_path)  # not "the previous file is untouched"
+    (tmp_path / "plain.txt").write_text("a file, not a folder")
+    with pytest.raises(CheckpointError, match="^Cannot write"):
+        check_writable(tmp_path / "plain.txt" / "m.pth")
 
 
 def test_a_crash_mid_save_leaves_the_old_file_intact(tmp_path, model, tokenizer, monkeypatch):

@@ -140,6 +140,11 @@ def test_classifier_learns_a_separable_task():
     assert evaluate_accuracy(model, loader) > max(before, 0.95)
 
 
+def test_an_out_path_that_is_a_folder_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):  # CheckpointError is a ValueError
+        check_args(finetune_lora_classifier.parse_args(["--out", str(tmp_path)]))
+
+
 def test_a_negative_weight_decay_is_refused_in_one_sentence():
     args = finetune_lora_classifier.parse_args(["--weight-decay", "-0.1"])
     with pytest.raises(ValueError, match=r"^--weight-decay must be >= 0, got -0.1.$"):

@@ -198,6 +198,9 @@ def test_bad_input_gives_clear_errors():
         LoRALayer(nn.Linear(4, 4), r=0)
     with pytest.raises(ValueError, match="dropout"):
         LoRALayer(nn.Linear(4, 4), dropout=1.0)
+    for alpha in (0, -4.0):
+        with pytest.raises(ValueError, match="alpha must be positive"):
+            LoRALayer(nn.Linear(4, 4), alpha=alpha)
     with pytest.raises(ValueError, match="in_features"):
         LoRALayer(nn.ReLU())
     with pytest.raises(ValueError, match="twice"):

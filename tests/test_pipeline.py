@@ -85,6 +85,8 @@ def test_resume_continues_from_the_saved_state(pretrained):
                (workdir / "runs/pretrain/metrics.jsonl").read_text().splitlines()]
     best = min((r["val_loss"], r["step"]) for r in records if "val_loss" in r)
     assert load_checkpoint(workdir / "model_weights.pth")[2]["step"] == best[1]
+    done = run([str(ROOT / "main.py"), "--resume", "--max-steps", "210"], workdir, check=False)
+    assert done.returncode != 0 and "already at step 210 of 210" in done.stderr
 
 
 @needs_data
@@ -128,6 +130,20 @@ def test_loss_by_line_splits_the_evaluated_loss_into_names_and_the_rest(pretrain
     run([str(ROOT / "evaluate.py"), "--out", "runs/by-line.json"], workdir)
     evaluated = json.loads((workdir / "runs/by-line.json").read_text())["model"]
     assert nats["all"] == pytest.approx(evaluated["nats_per_char"], rel=1e-3)
+
+
+@needs_data
+@pytest.mark.parametrize("flags, message", [
+    (["--out", "."], "is a folder; give a file name"),
+    (["--sample-tokens", "-1"], "--sample-tokens must be >= 0"),
+    (["--max-steps", "0"], "max_steps must be an integer >= 1"),
+    (["--n-head", "0"], "n_head must be a positive integer"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, flags, message):
+    result = run([str(ROOT / "main.py"), "--preset", "tiny", *flags], tmp_path, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Training a" not in result.stdout  # no tokenizer was trained first
 
 
 def test_missing_checkpoint_is_one_clear_sentence(tmp_path):
