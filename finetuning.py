@@ -84,10 +84,10 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: 
     p.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help=f"{train_size_help}; 0 or 'all': every one")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine to lr/10)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of max-steps")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on matrices only")
     p.add_argument("--eval-interval", type=int, default=100,
                    help="log the val loss every N steps")
     p.add_argument("--seed", type=int, default=1337,
