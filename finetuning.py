@@ -116,7 +116,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, "
                              f"got {getattr(args, name)}.")
-    if args.lr <= 0:
+    if not args.lr > 0:  # also catches nan
         raise ValueError(f"--lr must be positive, got {args.lr}.")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}.")

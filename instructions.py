@@ -193,7 +193,8 @@ def instruction_dataloader(examples: list[Example], batch_size: int, pad_id: int
     Under DDP, process ``rank`` of ``world_size`` draws from its own share of the examples.
     """
     if not examples:
-        raise ValueError("No instruction examples fit the context window; nothing to batch.")
+        raise ValueError("No instruction examples fit the context window; use a base model "
+                         "with a longer context (the CPU preset's 128 tokens fit nearly all).")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if shuffle and len(examples) < batch_size:

@@ -150,6 +150,8 @@ def test_a_negative_weight_decay_is_refused_in_one_sentence():
     with pytest.raises(ValueError, match=r"^--weight-decay must be >= 0, got -0.1.$"):
         check_args(args)
     check_args(finetune_lora_classifier.parse_args(["--weight-decay", "0"]))
+    with pytest.raises(ValueError, match=r"^--lr must be positive, got nan.$"):
+        check_args(finetune_lora_classifier.parse_args(["--lr", "nan"]))
 
 
 def test_train_config_from_flags():
