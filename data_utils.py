@@ -181,8 +181,7 @@ def _verify(
         return
     raise DataFileError(
         f"{path} is not the canonical {name} (sha256 {digest[:12]}..., expected "
-        f"{known.sha256[:12]}...): replace it with the file from {known.source} (or delete it, "
-        "and it is downloaded again)."
+        f"{known.sha256[:12]}...): replace it with the file from {known.source}."
     )
 
 

@@ -136,7 +136,7 @@ def test_loads_from_env_folder_and_argument_wins(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):
     write_fixture(tmp_path)
-    with pytest.raises(DataFileError, match="not the canonical tinyshakespeare.txt.*verify=False"):
+    with pytest.raises(DataFileError, match="canonical tinyshakespeare.txt.*replace it with"):
         load_tinyshakespeare(tmp_path)
     with pytest.raises(DataFileError, match="not the canonical sst2/train.tsv"):
         load_sst2(tmp_path, val_size=5)
