@@ -43,11 +43,15 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be used (corrupt, foreign, unsafe, mismatched)."""
 
 
+def _refuse_folder(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
+
+
 def check_writable(path: str | Path) -> None:
     """One sentence now, not after the training, if a checkpoint cannot be written to ``path``."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
+    _refuse_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
@@ -58,8 +62,7 @@ def check_writable(path: str | Path) -> None:
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that readers see either the old file or the new one."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
+    _refuse_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -142,9 +145,6 @@ def config_and_tokenizer(ckpt: dict, path: str | Path) -> tuple[GPTConfig, BPETo
     """Rebuild the config and tokenizer stored in a checkpoint dict."""
     try:
         config = GPTConfig(**ckpt["config"])
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
-            if type(getattr(config, name)) is not int:  # 8.0 passes GPTConfig, not nn.Embedding
-                raise ValueError(f"{name} must be an integer, got {getattr(config, name)!r}")
         tokenizer = BPETokenizer.from_dict(ckpt["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None

@@ -41,8 +41,11 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if type(value) is not int:  # 8.0 or True would only fail deep inside nn.Embedding
+                raise ValueError(f"{name} must be an integer, got {value!r}.")
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})."

@@ -120,6 +120,7 @@ def test_too_long_input_gets_a_clear_error(model):
 @pytest.mark.parametrize("bad, message", [(dict(n_embd=30, n_head=4), "divisible"),
                                           (dict(n_layer=0), "n_layer"),
                                           (dict(n_head=0), "n_head must be a positive"),
+                                          (dict(n_embd=32.0), "n_embd must be an integer"),
                                           (dict(dropout=1.0), "dropout"),
                                           (dict(dropout=-0.1), "dropout")])
 def test_invalid_config_gets_a_clear_error(bad, message):
