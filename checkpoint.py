@@ -33,14 +33,11 @@ import torch
 import torch.nn as nn
 
 from model import GPTConfig, GPTModel
+from support.errors import CheckpointError
 from tokenizer import BPETokenizer
 
 FORMAT = "llm-from-scratch"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that exists but cannot be used (corrupt, foreign, unsafe, mismatched)."""
 
 
 def _refuse_folder(path: Path) -> None:

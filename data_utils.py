@@ -55,16 +55,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from support.errors import DataFileError, DataMissingError  # noqa: F401 - re-exported
+
 # ----------------------------------------------------------------------------------------------
 # Where the files live
-
-
-class DataMissingError(FileNotFoundError):
-    """A data file is not available locally and could not be downloaded."""
-
-
-class DataFileError(ValueError):
-    """A data file exists but is not the expected file (checksum) or holds no usable rows."""
 
 
 CACHE_DIR = Path(__file__).resolve().parent / "data"  # download cache, git-ignored

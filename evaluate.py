@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,9 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_checkpoint
-from data_utils import DataMissingError, load_tinyshakespeare, split_shakespeare
+from checkpoint import load_checkpoint
+from data_utils import load_tinyshakespeare, split_shakespeare
 from model import GPTModel
+from support.cli import run
 from training import pick_device
 
 
@@ -124,9 +124,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
-        sys.exit("Interrupted; the files already written are kept.")
+    run(main)

@@ -20,16 +20,14 @@ runs/<run-name>/metrics.jsonl (runs/<run-name>-random-init/ for the random-init 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError
 from classifier import GPTClassifier, save_classifier
-from data_utils import DataMissingError
 from finetuning import add_classifier_args, checkpoint_row, prepare
 from model import GPTModel
+from support.cli import run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,9 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
-        sys.exit("Interrupted; the files already written are kept.")
+    run(main)

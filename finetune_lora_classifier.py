@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from checkpoint import CheckpointError
 from classifier import GPTClassifier, save_lora_classifier
-from data_utils import DataMissingError
 from finetuning import add_classifier_args, checkpoint_row, prepare
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
+from support.cli import run
 
 # Rank 2 on the attention projections: 0.68 % of the CPU preset model (4 x 128) trains,
 # 6,402 of 947,202 parameters.
@@ -107,9 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
-        sys.exit("Interrupted; the files already written are kept.")
+    run(main)

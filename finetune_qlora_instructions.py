@@ -25,14 +25,13 @@ import itertools
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from checkpoint import CheckpointError, weights_fingerprint
+from checkpoint import weights_fingerprint
 from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions
 from finetuning import (
     PeakMemory,
@@ -54,6 +53,7 @@ from instructions import (
 )
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
+from support.cli import run
 from training import cleanup_distributed, launch, lm_loss, train_model
 
 
@@ -263,9 +263,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops
-        sys.exit("Interrupted; the files already written are kept.")
+    run(main)

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from checkpoint import (
-    CheckpointError,
     atomic_save,
     check_writable,
     config_and_tokenizer,
@@ -31,7 +29,6 @@ from checkpoint import (
     save_checkpoint,
 )
 from data_utils import (
-    DataMissingError,
     create_dataloader,
     load_tinyshakespeare,
     split_shakespeare,
@@ -39,6 +36,7 @@ from data_utils import (
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
+from support.cli import run
 from tokenizer import BPETokenizer
 from training import TrainConfig, cleanup_distributed, launch, train_model
 
@@ -271,9 +269,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataMissingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # during setup; once training runs, Ctrl-C saves and stops
-        sys.exit("Interrupted; the files already written are kept.")
+    run(main)
