@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokenizer as tokenizer_module
-from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer
+from support import fast_bpe
+from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer, merge, train_merges_plain
 
 MULTILINGUAL = (
     "Naïve café déjà vu — “quotes” and ‘apostrophes’. Grüße aus Köln! Ελληνικά, русский текст, "
@@ -199,6 +200,17 @@ def test_special_ids_must_be_ints_after_the_regular_tokens(tok, special_id):
         BPETokenizer.from_dict(d)
 
 
+@pytest.mark.parametrize("merges, message", [
+    ([[97, 97], [97, 97], [256, 97]], "listed twice"),
+    ([[97, -1]], "does not exist yet"),
+    ([[97, 256]], "does not exist yet"),
+])
+def test_merges_that_cannot_be_built_are_rejected(merges, message):
+    d = {"version": 1, "pattern": "", "special_tokens": {}, "merges": merges}
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer.from_dict(d)
+
+
 def test_two_merges_spelling_the_same_bytes_are_rejected():
     # (97, 256) and (256, 97) both spell b"aaa": tiktoken's rank table could not hold both.
     d = {"version": 1, "pattern": "", "special_tokens": {}, "merges": [[97, 97], [97, 256],
@@ -242,6 +254,38 @@ def test_incremental_training_matches_naive_recount(text, pattern, num_merges):
     t = BPETokenizer(pattern)
     t.train(text, 256 + num_merges, special_tokens=())
     assert t.merges == naive_train(text, pattern, num_merges)
+
+
+def weighted_words(text: str, pattern: str) -> tuple[list[list[int]], list[int]]:
+    """What BPETokenizer.train hands its trainer: each distinct chunk once, with its count."""
+    chunk_counts = Counter(BPETokenizer(pattern)._split(text))
+    return [list(c.encode("utf-8", "surrogatepass")) for c in chunk_counts], \
+        list(chunk_counts.values())
+
+
+@settings(deadline=None, max_examples=200)
+@given(text=st.text(alphabet=st.one_of(st.sampled_from("ab c\n'"), ANY_CHARS), min_size=1,
+                    max_size=120),
+       pattern=st.sampled_from(["", GPT4_SPLIT_PATTERN]), num_merges=st.integers(1, 60))
+def test_plain_and_fast_trainers_learn_the_same_merges(text, pattern, num_merges):
+    words, counts = weighted_words(text, pattern)
+    plain = train_merges_plain(words, counts, num_merges)
+    assert fast_bpe.train_merges(words, counts, num_merges, merge) == plain
+    t = BPETokenizer(pattern)
+    t.train(text, 256 + num_merges, special_tokens=())
+    assert t.merges == plain
+
+
+def test_plain_and_fast_trainers_agree_on_real_text():
+    words, counts = weighted_words(corpus()[:30_000], GPT4_SPLIT_PATTERN)
+    plain = train_merges_plain(words, counts, 200)
+    assert len(plain) == 200
+    assert fast_bpe.train_merges(words, counts, 200, merge) == plain
+
+
+def test_merge_replaces_left_to_right_without_overlap():
+    assert merge([97, 97, 97, 98, 97, 97], (97, 97), 256) == [256, 97, 98, 256]
+    assert merge([], (1, 2), 256) == [] and merge([1], (1, 2), 256) == [1]
 
 
 def test_training_is_deterministic(tok):
@@ -311,7 +355,7 @@ def test_tiktoken_equivalence_property(tok, tik, text):
 
 def test_heap_bpe_breaks_ties_leftmost():
     ranks = {bytes([b]): b for b in range(256)} | {b"aa": 256}
-    assert tokenizer_module._bpe_heap(b"aaa", ranks) == [b"aa", b"a"]
+    assert fast_bpe.bpe_heap(b"aaa", ranks) == [b"aa", b"a"]
     long = b"a" * (tokenizer_module.LONG_PIECE + 1)  # odd: the last "a" is left over
     assert tokenizer_module._bpe(long, ranks) == [b"aa"] * (len(long) // 2) + [b"a"]
 
@@ -323,7 +367,7 @@ def test_heap_bpe_breaks_ties_leftmost():
        st.integers(256, 1100))
 def test_heap_bpe_merges_exactly_like_the_rescan(tok, piece, max_rank):
     ranks = tok.mergeable_ranks()  # short pieces: _bpe itself rescans
-    assert tokenizer_module._bpe_heap(piece, ranks, max_rank) == \
+    assert fast_bpe.bpe_heap(piece, ranks, max_rank) == \
         tokenizer_module._bpe(piece, ranks, max_rank)
 
 
