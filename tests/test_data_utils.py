@@ -3,7 +3,6 @@
 import json
 import sys
 import types
-import warnings
 
 import pytest
 import torch
@@ -22,13 +21,14 @@ from data_utils import (
     split_shakespeare,
     tokenizer_training_corpus,
 )
+from support import datasets
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """No LLM_DATA_DIR from the caller, an empty cache, and no network for any test."""
     monkeypatch.delenv("LLM_DATA_DIR", raising=False)
-    monkeypatch.setattr(data_utils, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
 
     def no_network(*args, **kwargs):
         raise ConnectionError("network disabled in tests")
@@ -131,7 +131,7 @@ def test_loads_from_env_folder_and_argument_wins(tmp_path, monkeypatch):
     assert resolve_data_dir() == env_dir
     assert load_tinyshakespeare(verify=False).startswith("First Citizen:")
     assert load_tinyshakespeare(arg_dir, verify=False) == "from the argument\n"
-    assert not data_utils.CACHE_DIR.exists()  # nothing downloaded, nothing cached
+    assert not datasets.CACHE_DIR.exists()  # nothing downloaded, nothing cached
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):
@@ -159,8 +159,45 @@ def test_offline_without_copy_raises_data_missing_not_a_network_traceback(downlo
         load_tinyshakespeare(download=download)
     message = str(err.value)
     assert "tinyshakespeare.txt" in message and "LLM_DATA_DIR" in message
-    assert ("network disabled" in message) == download
+    reason = ("there is no network to download it" if download
+              else "downloads are turned off (download=False)")
+    assert f"{datasets.CACHE_DIR} and {reason}: put it at " in message
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_offline_the_error_says_no_network_plainly_and_what_to_do(monkeypatch):
+    import requests
+
+    def no_dns(url, timeout):  # what requests raises with no network, nested message and all
+        raise requests.ConnectionError(
+            "HTTPSConnectionPool(host='raw.githubusercontent.com', port=443): Max retries "
+            "exceeded (Caused by NameResolutionError(\"HTTPSConnection(host='raw.githubuser"
+            "content.com', port=443): Failed to resolve 'raw.githubusercontent.com'\"))")
+
+    monkeypatch.setattr("requests.get", no_dns)
+    with pytest.raises(DataMissingError) as err:
+        load_tinyshakespeare()
+    cache = datasets.CACHE_DIR
+    assert str(err.value) == (
+        f"Data file tinyshakespeare.txt is not in the cache {cache} and there is no network to "
+        f"download it: put it at {cache / 'tinyshakespeare.txt'} (source: "
+        f"{datasets.SHAKESPEARE_URL}) or set --data-dir / LLM_DATA_DIR to a folder that has it.")
+
+
+def test_network_errors_of_every_download_library_are_recognised():
+    import requests
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    class NameResolutionError(Exception):  # urllib3's, seen only as the cause of another error
+        pass
+
+    wrapped = RuntimeError("hub call failed")
+    wrapped.__cause__ = NameResolutionError("Failed to resolve 'huggingface.co'")
+    for err in (requests.ConnectionError("x"), requests.Timeout("x"), ConnectionError("x"),
+                LocalEntryNotFoundError("not cached and no connection"), wrapped):
+        assert datasets.why_the_download_failed(err) == "there is no network to download it"
+    assert datasets.why_the_download_failed(DataFileError("wrong bytes\nmore")) == \
+        "the download failed (DataFileError: wrong bytes)"
 
 
 def test_download_is_verified_then_cached(monkeypatch):
@@ -174,11 +211,11 @@ def test_download_is_verified_then_cached(monkeypatch):
     monkeypatch.setattr("requests.get", fake_get)
     with pytest.raises(DataMissingError, match="download failed.*DataFileError"):
         load_tinyshakespeare()
-    assert calls == [data_utils.SHAKESPEARE_URL]
-    assert not (data_utils.CACHE_DIR / "tinyshakespeare.txt").exists()  # bad bytes not cached
+    assert calls == [datasets.SHAKESPEARE_URL]
+    assert not (datasets.CACHE_DIR / "tinyshakespeare.txt").exists()  # bad bytes not cached
 
 
-def test_line_separators_inside_fields_do_not_split_records(tmp_path):
+def test_line_separators_inside_fields_do_not_split_records(tmp_path, capsys):
     # json.dumps(ensure_ascii=False) writes U+2028, U+0085 and form feeds raw inside strings;
     # only "\n" (or "\r\n") ends a JSONL or TSV line.
     odd = "first\u2028second\x85third\x0cfourth"
@@ -186,9 +223,8 @@ def test_line_separators_inside_fields_do_not_split_records(tmp_path):
                for i in range(20)]
     path = tmp_path / "odd.jsonl"
     path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "skipped lines" warning
-        splits = load_instructions(path)
+    splits = load_instructions(path)
+    assert capsys.readouterr().err == ""  # no "skipped lines" note
     loaded = splits["train"] + splits["test"]
     assert sorted(r["response"] for r in loaded) == sorted(r["response"] for r in records)
 
@@ -198,27 +234,24 @@ def test_line_separators_inside_fields_do_not_split_records(tmp_path):
     assert (f"an {odd} film", 1) in load_sst2(tmp_path, val_size=5, verify=False)["test"]
 
 
-def test_sst2_bad_rows_are_skipped_and_counted(tmp_path):
+def test_sst2_bad_rows_are_skipped_and_counted(tmp_path, capsys):
     write_fixture(tmp_path)
     train = tmp_path / "sst2" / "train.tsv"
     train.write_text(train.read_text() + "no tab here\nlabel two \t2\n\t1\n")
-    with pytest.warns(UserWarning, match="skipped 3 malformed rows"):
-        splits = load_sst2(tmp_path, val_size=5, verify=False)
+    splits = load_sst2(tmp_path, val_size=5, verify=False)
+    assert capsys.readouterr().err == (f"{train}: skipped 3 malformed rows (no tab or label not "
+                                       "0/1), first at line 32.\n")
     assert len(splits["train"]) + len(splits["val"]) == 30
 
 
 def test_sst2_file_without_valid_rows_is_an_error(tmp_path):
     write_fixture(tmp_path)
     (tmp_path / "sst2" / "dev.tsv").write_text("just prose\nwith no labels\n")
-    with (
-        pytest.raises(DataFileError, match="no `sentence<TAB>label` rows"),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
+    with pytest.raises(DataFileError, match="no `sentence<TAB>label` rows"):
         load_sst2(tmp_path, val_size=5, verify=False)
 
 
-def test_instruction_bad_lines_are_counted_and_wrong_file_is_an_error(tmp_path):
+def test_instruction_bad_lines_are_counted_and_wrong_file_is_an_error(tmp_path, capsys):
     lines = instruction_lines(40) + [
         "{broken json",
         json.dumps({"instruction": "no response", "context": ""}),
@@ -227,14 +260,15 @@ def test_instruction_bad_lines_are_counted_and_wrong_file_is_an_error(tmp_path):
     ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n\n")
-    with pytest.warns(UserWarning, match="skipped 4 lines"):
-        splits = load_instructions(path)
+    splits = load_instructions(path)
+    assert capsys.readouterr().err == (f"{path}: skipped 4 lines that are not Dolly-schema "
+                                       "records (bad JSON, missing or non-string fields), first "
+                                       "at line 41.\n")
     assert len(splits["train"]) + len(splits["test"]) == 40
 
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text("sentence\tlabel\nhello \t1\n")
-    with pytest.raises(DataFileError, match="no Dolly-schema records"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.raises(DataFileError, match="no Dolly-schema records"):
         load_instructions(wrong)
     with pytest.raises(DataMissingError, match="does not exist"):
         load_instructions(tmp_path / "absent.jsonl")
@@ -260,12 +294,19 @@ def test_default_dolly_missing_points_to_data_file_option(tmp_path):
         load_instructions(data_dir=tmp_path)
 
 
-def test_tokenizer_corpus_uses_train_splits_only_and_warns_once_for_missing(tmp_path):
+MISSING_DOLLY_NOTE = (
+    "The tokenizer corpus has no instruction text (databricks-dolly-15k.jsonl is not in {}); "
+    "nothing needs redoing, as such text just takes a few more tokens; to include it in a new "
+    "tokenizer, pass --instruction-file with a Dolly-schema JSONL such as "
+    "instruction-data-1100.jsonl.\n"
+)
+
+
+def test_tokenizer_corpus_uses_train_splits_only_and_notes_once_for_missing(tmp_path, capsys):
     text = " ".join(f"w{i}" for i in range(500))  # every stretch of text is unique
     write_fixture(tmp_path, shakespeare=text)
-    with pytest.warns(UserWarning, match="without: instructions") as record:
-        corpus = tokenizer_training_corpus(tmp_path, sst2_val_size=5, verify=False)
-    assert len(record) == 1
+    corpus = tokenizer_training_corpus(tmp_path, sst2_val_size=5, verify=False)
+    assert capsys.readouterr().err == MISSING_DOLLY_NOTE.format(tmp_path)  # one plain sentence
     splits = split_shakespeare(text)
     assert corpus.startswith(splits["train"])
     assert splits["val"] not in corpus and splits["test"] not in corpus
@@ -276,18 +317,22 @@ def test_tokenizer_corpus_uses_train_splits_only_and_warns_once_for_missing(tmp_
 
     path = tmp_path / "instr.jsonl"
     path.write_text("\n".join(instruction_lines(100)) + "\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        corpus = tokenizer_training_corpus(tmp_path, path, sst2_val_size=5, verify=False)
+    corpus = tokenizer_training_corpus(tmp_path, path, sst2_val_size=5, verify=False)
+    assert capsys.readouterr().err == ""
     instructions, lines = load_instructions(path), set(corpus.splitlines())
     assert all(r["response"] in lines for r in instructions["train"])
     assert not any(r["response"] in lines for r in instructions["test"])
 
 
-def test_tokenizer_corpus_with_only_shakespeare(tmp_path):
+def test_tokenizer_corpus_with_only_shakespeare(tmp_path, capsys):
     write_fixture(tmp_path, sst2=False)
-    with pytest.warns(UserWarning, match="SST-2.*instructions"):
-        corpus = tokenizer_training_corpus(tmp_path, verify=False)
+    corpus = tokenizer_training_corpus(tmp_path, verify=False)
+    assert capsys.readouterr().err == (
+        f"The tokenizer corpus has no SST-2 or instruction text (sst2/ and "
+        f"databricks-dolly-15k.jsonl are not in {tmp_path}); nothing needs redoing, as such text "
+        "just takes a few more tokens; to include it in a new tokenizer, put sst2/train.tsv and "
+        "sst2/dev.tsv into that folder and pass --instruction-file with a Dolly-schema JSONL "
+        "such as instruction-data-1100.jsonl.\n")
     assert corpus == split_shakespeare(load_tinyshakespeare(tmp_path, verify=False))["train"]
 
 
@@ -410,5 +455,5 @@ def test_sst2_rebuilt_from_hugging_face_reproduces_glue_bytes(monkeypatch, tmp_p
     monkeypatch.setitem(sys.modules, "datasets", fake)
     splits = load_sst2()  # empty cache: "downloads", verifies, caches
     for name in ("sst2/train.tsv", "sst2/dev.tsv"):
-        assert (data_utils.CACHE_DIR / name).read_bytes() == (SHARED_DATA / name).read_bytes()
+        assert (datasets.CACHE_DIR / name).read_bytes() == (SHARED_DATA / name).read_bytes()
     assert len(splits["test"]) == 872

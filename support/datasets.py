@@ -1,0 +1,477 @@
+"""Where the data comes from: sources, checksums, downloads, file parsers and data folders.
+
+data_utils.py teaches how text becomes training batches and how each dataset is split; this
+module does the file work underneath, for three public datasets, each from its canonical source:
+
+- TinyShakespeare (pretraining): Karpathy's char-rnn `input.txt`, fetched with `requests`.
+- SST-2 (sentiment classification): the GLUE `sentence<TAB>label` files `sst2/train.tsv`
+  and `sst2/dev.tsv`; when downloaded they are rebuilt from the Hugging Face dataset
+  `stanfordnlp/sst2` with the `datasets` library.
+- Dolly-15k (instruction tuning): `databricks-dolly-15k.jsonl` from the Hugging Face dataset
+  repo `databricks/databricks-dolly-15k`. Any JSONL file in Dolly's schema (one object per
+  line with string fields instruction, context, response, category) can stand in for it,
+  e.g. `instruction-data-1100.jsonl`, the offline copy the tests use.
+
+Where files come from. When a data folder is named, by the `data_dir` argument (the scripts'
+`--data-dir` flag) or else by the environment variable `LLM_DATA_DIR`, files are read from that
+folder under the names above and nothing is ever downloaded. Otherwise files are cached in
+`data/` at the project's root and downloaded there on first use. A missing file raises
+`DataMissingError` with one sentence that says which file and where to put it (and, offline,
+that there is no network).
+
+Checksums. The canonical files have known sha256 sums (KNOWN_FILES, copied from the shared
+data README). A file under a known name whose bytes differ raises `DataFileError`, because a
+silently different file changes every number downstream. Pass `verify=False` to use a
+different file on purpose (the tests do, for tiny fixtures). SST-2 rebuilt from Hugging Face
+may not reproduce GLUE's bytes exactly, so for SST-2 a file whose per-label row counts match
+the published counts is accepted too.
+
+Notes for the user (rows skipped, an optional source missing) are one sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from support.errors import DataFileError, DataMissingError
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / "data"  # download cache, git-ignored
+
+TINYSHAKESPEARE = "tinyshakespeare.txt"
+SST2_TRAIN = "sst2/train.tsv"
+SST2_DEV = "sst2/dev.tsv"
+DOLLY = "databricks-dolly-15k.jsonl"
+INSTRUCTIONS_1100 = "instruction-data-1100.jsonl"  # offline stand-in, Dolly's schema
+
+SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+SST2_HF_NAME = "stanfordnlp/sst2"
+DOLLY_HF_NAME = "databricks/databricks-dolly-15k"
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    sha256: str
+    source: str
+    label_counts: tuple[int, int] | None = None  # SST-2 only: (negative, positive) rows
+    hint: str = ""  # appended to the "missing" message
+
+
+KNOWN_FILES: dict[str, KnownFile] = {
+    TINYSHAKESPEARE: KnownFile(
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", SHAKESPEARE_URL
+    ),
+    SST2_TRAIN: KnownFile(
+        "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+        f"GLUE SST-2 train.tsv, or Hugging Face {SST2_HF_NAME}",
+        label_counts=(29_780, 37_569),
+    ),
+    SST2_DEV: KnownFile(
+        "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+        f"GLUE SST-2 dev.tsv, or Hugging Face {SST2_HF_NAME}",
+        label_counts=(428, 444),
+    ),
+    DOLLY: KnownFile(
+        "2df9083338b4abd6bceb5635764dab5d833b393b55759dffb0959b6fcbf794ec",
+        f"Hugging Face dataset {DOLLY_HF_NAME}",
+        hint=f", or pass any Dolly-schema JSONL (e.g. {INSTRUCTIONS_1100}) as data_file",
+    ),
+    INSTRUCTIONS_1100: KnownFile(
+        "bc2751ddade44bb303460221323120b49f0e9b7a4c993aecb1f372fe662c78ab",
+        "rasbt/LLMs-from-scratch ch07 instruction-data.json, converted to Dolly's schema",
+    ),
+}
+
+
+def notice(sentence: str) -> None:
+    """Tell the user something that needs no action now: one sentence on stderr, no traceback."""
+    print(sentence, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Locating files
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The folder to read data from: the argument, else $LLM_DATA_DIR, else None (use cache)."""
+    origin = "data_dir / --data-dir"
+    if not data_dir:
+        data_dir, origin = os.environ.get("LLM_DATA_DIR"), "LLM_DATA_DIR"
+    if not data_dir:
+        return None
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataMissingError(f"The data folder {folder} (from {origin}) does not exist.")
+    return folder
+
+
+def locate(name: str, data_dir: str | Path | None, download: bool) -> Path:
+    """Path of data file `name`: from the named folder, else the cache (downloading if allowed)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:  # an explicit folder is the only place we look; never download
+        path = folder / name
+        if not path.is_file():
+            raise DataMissingError(
+                f"Data file {name} is missing from the data folder {folder}: put it at {path} "
+                f"(source: {KNOWN_FILES[name].source}) or point LLM_DATA_DIR / --data-dir at a "
+                f"folder that has it{KNOWN_FILES[name].hint}."
+            )
+        return path
+    path = CACHE_DIR / name
+    if path.is_file():
+        return path
+    reason = "downloads are turned off (download=False)"
+    if download:
+        try:
+            _DOWNLOADERS[name](CACHE_DIR)
+            return path
+        except Exception as err:  # network, HTTP, hub, offline mode, a wrong download: "missing"
+            reason = why_the_download_failed(err)
+    raise DataMissingError(
+        f"Data file {name} is not in the cache {CACHE_DIR} and {reason}: put it at {path} "
+        f"(source: {KNOWN_FILES[name].source}) or set --data-dir / LLM_DATA_DIR to a folder "
+        f"that has it{KNOWN_FILES[name].hint}."
+    ) from None
+
+
+# What requests, urllib3, httpx, huggingface_hub and datasets raise when there is no network
+# (or their offline mode is on). Matched by class name along the exception's chain, so that
+# none of these optional packages has to be imported just to recognise its errors.
+NETWORK_ERRORS = {"ConnectionError", "ConnectTimeout", "Timeout", "TimeoutError", "ConnectError",
+                  "NameResolutionError", "NewConnectionError", "MaxRetryError", "gaierror",
+                  "LocalEntryNotFoundError", "OfflineModeIsEnabled"}
+
+
+def is_network_error(err: BaseException | None) -> bool:
+    """Whether `err`, or an exception it was raised from, means the network is unreachable."""
+    while err is not None:
+        if NETWORK_ERRORS & {cls.__name__ for cls in type(err).__mro__}:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def why_the_download_failed(err: BaseException) -> str:
+    """The end of 'Data file X is not in the cache and ...': plain words, not a raw exception."""
+    if is_network_error(err):
+        return "there is no network to download it"
+    lines = str(err).strip().splitlines()
+    first_line = lines[0][:200] if lines else "no details"
+    return f"the download failed ({type(err).__name__}: {first_line})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checksums and downloads
+
+
+def verify_checksum(
+    name: str, path: Path, data: bytes, label_counts: tuple[int, int] | None = None
+) -> None:
+    """Raise DataFileError unless `data` (the bytes of `path`) is the canonical file `name`."""
+    known = KNOWN_FILES[name]
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == known.sha256:
+        return
+    # SST-2 rebuilt from Hugging Face holds the same rows as GLUE's file, but we cannot promise
+    # byte equality (whitespace, row order), so for SST-2 we settle for the published counts.
+    if known.label_counts is not None and label_counts == known.label_counts:
+        return
+    raise DataFileError(
+        f"{path} is not the canonical {name} (sha256 {digest[:12]}..., expected "
+        f"{known.sha256[:12]}...): replace it with the file from {known.source}."
+    )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move the finished file into place (no half files in cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download_shakespeare(cache: Path) -> None:
+    import requests
+
+    response = requests.get(SHAKESPEARE_URL, timeout=60)
+    response.raise_for_status()
+    verify_checksum(TINYSHAKESPEARE, Path(SHAKESPEARE_URL), response.content)
+    _atomic_write(cache / TINYSHAKESPEARE, lambda tmp: tmp.write_bytes(response.content))
+
+
+def _download_sst2(cache: Path) -> None:
+    """Rebuild GLUE's train.tsv / dev.tsv from the Hugging Face copy of SST-2."""
+    import datasets
+
+    splits = datasets.load_dataset(SST2_HF_NAME)
+    for name, split in ((SST2_TRAIN, "train"), (SST2_DEV, "validation")):
+        # HF keeps GLUE's sentences verbatim (trailing space included), so this usually
+        # reproduces the GLUE bytes; verify_checksum falls back to the label counts if it does not.
+        lines = ["sentence\tlabel\n"]
+        lines += [f"{row['sentence']}\t{row['label']}\n" for row in splits[split]]
+        data = "".join(lines).encode("utf-8")
+        rows, _ = _parse_sst2(data.decode("utf-8"), name)
+        verify_checksum(name, Path(f"{SST2_HF_NAME}:{split}"), data, _label_counts(rows))
+        _atomic_write(cache / name, lambda tmp, data=data: tmp.write_bytes(data))
+
+
+def _download_dolly(cache: Path) -> None:
+    # The raw JSONL (not the parsed `datasets` table) so the sha256 can be checked byte for byte.
+    from huggingface_hub import hf_hub_download
+
+    hub_path = Path(hf_hub_download(DOLLY_HF_NAME, DOLLY, repo_type="dataset"))
+    verify_checksum(DOLLY, hub_path, hub_path.read_bytes())
+    _atomic_write(cache / DOLLY, lambda tmp: shutil.copyfile(hub_path, tmp))
+
+
+def _no_download(cache: Path) -> None:
+    raise RuntimeError("this file has no download source; copy it into a data folder")
+
+
+_DOWNLOADERS = {
+    TINYSHAKESPEARE: _download_shakespeare,
+    SST2_TRAIN: _download_sst2,
+    SST2_DEV: _download_sst2,
+    DOLLY: _download_dolly,
+    INSTRUCTIONS_1100: _no_download,
+}
+
+
+def read_text(path: Path) -> tuple[str, bytes]:
+    data = path.read_bytes()  # bytes, not read_text: no newline translation, exact char counts
+    try:
+        return data.decode("utf-8"), data
+    except UnicodeDecodeError as err:
+        raise DataFileError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start})."
+        ) from None
+
+
+def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for the lines of a TSV or JSONL file. Only "\n" ends a line: text
+    fields may hold U+2028, form feeds and the like, which str.splitlines() would split on."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        yield lineno, line.removesuffix("\r")
+
+
+def _parse_sst2(text: str, where: str) -> tuple[list[tuple[str, int]], list[int]]:
+    """Rows (sentence, label) of a GLUE `sentence<TAB>label` file, and the bad line numbers."""
+    rows, bad = [], []
+    for lineno, line in _numbered_lines(text):
+        if lineno == 1 and line.strip() == "sentence\tlabel":
+            continue  # header
+        if not line.strip():
+            continue
+        sentence, tab, label = line.rpartition("\t")
+        sentence = sentence.strip()  # GLUE has a space before the tab
+        if not tab or not sentence or label.strip() not in ("0", "1"):
+            bad.append(lineno)
+            continue
+        rows.append((sentence, int(label)))
+    if not rows:
+        raise DataFileError(f"{where} holds no `sentence<TAB>label` rows with label 0 or 1.")
+    return rows, bad
+
+
+def _label_counts(rows: list[tuple[str, int]]) -> tuple[int, int]:
+    counts = Counter(label for _, label in rows)
+    return counts[0], counts[1]
+
+
+def read_sst2(name: str, data_dir: str | Path | None, download: bool, verify: bool
+              ) -> list[tuple[str, int]]:
+    """The (sentence, label) rows of a GLUE SST-2 file; malformed rows are skipped, with a note."""
+    path = locate(name, data_dir, download)
+    text, data = read_text(path)
+    rows, bad = _parse_sst2(text, str(path))
+    if bad:
+        notice(f"{path}: skipped {len(bad)} malformed rows (no tab or label not 0/1), "
+               f"first at line {bad[0]}.")
+    if verify:
+        verify_checksum(name, path, data, _label_counts(rows))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# TinyShakespeare
+
+
+def read_tinyshakespeare(data_dir: str | Path | None, download: bool, verify: bool) -> str:
+    path = locate(TINYSHAKESPEARE, data_dir, download)
+    text, data = read_text(path)
+    if verify:
+        verify_checksum(TINYSHAKESPEARE, path, data)
+    if not text:
+        raise DataFileError(f"{path} is empty.")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Instruction data (Dolly schema)
+
+INSTRUCTION_FIELDS = ("instruction", "context", "response", "category")
+
+
+def _parse_record(line: str) -> dict[str, str] | None:
+    """One Dolly-schema record with string fields, or None if the line is not one."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    obj = {**obj, "category": obj.get("category") or "general"}  # missing category: general
+    if not all(isinstance(obj.get(name), str) for name in INSTRUCTION_FIELDS):
+        return None
+    return {name: obj[name] for name in INSTRUCTION_FIELDS}
+
+
+def _instruction_file(data_file: str | Path, data_dir: str | Path | None) -> Path:
+    """`data_file` as given, or, for a bare name not in the current folder, that file in the
+    data folder (`data_dir`, else LLM_DATA_DIR, else the cache), where the other data lives."""
+    path = Path(data_file).expanduser()
+    if path.is_file():
+        return path
+    problem = "does not exist"
+    if str(data_file) == path.name:  # a bare name such as instruction-data-1100.jsonl
+        folder = resolve_data_dir(data_dir) or CACHE_DIR
+        if (folder / path).is_file():
+            return folder / path
+        problem = f"is in neither the current folder nor the data folder {folder}"
+    raise DataMissingError(
+        f"Instruction file {path} {problem}: pass the path of a Dolly-schema JSONL file, or "
+        f"the name of one in the data folder (LLM_DATA_DIR / --data-dir), e.g. "
+        f"{INSTRUCTIONS_1100}."
+    )
+
+
+def read_instruction_records(data_file: str | Path | None, data_dir: str | Path | None,
+                             download: bool, verify: bool) -> tuple[list[dict[str, str]], Path]:
+    """The Dolly-schema records of `data_file` (else Dolly-15k) and the file they came from.
+
+    Lines that are not such records are skipped, with one note; a file with none is an error.
+    """
+    path = locate(DOLLY, data_dir, download) if data_file is None else \
+        _instruction_file(data_file, data_dir)
+    text, data = read_text(path)
+    if verify and path.name in KNOWN_FILES:
+        verify_checksum(path.name, path, data)
+    records, bad = [], []
+    for lineno, line in _numbered_lines(text):
+        if not line.strip():
+            continue
+        record = _parse_record(line)
+        if record is None:
+            bad.append(lineno)
+        else:
+            records.append(record)
+    if not records:
+        raise DataFileError(
+            f"{path} holds no Dolly-schema records (JSON lines with string fields "
+            "instruction, context, response)."
+        )
+    if bad:
+        notice(f"{path}: skipped {len(bad)} lines that are not Dolly-schema records "
+               f"(bad JSON, missing or non-string fields), first at line {bad[0]}.")
+    return records, path
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional sources of the tokenizer corpus
+
+
+@dataclass
+class OptionalSources:
+    """Collects the optional sources that are missing, then says so in one sentence.
+
+        missing = OptionalSources(data_dir)
+        with missing.allowed("SST-2", "sst2/", "put sst2/train.tsv and dev.tsv into that folder"):
+            parts.append(...)          # skipped if its file is missing
+        missing.report()
+    """
+
+    data_dir: str | Path | None = None
+    missing: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @contextmanager
+    def allowed(self, label: str, file_name: str, remedy: str, optional: bool = True
+                ) -> Iterator[None]:
+        """Run the block; if it finds a data file missing (and the source is optional), note it."""
+        try:
+            yield
+        except DataMissingError:
+            if not optional:
+                raise
+            self.missing.append((label, file_name, remedy))
+
+    def report(self) -> None:
+        if not self.missing:
+            return
+        labels, files, remedies = zip(*self.missing, strict=True)
+        folder = resolve_data_dir(self.data_dir) or CACHE_DIR
+        are = "is" if len(files) == 1 else "are"
+        notice(f"The tokenizer corpus has no {' or '.join(labels)} text ({' and '.join(files)} "
+               f"{are} not in {folder}); nothing needs redoing, as such text just takes a few "
+               f"more tokens; to include it in a new tokenizer, {' and '.join(remedies)}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks for data_utils' splits and batches
+
+
+def check_test_split(test_fraction: float, n_test: int, n_records: int, path: Path) -> None:
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}.")
+    if n_test >= n_records:
+        raise DataFileError(f"{path} has only {n_records} records, too few for a train/test split.")
+
+
+def check_windows(n_tokens: int, context_length: object, stride: object) -> None:
+    """Window sizes are positive integers, and the tokens fill at least one window."""
+    for name, value in (("context_length", context_length), ("stride", stride)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    # the last window needs context_length inputs plus one more token as its final target
+    if n_tokens < context_length + 1:
+        raise ValueError(
+            f"Need at least context_length + 1 = {context_length + 1} tokens for one "
+            f"(input, target) window, got {n_tokens}."
+        )
+
+
+def check_loader(n_tokens: int, sampler, batch_size: object, num_workers: object,
+                 drop_last: bool) -> None:
+    """The batch size, workers and DDP rank are usable, and each rank gets one full batch."""
+    for name, value, low in (("batch_size", batch_size, 1), ("world_size", sampler.world_size, 1),
+                             ("num_workers", num_workers, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if not 0 <= sampler.rank < sampler.world_size:
+        raise ValueError(f"rank must be in [0, {sampler.world_size}), got {sampler.rank}.")
+    if len(sampler) == 0 or (drop_last and len(sampler) < batch_size):
+        raise ValueError(
+            f"{n_tokens} tokens give {len(sampler)} windows per rank, not enough for one batch "
+            f"of {batch_size}{' with drop_last=True' if drop_last else ''}: use fewer ranks, a "
+            "smaller batch_size, context_length or stride, or more tokens."
+        )
+
+
+def check_sequences(sequences: Sequence[Sequence[int]]) -> None:
+    """pad_batch needs at least one sequence, and no empty one."""
+    if len(sequences) == 0:
+        raise ValueError("pad_batch needs at least one sequence.")
+    if empty := [i for i, seq in enumerate(sequences) if len(seq) == 0]:
+        raise ValueError(f"Sequence {empty[0]} is empty; cannot pad it.")
