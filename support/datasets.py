@@ -123,7 +123,7 @@ def locate(name: str, data_dir: str | Path | None, download: bool) -> Path:
         if not path.is_file():
             raise DataMissingError(
                 f"Data file {name} is missing from the data folder {folder}: put it at {path} "
-                f"(source: {KNOWN_FILES[name].source}) or point LLM_DATA_DIR / --data-dir at a "
+                f"(source: {KNOWN_FILES[name].source}) or point --data-dir / LLM_DATA_DIR at a "
                 f"folder that has it{KNOWN_FILES[name].hint}."
             )
         return path
