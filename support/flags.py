@@ -7,8 +7,9 @@ argparse names the flag itself::
     $ python sample.py --top-p 2
     sample.py: error: argument --top-p: must be a finite number > 0 and <= 1, got 2
 
-``HelpFormatter`` is argparse's ArgumentDefaultsHelpFormatter, except that a flag whose
-default is None (its help says what unset means) does not print "(default: None)".
+``HelpFormatter`` is argparse's ArgumentDefaultsHelpFormatter without the defaults that say
+nothing: "(default: None)" (the help says what unset means), "(default: False)" of an on/off
+flag and the "(default: )" of an empty text.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections.abc import Callable
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show every real default; leave out "(default: None)", which tells a user nothing."""
+    """Show every real default; leave out None, False and "", which tell a user nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.default is False or action.default == "":
             return action.help
         return super()._get_help_string(action)
 

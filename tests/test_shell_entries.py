@@ -203,6 +203,18 @@ def test_a_missing_file_is_one_sentence_and_exit_code_1(shell):
         "(or finetune_lora_classifier.py) first.\n", 1)
 
 
+def test_a_reader_that_stops_early_ends_the_output_quietly():
+    # What `python sample.py --num-samples 1000 | head -1` meets, without loading torch.
+    program = ("from support.cli import run\n"
+               "def main():\n    while True:\n        print('text', flush=True)\n"
+               "run(main)\n")
+    writer = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdout.readline() == "text\n"
+    writer.stdout.close()  # as head does after its lines
+    assert (writer.wait(timeout=60), writer.stderr.read()) == (1, "")
+
+
 @pytest.mark.parametrize("module, args, message", [
     (sample, [], "No checkpoint at model_weights.pth: run python main.py first."),
     (ask, ["Hi."], "No checkpoint at qlora_adapters.pth: run python "
@@ -231,4 +243,5 @@ def test_help_shows_the_real_defaults(module, defaults, capsys):
         module.parse_args(["--help"])
     assert exit.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert all(d in text for d in defaults) and "default: None" not in text
+    assert all(d in text for d in defaults)
+    assert "default: None" not in text and "default: False" not in text
