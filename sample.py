@@ -2,7 +2,7 @@
 
     python sample.py                                   # 120 tokens after "ROMEO:"
     python sample.py --prompt "JULIET:" --temperature 1.0 --num-samples 3
-    python sample.py --max-new-tokens 200              # the sample main.py printed
+    python sample.py --max-new-tokens 200 --device cpu # the sample main.py printed
 
 A language model only predicts the next token's distribution; generation.py's loop draws one
 token from it, appends it and asks again. The flags are that loop's settings, with the app's
