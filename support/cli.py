@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,11 +14,16 @@ INTERRUPTED = 130  # the shell's exit status after Ctrl-C (128 + SIGINT)
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Run a script's ``main()``: a user error is one line on stderr, Ctrl-C exits 130."""
+    """Run a script's ``main()``: a user error is one line on stderr, Ctrl-C exits 130, and
+    output piped into a reader that stops early (``| head``) ends quietly."""
     try:
         sys.exit(main())
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    except BrokenPipeError:  # the reader of our output has gone (python sample.py | head)
+        # Python flushes stdout once more at exit, which would fail again: point it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops by itself
         print("Interrupted; the files already written are kept.", file=sys.stderr)
         sys.exit(INTERRUPTED)

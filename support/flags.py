@@ -1,0 +1,63 @@
+"""Command-line flags checked where they are typed, and ``--help`` that shows real defaults.
+
+An argparse ``type`` runs on the text a user typed, so a bad value fails before any work and
+argparse names the flag itself::
+
+    p.add_argument("--top-p", type=number(above=0, at_most=1))
+    $ python sample.py --top-p 2
+    sample.py: error: argument --top-p: must be a finite number > 0 and <= 1, got 2
+
+``HelpFormatter`` is argparse's ArgumentDefaultsHelpFormatter without the defaults that say
+nothing: "(default: None)" (the help says what unset means), "(default: False)" of an on/off
+flag and the "(default: )" of an empty text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import operator
+from collections.abc import Callable
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show every real default; leave out None, False and "", which tell a user nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+def whole(at_least: int, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``at_least`` (and <= ``at_most`` when given)."""
+    wanted = f">= {at_least}" + (f" and <= {at_most}" if at_most is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < at_least or (at_most is not None and value > at_most):
+            raise argparse.ArgumentTypeError(f"must be an integer {wanted}, got {text}")
+        return value
+    return parse
+
+
+def number(at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number within the given bounds (each one optional)."""
+    every = [(at_least, ">=", operator.ge), (above, ">", operator.gt), (at_most, "<=", operator.le)]
+    bounds = [(limit, sign, holds) for limit, sign, holds in every if limit is not None]
+    wanted = " and ".join(f"{sign} {limit:g}" for limit, sign, _ in bounds)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and all(holds(value, limit) for limit, _, holds in bounds)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {wanted}".rstrip()
+                                             + f", got {text}")
+        return value
+    return parse
