@@ -35,8 +35,8 @@ Splits are fixed and documented, so results compare across runs and with other p
 - Instructions: a seeded 95 / 5 train / test split.
 
 Batches: `create_dataloader` cuts a token stream into (input, target) windows for next-token
-prediction, with seeded shuffling and rank sharding for DDP; `pad_batch` pads variable-length
-sequences (classification and instruction finetuning) and returns their lengths.
+prediction, with seeded shuffling and rank sharding for DDP (`ShardedSampler`, which lives in
+support/batching.py beside `pad_batch` and the other batching of variable-length examples).
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ import random
 import shutil
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from support.batching import ShardedSampler, pad_batch  # noqa: F401 - re-exported
 from support.errors import DataFileError, DataMissingError  # noqa: F401 - re-exported
 
 # ----------------------------------------------------------------------------------------------
@@ -535,38 +536,6 @@ class TokenWindowDataset(Dataset):
         return window[:-1], window[1:]
 
 
-class ShardedSampler(Sampler[int]):
-    """Seeded shuffle, then rank `rank` of `world_size` takes every world_size-th index.
-
-    Like torch's DistributedSampler(drop_last=True): the shuffled order is cut to a multiple
-    of world_size, so the shards are disjoint and equally long (DDP ranks must take the same
-    number of steps). Every rank uses the same seed, so they agree on the order. Epoch e
-    shuffles with seed + e; each new iteration moves to the next epoch by itself, and
-    set_epoch() sets it explicitly.
-    """
-
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int, world_size: int) -> None:
-        self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
-        else:
-            order = list(range(self.n))
-        self.epoch += 1
-        usable = len(self) * self.world_size
-        return iter(order[self.rank : usable : self.world_size])
-
-
 def create_dataloader(
     token_ids,
     context_length: int,
@@ -615,21 +584,3 @@ def create_dataloader(
         drop_last=drop_last,
         num_workers=num_workers,
     )
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id sequences into ids [B, T_max] plus lengths [B] (both LongTensors).
-
-    The collate hook for classification and instruction data: the lengths tell a classifier
-    which position is each sequence's last real token, and a loss which positions to ignore
-    (for targets, pad with the loss's ignore_index, e.g. pad_batch(targets, -100)).
-    """
-    if len(sequences) == 0:
-        raise ValueError("pad_batch needs at least one sequence.")
-    lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
-    if (lengths == 0).any():
-        raise ValueError(f"Sequence {int((lengths == 0).nonzero()[0])} is empty; cannot pad it.")
-    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return ids, lengths
