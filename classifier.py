@@ -8,7 +8,7 @@ token is the only position whose hidden state has read the whole sentence; that 
 causal-LM classifiers (GPT-1, Hugging Face's GPTForSequenceClassification) feed to the head.
 Every sequence ends with ``<|endoftext|>``, so the pooled position is always the same token,
 whatever the sentence's last word is, and an empty text is just that one token. Batches are
-right-padded (``data_utils.pad_batch``) and the lengths say where the last real token is;
+right-padded (``support.batching.pad_batch``) and the lengths say where the last real token is;
 pad tokens sit *after* it, and causal attention never looks forward, so padding cannot change
 a prediction (tests/test_classifier.py checks 0 vs 5 pad tokens give the same logits).
 
@@ -28,17 +28,26 @@ Checkpoints (``checkpoint.py``'s format) come in two kinds:
   refuses to put it on top of a different base model.
 
 ``load_classifier`` reads either kind and ``predict`` classifies one text; the app uses both.
+``load_adapters`` is the one way an adapter file goes back onto its base model: the LoRA
+classifier here and the QLoRA instruction model (instructions.py) both load through it.
+
+Training it: ``classification_loss`` is the ``loss_fn`` that ``training.train_model`` calls
+(cross-entropy of the class logits), ``evaluate_accuracy`` the share of sentences it gets
+right; finetune_classifier.py and finetune_lora_classifier.py use both.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from checkpoint import (
     CheckpointError,
@@ -53,8 +62,9 @@ from checkpoint import (
     read_checkpoint,
     weights_fingerprint,
 )
-from lora import apply_lora, lora_state_dict
+from lora import apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
+from support.finetune_checks import check_adapters_fit, check_text
 from tokenizer import BPETokenizer
 
 LABELS = ("negative", "positive")  # SST-2: label 0, label 1
@@ -67,8 +77,6 @@ class GPTClassifier(nn.Module):
 
     def __init__(self, gpt: GPTModel, labels: tuple[str, ...] = LABELS):
         super().__init__()
-        if len(labels) < 2:
-            raise ValueError(f"A classifier needs at least two labels, got {list(labels)}.")
         self.gpt = gpt
         self.labels = tuple(labels)
         self.head = nn.Linear(gpt.config.n_embd, len(labels))
@@ -117,8 +125,6 @@ def normalize_text(text: str) -> str:
     This GLUE copy of SST-2 writes parentheses as ``(`` and ``)``, not PTB's ``-lrb-`` /
     ``-rrb-``, so neither does this function. Emoji and other symbols pass through unchanged.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"Expected text, got {type(text).__name__}.")
     text = unicodedata.normalize("NFKC", text)  # fullwidth letters, '…' -> '...', ligatures
     text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"',
                            0x2013: "-", 0x2014: " -- "})
@@ -162,8 +168,7 @@ def predict(model: GPTClassifier, tokenizer: BPETokenizer, text: str
 
     The model is switched to eval mode (no dropout), so the answer is deterministic.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"predict needs text, got {type(text).__name__}.")
+    check_text(text, "predict needs text")  # the app hands over whatever it was given
     model.eval()
     device = next(model.parameters()).device
     ids = encode_text(tokenizer, text, model.config.context_length)
@@ -229,19 +234,56 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
 
 def _load_lora_classifier(ckpt: dict, path: str | Path, base: str | Path | None,
                           labels: tuple[str, ...]) -> tuple[GPTClassifier, BPETokenizer]:
+    def adapt(gpt: GPTModel, lora: dict) -> GPTClassifier:  # as finetune_lora_classifier.py
+        model = GPTClassifier(gpt, labels)
+        apply_lora(model.gpt, r=lora["r"], alpha=lora["alpha"],
+                   dropout=lora.get("dropout", 0.0), targets=lora["targets"])
+        return freeze_all_but_lora(model, trainable_extra=("head",))
+    return load_adapters(ckpt, path, base, adapt)
+
+
+def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
+                  adapt: Callable[[GPTModel, dict], nn.Module]) -> tuple[nn.Module, BPETokenizer]:
+    """Put an adapter checkpoint back onto the base model its adapters were trained on.
+
+    An adapter file holds only the tensors that trained, the LoRA settings and the base
+    model's identity (its path and ``weights_fingerprint``). Loading it: read the base
+    (``base`` when given, else the stored path), check it is that base, let ``adapt`` wrap it
+    exactly as training did (``adapt(base_model, lora_settings)``, which leaves trainable
+    exactly the tensors that trained), check the file holds those tensors, and load them on
+    top: the base weights stay. A different base or other tensors are one CheckpointError.
+    """
     lora, fingerprint, base = adapter_metadata(ckpt, path, base)
     base_model, tokenizer, _ = load_checkpoint(base)  # missing: "run python main.py first"
-    if weights_fingerprint(base_model.state_dict()) != fingerprint:
-        raise CheckpointError(
-            f"{path} was trained on a different base model than {base} (the weights' "
-            f"fingerprints differ); pass the base it was trained on, "
-            f"{ckpt['metadata'].get('base_path')}.")
-    model = GPTClassifier(base_model, labels)
-    apply_lora(model.gpt, r=lora["r"], alpha=lora["alpha"], dropout=lora.get("dropout", 0.0),
-               targets=lora["targets"])
-    expected = set(lora_state_dict(model)) | {f"head.{k}" for k in model.head.state_dict()}
-    if set(ckpt["state_dict"]) != expected:
-        raise CheckpointError(f"{path} does not match its base model: the adapter tensors "
-                              f"differ from the ones r={lora['r']} on {lora['targets']} makes.")
+    base_fingerprint = weights_fingerprint(base_model.state_dict())  # before adapt changes it
+    model = adapt(base_model, lora)
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    check_adapters_fit(path, base, ckpt["metadata"], lora,
+                       fingerprints=(base_fingerprint, fingerprint),
+                       names=(set(ckpt["state_dict"]), trained))
     load_weights(model, ckpt["state_dict"], path, strict=False)  # the base weights stay
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Cross-entropy of the class logits (the ``loss_fn`` that train_model calls)."""
+    ids, lengths, labels = batch
+    return F.cross_entropy(model(ids, lengths).float(), labels)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Share of sentences in ``loader`` whose highest-scoring class is the label."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for ids, lengths, labels in loader:
+        logits = model(ids.to(device), lengths.to(device))
+        correct += (logits.argmax(dim=-1).cpu() == labels).sum().item()
+        total += len(labels)
+    model.train(was_training)
+    return correct / max(total, 1)

@@ -7,8 +7,8 @@ target [t1, t2, t3, t4]. Every position is an example: after t0 comes t1, after 
 and so on, so one window teaches `context_length` predictions at once. `TokenWindowDataset` cuts
 a token stream into such windows (a new one every `stride` tokens), `create_dataloader` batches
 them with a seeded shuffle and, under DDP, gives every process its own disjoint shard
-(`ShardedSampler`). `pad_batch` handles the other kind of data, sequences of different lengths
-(classification and instruction finetuning).
+(`ShardedSampler`, in support/batching.py beside `pad_batch`, which pads the other kind of data,
+sequences of different lengths, for classification and instruction finetuning).
 
 Splits are fixed and documented, so results compare across runs and with other projects:
 
@@ -29,12 +29,12 @@ DataFileError).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from support.batching import ShardedSampler, pad_batch  # noqa: F401 - pad_batch re-exported
 from support.datasets import (  # noqa: F401 - the file names and resolve_data_dir are re-exported
     DOLLY,
     INSTRUCTIONS_1100,
@@ -43,7 +43,6 @@ from support.datasets import (  # noqa: F401 - the file names and resolve_data_d
     TINYSHAKESPEARE,
     OptionalSources,
     check_loader,
-    check_sequences,
     check_test_split,
     check_windows,
     read_instruction_records,
@@ -79,38 +78,6 @@ class TokenWindowDataset(Dataset):
         return window[:-1], window[1:]
 
 
-class ShardedSampler(Sampler[int]):
-    """Seeded shuffle, then rank `rank` of `world_size` takes every world_size-th index.
-
-    Like torch's DistributedSampler(drop_last=True): the shuffled order is cut to a multiple
-    of world_size, so the shards are disjoint and equally long (DDP ranks must take the same
-    number of steps). Every rank uses the same seed, so they agree on the order. Epoch e
-    shuffles with seed + e; each new iteration moves to the next epoch by itself, and
-    set_epoch() sets it explicitly.
-    """
-
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int, world_size: int) -> None:
-        self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
-        else:
-            order = list(range(self.n))
-        self.epoch += 1
-        usable = len(self) * self.world_size
-        return iter(order[self.rank : usable : self.world_size])
-
-
 def create_dataloader(
     token_ids,
     context_length: int,
@@ -140,21 +107,6 @@ def create_dataloader(
         drop_last=drop_last,
         num_workers=num_workers,
     )
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id sequences into ids [B, T_max] plus lengths [B] (both LongTensors).
-
-    The collate hook for classification and instruction data: the lengths tell a classifier
-    which position is each sequence's last real token, and a loss which positions to ignore
-    (for targets, pad with the loss's ignore_index, e.g. pad_batch(targets, -100)).
-    """
-    check_sequences(sequences)
-    lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
-    ids = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return ids, lengths
 
 
 # ----------------------------------------------------------------------------------------------

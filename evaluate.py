@@ -76,7 +76,7 @@ def scores(nll: float, tokens: int, chars: int) -> dict:
             "bits_per_char": nll / chars / math.log(2), "tokens": tokens, "chars": chars}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py")
@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--split", default="test", choices=["val", "test"], help="text to score")
     p.add_argument("--out", default="runs/evaluate/metrics.json", help="where the figures go")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = pick_device(args.device)
     model, tokenizer, meta = load_checkpoint(args.checkpoint, map_location=device)
     if meta.get("split") == "nanogpt" and args.split == "val":

@@ -4,8 +4,11 @@
     python finetune_classifier.py --train-size all --max-steps 4000
     python finetune_classifier.py --skip-random-init  # only the pretrained run
 
-The classifier is the GPT body plus a linear head on the last token (classifier.py). Every
-weight trains. For context the same run also trains:
+The recipe, top to bottom in ``main``: load the pretrained GPT of main.py; replace its language
+model head (hidden state -> next-token logits over the vocabulary) by a classifier head
+(hidden state of the last token -> two logits, negative and positive: classifier.py's
+``GPTClassifier``); train every weight with ``training.train_model`` and a cross-entropy loss
+on the class logits; score the GLUE dev set; save. For context the same run also trains:
 
 - the same classifier from random weights, with the same data, steps and learning rate, so
   the table shows what pretraining buys (``--skip-random-init`` leaves it out);
@@ -24,10 +27,20 @@ from pathlib import Path
 
 import torch
 
-from classifier import GPTClassifier, save_classifier
-from finetuning import add_classifier_args, checkpoint_row, prepare
+from checkpoint import load_checkpoint
+from classifier import GPTClassifier, classification_loss, save_classifier
+from finetuning import (
+    SST2Experiment,
+    add_classifier_args,
+    check_args,
+    sst2_experiment,
+    train_config,
+)
+from lora import count_parameters
 from model import GPTModel
 from support.cli import run
+from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
+from training import launch, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,29 +52,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Path
+             ) -> dict | None:
+    """Train ``model``'s trainable weights on SST-2's sentences; its row of the results table.
+
+    The loop is pretraining's (``train_model``); only the loss differs: cross-entropy of the
+    two class logits instead of next-token logits. Under torchrun every process trains
+    (DistributedDataParallel) and only the main one scores: the others get None.
+    """
+    device = sst2.run.device
+    sst2.fresh_log(log_path)
+    model.to(device)
+    parameters = count_parameters(model)  # (trainable, total)
+    warm_up_optimizer()  # a one-time import would count as the run's memory
+    with PeakMemory(device) as memory:
+        summary = train_model(sst2.run.wrap(model), sst2.loaders["train"], sst2.loaders["val"],
+                              train_config(sst2.args), device, loss_fn=classification_loss,
+                              log_path=log_path, is_main=sst2.run.is_main, desc=name)
+    return sst2.score(model, name, summary, memory.mb, parameters, log_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exp = prepare(args)  # flags checked, base model, SST-2, loaders, baseline rows
+    check_args(args)
+    run = launch(args.device)  # one process, or this process's share under torchrun
+    base, tokenizer, _ = load_checkpoint(args.base)  # the pretrained GPT of main.py
+    sst2 = sst2_experiment(args, run, base, tokenizer)  # sentences -> batches; baseline rows
 
+    # The GPT body with a new head: Linear(n_embd, 2) on the last token's hidden state.
     torch.manual_seed(args.seed)
-    model = GPTClassifier(exp.base)
-    row = exp.finetune(model, "full finetune (pretrained)", exp.run_dir / "metrics.jsonl")
-    if exp.run.is_main:
-        save_classifier(args.out, model, exp.tokenizer, base_path=str(args.base),
-                        base_fingerprint=exp.base_fingerprint, run_name=args.run_name,
+    model = GPTClassifier(base)
+    row = finetune(model, "full finetune (pretrained)", sst2, sst2.run_dir / "metrics.jsonl")
+    if run.is_main:
+        save_classifier(args.out, model, tokenizer, base_path=str(args.base),
+                        base_fingerprint=sst2.base_fingerprint, run_name=args.run_name,
                         dev_acc=row["dev_acc"], val_acc=row["val_acc"],
-                        train_size=len(exp.splits["train"]), steps=row["steps"])
-        exp.rows.append(checkpoint_row(row, args.out))
+                        train_size=len(sst2.splits["train"]), steps=row["steps"])
+        sst2.rows.append(checkpoint_row(row, args.out))
 
     if row is not None and row["interrupted"]:  # one Ctrl-C stops the script, not one run
         print("note: the random-init run is skipped.")
     elif not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
         torch.manual_seed(args.seed)
-        scratch = GPTClassifier(GPTModel(exp.base.config))
-        row = exp.finetune(scratch, "full finetune (random init)",
-                           Path("runs") / f"{args.run_name}-random-init" / "metrics.jsonl")
-        exp.rows += [row] if row else []
-    return exp.finish()
+        scratch = GPTClassifier(GPTModel(base.config))
+        row = finetune(scratch, "full finetune (random init)", sst2,
+                       Path("runs") / f"{args.run_name}-random-init" / "metrics.jsonl")
+        sst2.rows += [row] if row else []
+    return sst2.finish()
 
 
 if __name__ == "__main__":

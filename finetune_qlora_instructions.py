@@ -1,15 +1,16 @@
 """Teach the pretrained GPT to follow instructions with QLoRA: a 4-bit base + LoRA adapters.
 
     python finetune_qlora_instructions.py                  # Dolly-15k subset: minutes on a CPU
-    python finetune_qlora_instructions.py --data-file ../shared/data/instruction-data-1100.jsonl
+    python finetune_qlora_instructions.py --data-file instruction-data-1100.jsonl
     python finetune_qlora_instructions.py --train-size all --backend bitsandbytes
 
-Steps: load the base model from main.py; split the instructions 95 / 5 (seeded) and encode
-them with the template of instructions.py (the loss covers only the response); score the
-held-out 5 % with the dense base; quantize its linear layers to NF4 with double quantization
-(quantization.py, our code or bitsandbytes) and add LoRA adapters (lora.py); score again;
-train only the adapters; score once more, answer a few held-out instructions and save the
-adapters with the base model's identity.
+The recipe, top to bottom in ``main``: load the base model from main.py; split the
+instructions 95 / 5 (seeded) and encode them with the template of instructions.py (the loss
+covers only the response); score the held-out 5 % with the dense base; quantize its linear
+layers to 4-bit NF4 with double quantization (quantization.py, our code or bitsandbytes) and
+add LoRA adapters on top (lora.py): ``instructions.make_qlora``; score again; train only the
+adapters with ``training.train_model``; score once more, answer a few held-out instructions
+and save the adapters with the base model's identity.
 
 Reported: held-out response loss and perplexity of the base (fp32 and 4-bit, same template)
 and of the tuned model, trainable parameters, wall time, peak memory, the bytes of the
@@ -22,26 +23,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from checkpoint import weights_fingerprint
-from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions
-from finetuning import (
-    PeakMemory,
-    add_common_args,
-    check_args,
-    load_base,
-    train_config,
-    warm_up_optimizer,
-    write_metrics,
-)
+from checkpoint import load_checkpoint, weights_fingerprint
+from data_utils import INSTRUCTIONS_1100
+from finetuning import add_common_args, check_args, load_instruction_splits, train_config
 from instructions import (
     answer,
     encode_examples,
@@ -54,6 +45,16 @@ from instructions import (
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
 from support.cli import run
+from support.finetune_checks import check_answer_flags, check_lora_flags
+from support.measure import (
+    INSTRUCTION_COLUMNS,
+    PeakMemory,
+    append_record,
+    format_table,
+    warm_up_optimizer,
+    write_jsonl,
+    write_metrics,
+)
 from training import cleanup_distributed, launch, lm_loss, train_model
 
 
@@ -79,33 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_qlora_args(args: argparse.Namespace) -> None:
-    """One clear sentence for a QLoRA flag value that would fail later in a confusing way."""
-    if args.rank < 1:
-        raise ValueError(f"--rank must be at least 1, got {args.rank}.")
-    if not 0 <= args.dropout < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}.")
-    if args.samples < 0 or args.max_new_tokens < 1:
-        raise ValueError("--samples must be >= 0 and --max-new-tokens >= 1.")
-
-
-def load_splits(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """The fixed 95 / 5 split, train cut to a seeded --train-size sample (0: all of it).
-
-    The split keeps load_instructions' own seed, not --seed: it is the split the tokenizer
-    corpus leaves the test records out of (as SST-2's is), so they stay unseen whatever --seed.
-    """
-    try:
-        splits = load_instructions(args.data_file, args.data_dir)
-    except DataMissingError as err:
-        if args.data_file is not None:
-            raise
-        raise DataMissingError(f"{err} This script takes such a file as --data-file (a path, "
-                               f"or the name of a file in the data folder), e.g. "
-                               f"--data-file {INSTRUCTIONS_1100}.") from None
-    if 0 < args.train_size < len(splits["train"]):
-        splits["train"] = random.Random(args.seed).sample(splits["train"], args.train_size)
-    return splits
+def check_flags(args: argparse.Namespace) -> None:
+    check_args(args)
+    check_lora_flags(args, DEFAULT_TARGETS)
+    check_answer_flags(args)
 
 
 def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> float:
@@ -116,6 +94,20 @@ def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> floa
         err += diff.pow(2).sum().item()
         ref += weight.pow(2).sum().item()
     return math.sqrt(err / ref)
+
+
+def dense_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights make_qlora will quantize, to measure what quantizing lost."""
+    return {name: m.weight.detach().float().cpu().clone() for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
+
+
+def quantization_line(backend: str, nbytes: dict, q_error: float) -> str:
+    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
+            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
+            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
+            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
+            f"weight error {q_error:.4f}")
 
 
 def sample_records(records: list[dict], tokenizer, context_length: int, n: int) -> list[dict]:
@@ -130,136 +122,112 @@ def answer_samples(model: nn.Module, tokenizer, records: list[dict], args) -> li
                    max_new_tokens=args.max_new_tokens, seed=args.seed) for r in records]
 
 
-def format_table(rows: list[dict]) -> str:
-    header = ("model", "held-out loss", "perplexity", "trainable", "share", "train time",
-              "peak mem")
-    lines = [(r["model"], f"{r['loss']:.3f}", f"{math.exp(r['loss']):.1f}",
-              f"{r['trainable']:,}" if "trainable" in r else "-",
-              f"{100 * r['trainable'] / r['total']:.2f} %" if "trainable" in r else "-",
-              f"{r['train_time_s']:.0f} s" if "train_time_s" in r else "-",
-              f"{r['peak_mem_mb']:.0f} MB" if "peak_mem_mb" in r else "-") for r in rows]
-    widths = [max(len(c) for c in col) for col in zip(header, *lines, strict=True)]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-           for line in (header, *lines)]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_args(args)
-    check_qlora_args(args)
+    check_flags(args)
     started = time.perf_counter()
-    run = launch(args.device)  # under torchrun: this process's rank and its own device
-    device = run.device
-    run_dir = Path("runs") / args.run_name
+    run = launch(args.device)  # one process, or this process's share under torchrun
+    say = print if run.is_main else lambda *_: None  # only the main process reports
     torch.manual_seed(args.seed)
 
-    base, tokenizer, _ = load_base(args.base)  # missing: "run python main.py first"
-    base_fingerprint = weights_fingerprint(base.state_dict())
+    base, tokenizer, _ = load_checkpoint(args.base)  # the pretrained GPT of main.py
+    facts = {"base_fingerprint": weights_fingerprint(base.state_dict())}
     ctx = base.config.context_length
-    splits = load_splits(args)
-    train, train_stats = encode_examples(splits["train"], tokenizer, ctx)
-    test, test_stats = encode_examples(splits["test"], tokenizer, ctx)
-    say = print if run.is_main else lambda *_: None  # only the main process reports
+    splits = load_instruction_splits(args)
+    train, facts["train_stats"] = encode_examples(splits["train"], tokenizer, ctx)
+    test, facts["test_stats"] = encode_examples(splits["test"], tokenizer, ctx)
     say(f"Base {args.base}: {base.num_parameters() / 1e6:.2f} M parameters, context {ctx}; "
-        f"device {device}" + (f"; {run.world_size} processes" if run.world_size > 1 else "")
-        + f"\nTrain: {train_stats.summary()}\nHeld-out: {test_stats.summary()}")
-    train_loader = instruction_dataloader(train, args.batch_size, tokenizer.eot_id,
-                                          shuffle=True, seed=args.seed, rank=run.rank,
+        f"device {run.device}" + (f"; {run.world_size} processes" if run.world_size > 1 else "")
+        + f"\nTrain: {facts['train_stats'].summary()}\nHeld-out: {facts['test_stats'].summary()}")
+    train_loader = instruction_dataloader(train, args.batch_size, tokenizer.eot_id, shuffle=True,
+                                          seed=args.seed, rank=run.rank,
                                           world_size=run.world_size)
     test_loader = instruction_dataloader(test, 2 * args.batch_size, tokenizer.eot_id,
                                          shuffle=False)
+    # The reference: the dense base with the same template and held-out tokens (main only).
+    base = base.to(run.device)
+    dense = dense_weights(base) if run.is_main else {}
+    facts["dense_loss"] = response_loss(base, test_loader) if run.is_main else math.nan
 
-    # The reference: the pretrained model, dense, with the same template and held-out tokens.
-    # Only the main process reports, so only it measures the reference.
-    base = base.to(device)
-    dense_loss, dense = math.nan, {}
-    if run.is_main:
-        dense_loss = response_loss(base, test_loader)
-        dense = {name: m.weight.detach().float().cpu().clone() for name, m in
-                 base.named_modules()
-                 if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
-
+    # QLoRA: the target linears frozen in 4-bit NF4, LoRA adapters on top; only they train.
     lora = {"r": args.rank, "alpha": args.alpha, "dropout": args.dropout,
             "targets": list(DEFAULT_TARGETS)}
     model = make_qlora(base, args.backend, **lora)
-    nbytes = quantized_nbytes(model)
-    q_error = quantization_error(dense, model) if dense else math.nan
-    trainable, total = count_parameters(model)
-    say(f"NF4 ({args.backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
-          f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
-          f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
-          f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
-          f"weight error {q_error:.4f}")
+    facts["quantized_bytes"] = quantized_nbytes(model)
+    facts["quantization_error"] = quantization_error(dense, model) if dense else math.nan
+    facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
+    say(quantization_line(args.backend, facts["quantized_bytes"], facts["quantization_error"]))
     say(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
 
-    log_path = run_dir / "metrics.jsonl"
-    if run.is_main:
-        # Fresh adapters change nothing (B = 0), so this is the 4-bit base model's score.
-        nf4_loss = response_loss(model, test_loader)
-        shown = sample_records(splits["test"], tokenizer, ctx, args.samples)
-        base_answers = answer_samples(model, tokenizer, shown, args)
+    log_path = Path("runs") / args.run_name / "metrics.jsonl"
+    if run.is_main:  # fresh adapters change nothing (B = 0): this is the 4-bit base's score
+        facts["nf4_loss"] = response_loss(model, test_loader)
+        facts["shown"] = sample_records(splits["test"], tokenizer, ctx, args.samples)
+        facts["base_answers"] = answer_samples(model, tokenizer, facts["shown"], args)
         log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
-    warm_up_optimizer()  # measured as finetuning.finetune measures: no one-time import
-    with PeakMemory(device) as memory:
+    warm_up_optimizer()  # a one-time import would count as the run's memory
+    with PeakMemory(run.device) as memory:
         summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),
-                              device, loss_fn=lm_loss, log_path=log_path, is_main=run.is_main,
-                              desc="qlora")
+                              run.device, loss_fn=lm_loss, log_path=log_path,
+                              is_main=run.is_main, desc="qlora")
     cleanup_distributed()
-    if not run.is_main:
-        return 0
+    if run.is_main:
+        report(args, model, tokenizer, test_loader, summary, memory.mb, lora, facts, started)
+    return 0
+
+
+def report(args: argparse.Namespace, model: nn.Module, tokenizer, test_loader, summary: dict,
+           peak_mem_mb: float, lora: dict, facts: dict, started: float) -> None:
+    """Score and save the tuned model; write metrics.jsonl's last record, samples.jsonl and
+    metrics.json; print the table and two answers before and after."""
     if summary["interrupted"]:
         print(f"note: QLoRA was stopped early, at step {summary['steps']}.")
+    run_dir = Path("runs") / args.run_name
     tuned_loss = response_loss(model, test_loader)
-    tuned_answers = answer_samples(model, tokenizer, shown, args)
-    with open(log_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": summary["steps"], "heldout_response_loss": tuned_loss,
-                            "base_response_loss": nf4_loss}) + "\n")
-
+    shown, before = facts["shown"], facts["base_answers"]
+    after = answer_samples(model, tokenizer, shown, args)
+    append_record(run_dir / "metrics.jsonl", {"step": summary["steps"],
+                                              "heldout_response_loss": tuned_loss,
+                                              "base_response_loss": facts["nf4_loss"]})
+    train_examples, heldout = facts["train_stats"].kept, facts["test_stats"].kept
     save_instruction_adapters(
-        args.out, model, tokenizer, base_path=args.base, base_fingerprint=base_fingerprint,
+        args.out, model, tokenizer, base_path=args.base, base_fingerprint=facts["base_fingerprint"],
         backend=args.backend, lora=lora, run_name=args.run_name, steps=summary["steps"],
-        data=str(args.data_file or "databricks-dolly-15k"), train_examples=len(train),
-        heldout_loss=tuned_loss, base_heldout_loss=nf4_loss)
-
+        data=str(args.data_file or "databricks-dolly-15k"), train_examples=train_examples,
+        heldout_loss=tuned_loss, base_heldout_loss=facts["nf4_loss"])
     rows = [
-        {"model": "base, fp32", "loss": dense_loss},
-        {"model": f"base, NF4+DQ ({args.backend})", "loss": nf4_loss},
+        {"model": "base, fp32", "loss": facts["dense_loss"]},
+        {"model": f"base, NF4+DQ ({args.backend})", "loss": facts["nf4_loss"]},
         {"model": f"QLoRA r={args.rank} ({args.backend})", "loss": tuned_loss,
-         "trainable": trainable, "total": total, "train_time_s": round(summary["elapsed"], 1),
-         "peak_mem_mb": round(memory.mb, 1), "steps": summary["steps"],
-         "train_loss": summary["train_loss"], "dtype": summary["dtype"],
-         "interrupted": summary["interrupted"]},
+         "trainable": facts["trainable"], "total": facts["total"],
+         "train_time_s": round(summary["elapsed"], 1), "peak_mem_mb": round(peak_mem_mb, 1),
+         **{key: summary[key] for key in ("steps", "train_loss", "dtype", "interrupted")}},
     ]
     for row in rows:
         row["perplexity"] = math.exp(row["loss"])
-    samples_path = run_dir / "samples.jsonl"
-    with open(samples_path, "w", encoding="utf-8") as f:
-        for record, before, after in zip(shown, base_answers, tuned_answers, strict=True):
-            f.write(json.dumps({"instruction": record["instruction"],
-                                "context": record["context"], "reference": record["response"],
-                                "base_answer": before, "tuned_answer": after},
-                               ensure_ascii=False) + "\n")
+    samples_path = write_jsonl(run_dir / "samples.jsonl", [
+        {"instruction": r["instruction"], "context": r["context"], "reference": r["response"],
+         "base_answer": b, "tuned_answer": a}
+        for r, b, a in zip(shown, before, after, strict=True)])
     metrics_path = write_metrics(
-        run_dir, rows, args, base=str(args.base), base_fingerprint=base_fingerprint,
-        backend=args.backend, lora=lora, quantized_bytes=nbytes, quantization_error=q_error,
-        encoding={"train": train_stats.to_dict(), "heldout": test_stats.to_dict()},
-        heldout_examples=len(test), train_examples=len(train),
+        run_dir, rows, args, base=str(args.base), base_fingerprint=facts["base_fingerprint"],
+        backend=args.backend, lora=lora, quantized_bytes=facts["quantized_bytes"],
+        quantization_error=facts["quantization_error"],
+        encoding={"train": facts["train_stats"].to_dict(),
+                  "heldout": facts["test_stats"].to_dict()},
+        heldout_examples=heldout, train_examples=train_examples,
         wall_time_s=round(time.perf_counter() - started, 1))
 
-    print(f"\nHeld-out response tokens ({len(test)} examples); trained on {len(train):,} "
-          f"examples, {summary['steps']} steps\n{format_table(rows)}\n")
-    for record, before, after in zip(shown[:2], base_answers, tuned_answers, strict=False):
+    print(f"\nHeld-out response tokens ({heldout} examples); trained on {train_examples:,} "
+          f"examples, {summary['steps']} steps\n{format_table(rows, INSTRUCTION_COLUMNS)}\n")
+    for record, b, a in zip(shown[:2], before, after, strict=False):
         print(f"### Instruction: {record['instruction']}" +
               (f"\n### Input: {record['context']}" if record["context"] else "") +
-              f"\n  reference: {record['response']!r}\n  base:      {before!r}"
-              f"\n  tuned:     {after!r}\n")
+              f"\n  reference: {record['response']!r}\n  base:      {b!r}"
+              f"\n  tuned:     {a!r}\n")
     print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path} "
           f"({time.perf_counter() - started:.0f} s in all)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ QLoRA (Dettmers et al., 2023): the base model's linear layers are frozen in 4-bi
 (quantization.py), LoRA adapters (lora.py) sit on top of them, and only the adapters train.
 A checkpoint ("qlora-instruct") therefore holds just the adapters, the LoRA settings, the
 quantization backend and the base model's identity (path and weights fingerprint): loading
-re-quantizes the base, which is deterministic, and refuses a base with other weights.
+re-quantizes the base, which is deterministic, and refuses a base with other weights (the
+loader is classifier.load_adapters, the one the LoRA classifier uses too).
 """
 
 from __future__ import annotations
@@ -48,25 +49,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import (
-    CheckpointError,
-    adapter_metadata,
-    atomic_save,
-    check_metadata,
-    load_checkpoint,
-    load_weights,
-    make_checkpoint,
-    read_checkpoint,
-    weights_fingerprint,
-)
-from data_utils import ShardedSampler, pad_batch
+from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
+from classifier import load_adapters
 from generation import stream_text
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, quantize_model
+from support.batching import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
+from support.finetune_checks import check_text
 from tokenizer import BPETokenizer
 
-IGNORE_INDEX = -100  # the target value F.cross_entropy skips (training.lm_loss uses it too)
+# IGNORE_INDEX = -100 is the target value F.cross_entropy skips (training.lm_loss uses it too).
 KIND = "qlora-instruct"  # checkpoint kind of an instruction-tuned adapter file
 
 INSTRUCTION_HEADER = "### Instruction:\n"
@@ -74,14 +67,11 @@ INPUT_HEADER = "### Input:\n"
 RESPONSE_HEADER = "### Response:\n"
 SECTION_SEPARATOR = "\n\n"
 
-Example = tuple[list[int], list[int]]  # (input ids, targets), equally long
-
 # ---------------------------------------------------------------------------- the template
 
 
 def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"The {name} must be text, got {type(value).__name__}.")
+    check_text(value, f"The {name} must be text")  # the app passes what a visitor typed
     return value.strip()
 
 
@@ -170,39 +160,22 @@ def encode_examples(records: Sequence[dict[str, str]], tokenizer: BPETokenizer,
     return examples, stats
 
 
-def collate(pad_id: int):
-    """Right-pad (inputs, targets) pairs into two [B, T] tensors; padded targets are -100.
-
-    The pad id itself never matters: padding sits after every real token, so causal attention
-    keeps real positions from seeing it, and its targets carry no loss.
-    """
-    def fn(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, _ = pad_batch([inputs for inputs, _ in batch], pad_id)
-        targets, _ = pad_batch([targets for _, targets in batch], IGNORE_INDEX)
-        return inputs, targets
-    return fn
-
-
 def instruction_dataloader(examples: list[Example], batch_size: int, pad_id: int,
                            shuffle: bool = True, seed: int = 0, rank: int = 0,
                            world_size: int = 1) -> DataLoader:
     """Batches of (inputs, targets) for ``training.train_model`` with ``lm_loss``.
 
-    Training batches are shuffled anew each epoch, as a pure function of (seed, epoch), so a
-    run is reproducible; evaluation batches keep the order and include the last short batch.
-    Under DDP, process ``rank`` of ``world_size`` draws from its own share of the examples.
+    Each example is (input ids, targets), equally long; a batch is right-padded, its padded
+    targets -100 (``support.batching.pad_inputs_and_targets``). Training batches are shuffled
+    anew each epoch, as a pure function of (seed, epoch), so a run is reproducible; evaluation
+    batches keep the order and include the last short batch. Under DDP, process ``rank`` of
+    ``world_size`` draws from its own share of the examples.
     """
     if not examples:
         raise ValueError("No instruction examples fit the context window; use a base model "
                          "with a longer context (the CPU preset's 128 tokens fit nearly all).")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if shuffle and len(examples) < batch_size:
-        raise ValueError(f"{len(examples)} training examples cannot fill one batch of "
-                         f"{batch_size}; use more data or a smaller --batch-size.")
-    sampler = ShardedSampler(len(examples), shuffle, seed, rank=rank, world_size=world_size)
-    return DataLoader(examples, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
-                      collate_fn=collate(pad_id))
+    return example_loader(examples, batch_size, pad_inputs_and_targets(pad_id), shuffle=shuffle,
+                          seed=seed, rank=rank, world_size=world_size)
 
 
 @torch.no_grad()
@@ -223,9 +196,7 @@ def response_loss(model: nn.Module, loader: DataLoader) -> float:
                                  ignore_index=IGNORE_INDEX, reduction="sum").item()
         count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
-    if count == 0:
-        raise ValueError("The loader holds no response tokens to score.")
-    return total / count
+    return total / max(count, 1)  # an evaluation loader always holds response tokens
 
 
 # ---------------------------------------------------------------------------- QLoRA models
@@ -271,22 +242,15 @@ def load_instruction_model(path: str | Path, base: str | Path | None = None,
     """
     ckpt = read_checkpoint(path, kind=KIND,
                            missing_hint="run python finetune_qlora_instructions.py first")
-    lora, fingerprint, base = adapter_metadata(ckpt, path, base)
     meta = ckpt["metadata"]
     if backend is None:
         backend = meta.get("backend")
         check_metadata(path, "backend", backend, backend in BACKENDS)
-    model, tokenizer, _ = load_checkpoint(base)  # missing: "run python main.py first"
-    if weights_fingerprint(model.state_dict()) != fingerprint:
-        raise CheckpointError(
-            f"{path} was trained on a different base model than {base} (the weights' "
-            f"fingerprints differ); pass the base it was trained on, {meta.get('base_path')}.")
-    model = make_qlora(model.to(map_location), backend, r=lora["r"], alpha=lora["alpha"],
-                       dropout=lora.get("dropout", 0.0), targets=lora["targets"])
-    if set(ckpt["state_dict"]) != set(lora_state_dict(model)):
-        raise CheckpointError(f"{path} does not match its base model: the adapter tensors "
-                              f"differ from the ones r={lora['r']} on {lora['targets']} makes.")
-    load_weights(model, ckpt["state_dict"], path, strict=False)  # the 4-bit base stays
+
+    def adapt(gpt: GPTModel, lora: dict) -> GPTModel:  # as finetune_qlora_instructions.py
+        return make_qlora(gpt.to(map_location), backend, r=lora["r"], alpha=lora["alpha"],
+                          dropout=lora.get("dropout", 0.0), targets=lora["targets"])
+    model, tokenizer = load_adapters(ckpt, path, base, adapt)
     return model.eval(), tokenizer, meta
 
 

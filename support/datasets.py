@@ -37,7 +37,7 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,11 +467,3 @@ def check_loader(n_tokens: int, sampler, batch_size: object, num_workers: object
             f"of {batch_size}{' with drop_last=True' if drop_last else ''}: use fewer ranks, a "
             "smaller batch_size, context_length or stride, or more tokens."
         )
-
-
-def check_sequences(sequences: Sequence[Sequence[int]]) -> None:
-    """pad_batch needs at least one sequence, and no empty one."""
-    if len(sequences) == 0:
-        raise ValueError("pad_batch needs at least one sequence.")
-    if empty := [i for i, seq in enumerate(sequences) if len(seq) == 0]:
-        raise ValueError(f"Sequence {empty[0]} is empty; cannot pad it.")

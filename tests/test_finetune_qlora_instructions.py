@@ -13,6 +13,7 @@ from conftest import ROOT, SHARED_DATA
 import finetune_qlora_instructions as script
 from checkpoint import read_checkpoint, save_checkpoint
 from data_utils import DataMissingError, load_instructions, load_tinyshakespeare
+from finetuning import load_instruction_splits
 from instructions import answer, load_instruction_model
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
@@ -38,7 +39,7 @@ def test_held_out_instructions_are_the_ones_the_tokenizer_corpus_leaves_out(seed
     # the held-out records into what the tokenizer was trained on.
     args = script.parse_args(["--data-file", str(INSTRUCTIONS), "--seed", seed,
                               "--train-size", "100"])
-    splits = script.load_splits(args)
+    splits = load_instruction_splits(args)
     corpus_split = load_instructions(INSTRUCTIONS)
     assert splits["test"] == corpus_split["test"]
     assert len(splits["train"]) == 100 and all(r in corpus_split["train"] for r in splits["train"])
@@ -58,7 +59,7 @@ def test_flags_speak_of_instructions_and_take_only_what_the_script_uses(capsys):
 def test_missing_dolly_names_the_data_file_flag(tmp_path):
     args = argparse.Namespace(data_file=None, data_dir=str(tmp_path), seed=0, train_size=0)
     with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*--data-file"):
-        script.load_splits(args)
+        load_instruction_splits(args)
 
 
 def test_missing_base_says_run_main_first(tmp_path, monkeypatch):

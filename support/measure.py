@@ -1,0 +1,229 @@
+"""What the finetuning scripts measure and report, beside the training itself.
+
+- ``PeakMemory``          the most memory a block of code needed (CUDA or the process's RSS);
+                          ``warm_up_optimizer`` keeps a one-time import out of that figure.
+- ``majority_row`` / ``tfidf_row`` / ``baseline_rows``   what a constant and a bag of words
+                          reach on the same sentences: the floor a classifier must beat.
+- ``format_table``        one plain-text table formatter; ``CLASSIFIER_COLUMNS`` and
+                          ``INSTRUCTION_COLUMNS`` are the two reports' columns.
+- ``write_metrics``       runs/<name>/metrics.json, the file the app reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from support.batching import LabelledText
+
+# ---------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """How much memory the code inside ``with PeakMemory(device) as mem:`` needed: ``mem.mb``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, i.e. the most memory
+    that tensors (weights, gradients, optimizer state, activations) held at once.
+    CPU: the growth of the process's peak resident set size (``getrusage``'s ru_maxrss) over
+    its size at the start: what the block itself added (gradients, optimizer state,
+    activations, allocator slack). On Linux, freed heap memory is first handed back to the
+    system (glibc ``malloc_trim``) and the peak is reset to the current size
+    (``/proc/self/clear_refs``), so an earlier run in the same process does not hide this
+    one. Where the peak cannot be reset, a block that stays below an earlier peak shows less
+    than it used.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.mb = 0.0
+
+    @staticmethod
+    def _maxrss_mb() -> float:
+        kb_or_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb_or_bytes / (2**20 if sys.platform == "darwin" else 2**10)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            gc.collect()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages to the OS
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # peak RSS := current RSS
+            except (OSError, AttributeError):  # not Linux / not glibc
+                pass
+            self._start = self._maxrss_mb()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mb = self._maxrss_mb() - self._start
+
+
+def warm_up_optimizer() -> None:
+    """Call before ``PeakMemory`` around training: the first AdamW in a process imports
+    torch._dynamo (~90 MB of code and data), and the peak should be the run's tensors, not
+    a one-time import."""
+    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def majority_row(train: list[LabelledText], test: list[LabelledText]) -> dict:
+    """Always predict the most common training label."""
+    majority = Counter(label for _, label in train).most_common(1)[0][0]
+    return {"model": "majority class", "dev_acc": sum(y == majority for _, y in test) / len(test),
+            "trainable": 0}
+
+
+def tfidf_row(train: list[LabelledText], test: list[LabelledText]) -> dict:
+    """TF-IDF of unigrams + bigrams into logistic regression, on the same training sentences.
+
+    scikit-learn is in requirements.txt, so every user gets this row; it is imported here,
+    not at the top, because the import takes a second that only this row needs.
+    """
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ImportError("scikit-learn is not installed, and the TF-IDF baseline needs it: "
+                          "pip install -r requirements.txt.") from None
+    t0 = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    features = vectorizer.fit_transform([text for text, _ in train])
+    classifier = LogisticRegression(C=4.0, max_iter=1000)
+    classifier.fit(features, [label for _, label in train])
+    elapsed = time.perf_counter() - t0
+    predictions = classifier.predict(vectorizer.transform([text for text, _ in test]))
+    correct = sum(int(p) == y for p, (_, y) in zip(predictions, test, strict=True))
+    return {"model": "TF-IDF 1-2gram + logistic regression", "dev_acc": correct / len(test),
+            "trainable": classifier.coef_.size + classifier.intercept_.size,
+            "train_time_s": round(elapsed, 1)}
+
+
+def baseline_rows(splits: dict[str, list[LabelledText]]) -> list[dict]:
+    """The majority class and the TF-IDF baseline, trained on "train", scored on "test"."""
+    return [majority_row(splits["train"], splits["test"]),
+            tfidf_row(splits["train"], splits["test"])]
+
+
+# ---------------------------------------------------------------------------- tables
+
+Column = tuple[str, Callable[[dict], str]]  # (header, the cell of one row)
+
+
+def _cell(key: str, fmt: Callable[[float], str]) -> Callable[[dict], str]:
+    """The row's ``key`` through ``fmt``, or '-' where the row has no such value."""
+    return lambda row: "-" if row.get(key) is None else fmt(row[key])
+
+
+def _share(row: dict) -> str:
+    return f"{100 * row['trainable'] / row['total']:.2f} %" if row.get("total") else "-"
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.2f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KB"
+
+
+COST_COLUMNS: list[Column] = [
+    ("trainable", _cell("trainable", lambda n: f"{n:,}")),
+    ("share", _share),
+    ("train time", _cell("train_time_s", lambda s: f"{s:.0f} s")),
+    ("peak mem", _cell("peak_mem_mb", lambda mb: f"{mb:.0f} MB")),
+]
+CLASSIFIER_COLUMNS: list[Column] = [
+    ("model", lambda row: row["model"]),
+    ("dev acc", _cell("dev_acc", lambda acc: f"{100 * acc:.1f} %")),
+    ("val acc", _cell("val_acc", lambda acc: f"{100 * acc:.1f} %")),
+    *COST_COLUMNS,
+    ("checkpoint", _cell("checkpoint_bytes", _size)),
+]
+INSTRUCTION_COLUMNS: list[Column] = [
+    ("model", lambda row: row["model"]),
+    ("held-out loss", _cell("loss", lambda loss: f"{loss:.3f}")),
+    ("perplexity", _cell("loss", lambda loss: f"{math.exp(loss):.1f}")),
+    *COST_COLUMNS,
+]
+
+
+def format_table(rows: list[dict], columns: Sequence[Column]) -> str:
+    """A plain-text table: a header, a rule, one line per row; '-' where a column does not
+    apply. The first column is left-aligned, the numbers right-aligned."""
+    lines = [tuple(header for header, _ in columns),
+             *(tuple(cell(row) for _, cell in columns) for row in rows)]
+    widths = [max(len(c) for c in col) for col in zip(*lines, strict=True)]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+           for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- metric files
+
+
+def checkpoint_row(row: dict, path: str | Path) -> dict:
+    """The row with the saved checkpoint's path and size added."""
+    return {**row, "checkpoint": str(path), "checkpoint_bytes": os.path.getsize(path)}
+
+
+def append_record(log_path: str | Path, record: dict) -> None:
+    """One more JSON line in a run's metrics.jsonl (after train_model's own records)."""
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_metrics(run_dir: str | Path, rows: list[dict], args: argparse.Namespace,
+                  **extra) -> Path:
+    """runs/<name>/metrics.json: every row, the flags the run used and anything in ``extra``."""
+    path = Path(run_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"rows": rows, "args": vars(args), **extra}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    """One JSON object per line, non-ASCII text kept readable (samples.jsonl)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def compared_rows(path: str | Path, base_fingerprint: str) -> list[dict]:
+    """The finetuned-model rows of an earlier finetune_classifier.py run on the same base
+    model (``base_fingerprint``), if there is one: on another base they compare nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        rows = result["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        print(f"note: {path} is not a finetune_classifier.py result; not compared.")
+        return []
+    if result.get("base_fingerprint") != base_fingerprint:
+        print(f"note: {path} was trained on a different base model (its base_fingerprint "
+              "differs); not compared.")
+        return []
+    return [{**row, "model": f"{row['model']} [{path.parent.name}]"}
+            for row in rows if row.get("total")]
