@@ -375,11 +375,11 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "split", "loss"])
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _rows(runs: Runs) -> list[dict]:
+def result_rows(runs: Runs) -> list[dict]:
     """Every result row of every metrics.json, each result once.
 
     Two kinds of rows repeat, and are dropped: a row a run copied from another for comparison
@@ -411,7 +411,7 @@ def _rows(runs: Runs) -> list[dict]:
 def accuracy_frame(runs: Runs) -> pd.DataFrame:
     """Sentiment accuracy on the GLUE dev set per model, baselines included."""
     rows = [{"model": r["model"], "accuracy": r["dev_acc"], "run": r["run"]}
-            for r in _rows(runs) if isinstance(r.get("dev_acc"), int | float)]
+            for r in result_rows(runs) if isinstance(r.get("dev_acc"), int | float)]
     return pd.DataFrame(rows, columns=["model", "accuracy", "run"])
 
 
@@ -422,13 +422,13 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
     are not numbers is skipped and named in ``runs.problems``.
     """
     rows = []
-    for r in _rows(runs):
+    for r in result_rows(runs):
         if "total" not in r:
             continue
         trainable, total = r.get("trainable"), r["total"]
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
-        if not (_is_number(trainable) and _is_number(total) and 0 <= trainable <= total
-                and total > 0 and all(v is None or _is_number(v) for v in (seconds, mb))):
+        if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
+                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
                                  "numbers for trainable, total, train_time_s and peak_mem_mb "
                                  "(skipped).")
@@ -451,7 +451,7 @@ def evaluation_frame(runs: Runs) -> pd.DataFrame:
              "bits_per_char": summary[name]["bits_per_char"]}
             for name in names
             if isinstance(summary.get(name), dict)
-            and all(_is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
+            and all(is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
     return pd.DataFrame(rows, columns=["model", "perplexity", "bits_per_char"])
 
 
@@ -468,7 +468,7 @@ def nf4_frame(runs: Runs) -> pd.DataFrame:
         if sizes is None:
             continue
         if not (isinstance(sizes, dict)
-                and all(_is_number(sizes.get(key)) and sizes[key] > 0 for key in formats)):
+                and all(is_number(sizes.get(key)) and sizes[key] > 0 for key in formats)):
             runs.problems.append(f"runs/{run}/metrics.json: quantized_bytes needs positive "
                                  f"byte counts for {', '.join(formats)} (skipped).")
             continue
