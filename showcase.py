@@ -490,6 +490,9 @@ FIELD_TITLES = {
     "format": "format", "step": "optimizer step", "loss": "loss (cross-entropy)",
     "split": "split",
 }
+# 1, 10, 100, 1k, 10k, 100k, 1M: short labels for a log axis's powers of ten (Vega expression).
+SHORT_NUMBER = ("datum.value >= 1e6 ? datum.value / 1e6 + 'M' : "
+                "datum.value >= 1e3 ? datum.value / 1e3 + 'k' : datum.value")
 SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e"}  # blue and orange: never confused
 
 
@@ -518,7 +521,8 @@ def bar_chart(frame: pd.DataFrame, x: str, y: str, title: str, fmt: str = ",.3f"
     # symlog, not log: a log scale has no 0 for the bars to start from.
     scale = alt.Scale(type="symlog") if log else alt.Scale(domain=domain) if domain else \
         alt.Scale()
-    axis = alt.Axis(values=powers_of_ten(frame[x].max()), format="~s") if log else alt.Axis()
+    axis = alt.Axis(values=powers_of_ten(frame[x].max()), labelExpr=SHORT_NUMBER) if log \
+        else alt.Axis()
     title_x, title_y = FIELD_TITLES.get(x, x), FIELD_TITLES.get(y, y)
     base = alt.Chart(frame).encode(
         y=alt.Y(f"{y}:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),

@@ -518,3 +518,31 @@ def test_a_retrained_checkpoint_is_loaded_again(project, tmp_path, monkeypatch):
     at.run(timeout=60)
     assert not at.exception
     assert at.tabs[0].metric[0].value != before
+
+
+def test_charts_speak_words_not_field_names():
+    """Axis titles are words, a log axis ticks powers of ten (no 0), train and val differ."""
+    import pandas as pd
+
+    from showcase import Runs, bar_chart, evaluation_frame, loss_chart
+
+    methods = pd.DataFrame({"model": ["full", "LoRA"], "train_time_s": [57.0, 54.0],
+                            "trainable": [941058, 6402]})
+    for field, title in [("train_time_s", "training wall time (s)"),
+                         ("trainable", "trainable parameters")]:
+        (bars, _) = bar_chart(methods, field, "model", "t", log=field == "trainable"
+                              ).to_dict()["layer"]
+        assert bars["encoding"]["x"]["title"] == title
+    log_axis = bar_chart(methods, "trainable", "model", "t", log=True).to_dict()
+    values = log_axis["layer"][0]["encoding"]["x"]["axis"]["values"]
+    assert values == [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
+    curve = loss_chart(pd.DataFrame({"step": [1, 1], "split": ["train", "val"],
+                                     "loss": [2.0, 2.1]}), "runs/x").to_dict()
+    colours = curve["encoding"]["color"]["scale"]
+    assert colours["domain"] == ["train", "val"] and len(set(colours["range"])) == 2
+    assert curve["encoding"]["y"]["title"] == "loss (cross-entropy)"
+    scores = {"perplexity": 47.3, "bits_per_char": 2.42}
+    runs = Runs(summaries={"evaluate": {"checkpoint": "out/model_weights.pth", "model": scores,
+                                        "unigram": scores, "untrained": scores}})
+    assert list(evaluation_frame(runs)["model"]) == [
+        "trained: model_weights.pth", "unigram of the training tokens", "untrained (random)"]
