@@ -6,13 +6,14 @@ use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
 (``generation.stream_text``, ``classifier.predict``, ``instructions.stream_answer``,
 ``GPTModel.attention_maps``). This file is the thin glue in between, without Streamlit:
 
-- ``MODELS``           the four checkpoints: where each lives and which command creates it.
+- ``MODELS``           the four checkpoints: where each lives and which command creates it;
+                       ``checkpoint_choices`` the files the sidebar offers for each.
 - ``load_model``       one loader for any of them; ``model_facts`` is what the overview shows.
 - ``token_pieces``     the tokenizer view; ``tokens_html`` colours the pieces.
 - ``attention_grid``   one layer and head of attention as a long table for a heatmap.
 - ``read_runs``        every ``runs/*/metrics.jsonl`` and ``metrics.json``; the ``*_frame``
                        functions turn them into chart-ready tables.
-- the chart functions  Altair specifications for those tables.
+- the chart functions  Altair specifications for those tables, titled in words.
 
 Where things are: checkpoints and ``runs/`` are read from ``$LLM_APP_DIR`` (default: the
 folder the app is started in); ``$LLM_APP_BASE``, ``$LLM_APP_CLASSIFIER``, ``$LLM_APP_LORA``
