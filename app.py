@@ -23,17 +23,23 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import torch.nn as nn
 
 import showcase as sc
 from classifier import normalize_text, predict
 from generation import stream_text
 from instructions import format_prompt, stream_answer
-from tokenizer import BPETokenizer
 
 # What loading and inference raise for bad files and bad values (CheckpointError is a
 # ValueError, a missing file an OSError, a missing bitsandbytes an ImportError).
 EXPECTED_ERRORS = (ValueError, OSError, ImportError)
 MAX_NEW_TOKENS = 500
+SENTIMENT_LESSON = (
+    "What the numbers teach: a base pretrained on one megabyte of Shakespeare knows no "
+    "movie-review English, so pretraining barely helps and a bag of words beats both; LoRA can "
+    "only steer what a base already knows. A base pretrained on modern text, such as GPT-2, "
+    "changes both.")
+SCALE_SECTION = "Instruction tuning, and why the answers are poor"  # a README.md heading
 MAX_PROMPT_CHARS = 2000
 TEXT_STYLE = "white-space:pre-wrap;font-family:monospace"  # generated text, whitespace as is
 
@@ -60,29 +66,30 @@ def unavailable(slot: sc.Slot) -> bool:
     else:
         st.info(f"**{slot.spec.title}** is not there yet: no file at `{slot.path}`. "
                 "Create it with:")
-        st.code(slot.command, language="bash")
+        st.code(slot.command, language="bash", wrap_lines=True)  # a narrow card: wrap, not cut
     return True
 
 
-def show_stream(pieces: Iterator[str], tokenizer: BPETokenizer, prompt: str = "") -> None:
+def show_stream(pieces: Iterator[str], model: nn.Module, prompt: str = "") -> None:
     """Show text as it is generated (the prompt in bold), then its speed."""
     with st.container(border=True):
         box = st.empty()
     text, start = "", time.perf_counter()
     try:
-        for piece in pieces:
-            text += piece
-            box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b>'
-                     f"{html.escape(text)}</div>")
+        with sc.counting_forward_passes(model) as tokens:  # pieces are not tokens: count passes
+            for piece in pieces:
+                text += piece
+                box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b>'
+                         f"{html.escape(text)}</div>")
     except EXPECTED_ERRORS as e:
         st.error(str(e))
         return
-    seconds = time.perf_counter() - start
-    tokens = len(tokenizer.encode(text))  # the text re-encoded: pieces are not tokens
+    seconds, n = time.perf_counter() - start, tokens[0]
     if not text:
         box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b></div>')
         st.caption("The model ended the text at once (it chose `<|endoftext|>`).")
-    st.caption(f"{tokens} tokens in {seconds:.2f} s: {tokens / max(seconds, 1e-9):.1f} tokens/s")
+    st.caption(f"{n} token{'s' * (n != 1)} generated in {seconds:.2f} s: "
+               f"{n / max(seconds, 1e-9):.1f} tokens/s")
 
 
 def chart(spec, **kwargs) -> None:
@@ -96,10 +103,9 @@ def sidebar() -> tuple[Path, dict[str, Path], str]:
     folder = sc.app_dir()
     with st.sidebar:
         st.header("Checkpoints")
-        st.caption(f"Relative paths are inside `{folder}` ($LLM_APP_DIR).")
-        paths = {spec.key: sc.resolve(st.text_input(spec.title, sc.default_path(spec),
-                                                    max_chars=500, key=f"path_{spec.key}")
-                                      or spec.default, folder)
+        st.caption(f"The `.pth` files in `{folder}` ($LLM_APP_DIR) and one level below it.")
+        paths = {spec.key: sc.resolve(st.selectbox(spec.title, sc.checkpoint_choices(spec, folder),
+                                                   key=f"path_{spec.key}"), folder)
                  for spec in sc.MODELS}
         try:
             device = sc.pick_device()
@@ -203,10 +209,10 @@ def generate_tab(slot: sc.Slot) -> None:
         show_stream(stream_text(slot.model, slot.tokenizer, prompt, max_new_tokens=int(max_new),
                                 temperature=float(temp), top_k=int(k) or None,
                                 top_p=float(p) if p < 1 else None, seed=int(s)),
-                    slot.tokenizer, prompt)
+                    slot.model, prompt)
 
 
-def sentiment_tab(slots: list[sc.Slot]) -> None:
+def sentiment_tab(slots: list[sc.Slot], accuracy: pd.DataFrame) -> None:
     with st.form("sentiment"):
         text = st.text_input("A sentence", "A gorgeous, witty, seductive movie.", max_chars=500,
                              key="sent_text")
@@ -222,11 +228,22 @@ def sentiment_tab(slots: list[sc.Slot]) -> None:
             frame = pd.DataFrame({"label": list(probs), "probability": list(probs.values())})
             chart(sc.bar_chart(frame, "probability", "label", "Class probabilities", ".1%",
                                domain=(0, 1)))
+    st.markdown("**On the 872 sentences of the GLUE dev set**, beside a bag of words (TF-IDF):")
+    if accuracy.empty:
+        st.info("Run `python finetune_classifier.py` and `python finetune_lora_classifier.py` "
+                "to score both, with the baselines.")
+    else:
+        st.dataframe(accuracy[["model", "accuracy"]], hide_index=True, column_config={
+            "accuracy": st.column_config.NumberColumn("dev accuracy", format="percent")})
+    st.caption(SENTIMENT_LESSON)
 
 
 def instructions_tab(slot: sc.Slot, samples: dict[str, list[dict]]) -> None:
     if unavailable(slot):
         return
+    st.info("Expect poor answers: a model of under a million parameters that has read only "
+            "Shakespeare knows no facts, so QLoRA can teach it the *form* of an answer, not its "
+            f"content. Why: README.md, section \"{SCALE_SECTION}\" (below).")
     with st.form("instruct"):
         instruction = st.text_area("Instruction", "Name three primary colours.",
                                    max_chars=1000, key="inst_text")
@@ -242,10 +259,12 @@ def instructions_tab(slot: sc.Slot, samples: dict[str, list[dict]]) -> None:
     if go:
         show_stream(stream_answer(slot.model, slot.tokenizer, instruction, context,
                                   max_new_tokens=int(max_new), temperature=float(temp),
-                                  seed=int(s)), slot.tokenizer)
+                                  seed=int(s)), slot.model)
     for run, records in samples.items():
         with st.expander(f"Held-out answers from training (runs/{run}/samples.jsonl)"):
             st.dataframe(pd.DataFrame(records), hide_index=True)
+    with st.expander(f"Why the answers are poor (README.md: {SCALE_SECTION})"):
+        st.markdown(sc.readme_section(SCALE_SECTION))
 
 
 def attention_tab(slot: sc.Slot) -> None:
@@ -298,21 +317,7 @@ def metrics_tab(runs: sc.Runs) -> None:
         chart(sc.bar_chart(accuracy, "accuracy", "model", "Dev accuracy", ".1%", domain=(0, 1)))
 
     st.subheader("What each finetuning method costs")
-    if methods.empty:
-        st.info("The finetuning scripts write these numbers to runs/<name>/metrics.json.")
-    else:
-        columns = st.columns(3)
-        for column, (field, title, fmt, log) in zip(columns, [
-                ("trainable", "Trainable parameters (log scale)", ",d", True),
-                ("train_time_s", "Training wall time (s)", ",.1f", False),
-                ("peak_mem_mb", "Peak memory in training (MB)", ",.0f", False)], strict=True):
-            with column:
-                chart(sc.bar_chart(methods.dropna(subset=[field]), field, "model", title, fmt,
-                                   log=log))
-        st.dataframe(methods, hide_index=True, column_config={
-            "trainable_share": st.column_config.NumberColumn("trainable share", format="percent"),
-            "train_time_s": st.column_config.NumberColumn("train time (s)"),
-            "peak_mem_mb": st.column_config.NumberColumn("peak memory (MB)")})
+    costs_section(methods)
 
     st.subheader("NF4: memory of the quantized weights")
     if nf4.empty:
@@ -326,6 +331,24 @@ def metrics_tab(runs: sc.Runs) -> None:
         with right:
             chart(sc.bar_chart(frame.assign(KB=frame["bytes"] / 1024), "KB", "format",
                                "Quantized weights (KB)", ",.1f"))
+
+
+def costs_section(methods: pd.DataFrame) -> None:
+    if methods.empty:
+        st.info("The finetuning scripts write these numbers to runs/<name>/metrics.json.")
+        return
+    columns = st.columns(3)
+    for column, (field, title, fmt, log) in zip(columns, [
+            ("trainable", "Trainable parameters (log scale)", ",d", True),
+            ("train_time_s", "Training wall time (s)", ",.1f", False),
+            ("peak_mem_mb", "Peak memory in training (MB)", ",.0f", False)], strict=True):
+        with column:
+            chart(sc.bar_chart(methods.dropna(subset=[field]), field, "model", title, fmt,
+                               log=log))
+    st.dataframe(methods, hide_index=True, column_config={
+        field: st.column_config.NumberColumn(sc.FIELD_TITLES.get(field, field))
+        for field in ("trainable", "train_time_s", "peak_mem_mb")} | {
+        "trainable_share": st.column_config.NumberColumn("trainable share", format="percent")})
 
 
 # ---------------------------------------------------------------------------- the page
@@ -347,7 +370,7 @@ def main() -> None:
     with tabs[2]:
         generate_tab(slots["base"])
     with tabs[3]:
-        sentiment_tab([slots["classifier"], slots["lora"]])
+        sentiment_tab([slots["classifier"], slots["lora"]], sc.accuracy_frame(runs))
     with tabs[4]:
         instructions_tab(slots["qlora"], runs.samples)
     with tabs[5]:

@@ -6,13 +6,14 @@ use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
 (``generation.stream_text``, ``classifier.predict``, ``instructions.stream_answer``,
 ``GPTModel.attention_maps``). This file is the thin glue in between, without Streamlit:
 
-- ``MODELS``           the four checkpoints: where each lives and which command creates it.
+- ``MODELS``           the four checkpoints: where each lives and which command creates it;
+                       ``checkpoint_choices`` the files the sidebar offers for each.
 - ``load_model``       one loader for any of them; ``model_facts`` is what the overview shows.
 - ``token_pieces``     the tokenizer view; ``tokens_html`` colours the pieces.
 - ``attention_grid``   one layer and head of attention as a long table for a heatmap.
 - ``read_runs``        every ``runs/*/metrics.jsonl`` and ``metrics.json``; the ``*_frame``
                        functions turn them into chart-ready tables.
-- the chart functions  Altair specifications for those tables.
+- the chart functions  Altair specifications for those tables, titled in words.
 
 Where things are: checkpoints and ``runs/`` are read from ``$LLM_APP_DIR`` (default: the
 folder the app is started in); ``$LLM_APP_BASE``, ``$LLM_APP_CLASSIFIER``, ``$LLM_APP_LORA``
@@ -27,7 +28,10 @@ import json
 import os
 import re
 import shlex
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +91,22 @@ def resolve(path: str, folder: Path) -> Path:
     """``path`` as given if absolute, else inside the app folder."""
     path = Path(path.strip()).expanduser()
     return path if path.is_absolute() else folder / path
+
+
+MAX_CHOICES = 200  # checkpoints offered per model: a folder full of files stays a short list
+
+
+def checkpoint_choices(spec: ModelSpec, folder: Path) -> list[str]:
+    """The files the sidebar offers for ``spec``: its default (or the file its environment
+    variable names), then every ``*.pth`` in the app folder and one level below it.
+
+    A visitor picks from this list and never types a path, so the page cannot be made to
+    read, or say anything about, a file the person who started the app did not put there.
+    """
+    found = sorted({str(p.relative_to(folder)) for pattern in ("*.pth", "*/*.pth")
+                    for p in folder.glob(pattern) if p.is_file()})
+    first = default_path(spec)
+    return [first, *(name for name in found if name != first)][:MAX_CHOICES]
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
@@ -193,6 +213,39 @@ def model_facts(model: nn.Module, tokenizer: BPETokenizer, meta: dict, path: Pat
         if isinstance(meta.get(name), int | float):
             facts[name] = meta[name]
     return facts
+
+
+@contextmanager
+def counting_forward_passes(model: nn.Module) -> Iterator[list[int]]:
+    """Count the forward passes this thread makes through ``model`` while the block runs.
+
+    Generation runs the model once per new token, so this is the number of tokens sampled
+    (<|endoftext|> included when the model chose it). Re-encoding the generated text would
+    not be: bytes that are no character decode to U+FFFD, which encodes again as 3 bytes.
+    The thread check leaves out another visitor generating with the same cached model.
+    """
+    count, thread = [0], threading.get_ident()
+
+    def hook(*_) -> None:
+        if threading.get_ident() == thread:
+            count[0] += 1
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+README = Path(__file__).with_name("README.md")
+
+
+def readme_section(heading: str) -> str:
+    """The body of README.md's ``## <heading>`` section, so the app quotes the README
+    instead of keeping a second copy of it ('' if there is no such section)."""
+    text = README.read_text(encoding="utf-8") if README.is_file() else ""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    return match.group(1).strip() if match else ""
 
 
 def human_bytes(n: float) -> str:
@@ -323,11 +376,11 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "split", "loss"])
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _rows(runs: Runs) -> list[dict]:
+def result_rows(runs: Runs) -> list[dict]:
     """Every result row of every metrics.json, each result once.
 
     Two kinds of rows repeat, and are dropped: a row a run copied from another for comparison
@@ -359,7 +412,7 @@ def _rows(runs: Runs) -> list[dict]:
 def accuracy_frame(runs: Runs) -> pd.DataFrame:
     """Sentiment accuracy on the GLUE dev set per model, baselines included."""
     rows = [{"model": r["model"], "accuracy": r["dev_acc"], "run": r["run"]}
-            for r in _rows(runs) if isinstance(r.get("dev_acc"), int | float)]
+            for r in result_rows(runs) if isinstance(r.get("dev_acc"), int | float)]
     return pd.DataFrame(rows, columns=["model", "accuracy", "run"])
 
 
@@ -370,13 +423,13 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
     are not numbers is skipped and named in ``runs.problems``.
     """
     rows = []
-    for r in _rows(runs):
+    for r in result_rows(runs):
         if "total" not in r:
             continue
         trainable, total = r.get("trainable"), r["total"]
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
-        if not (_is_number(trainable) and _is_number(total) and 0 <= trainable <= total
-                and total > 0 and all(v is None or _is_number(v) for v in (seconds, mb))):
+        if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
+                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
                                  "numbers for trainable, total, train_time_s and peak_mem_mb "
                                  "(skipped).")
@@ -391,11 +444,15 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
 def evaluation_frame(runs: Runs) -> pd.DataFrame:
     """evaluate.py's perplexity and bits per character: the model and its two references."""
     summary = runs.summaries.get("evaluate", {})
-    rows = [{"model": name, "perplexity": summary[name]["perplexity"],
+    checkpoint = summary.get("checkpoint")
+    names = {"model": f"trained: {Path(checkpoint).name}" if isinstance(checkpoint, str)
+             else "trained model",
+             "unigram": "unigram of the training tokens", "untrained": "untrained (random)"}
+    rows = [{"model": names[name], "perplexity": summary[name]["perplexity"],
              "bits_per_char": summary[name]["bits_per_char"]}
-            for name in ("model", "unigram", "untrained")
+            for name in names
             if isinstance(summary.get(name), dict)
-            and all(_is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
+            and all(is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
     return pd.DataFrame(rows, columns=["model", "perplexity", "bits_per_char"])
 
 
@@ -412,7 +469,7 @@ def nf4_frame(runs: Runs) -> pd.DataFrame:
         if sizes is None:
             continue
         if not (isinstance(sizes, dict)
-                and all(_is_number(sizes.get(key)) and sizes[key] > 0 for key in formats)):
+                and all(is_number(sizes.get(key)) and sizes[key] > 0 for key in formats)):
             runs.problems.append(f"runs/{run}/metrics.json: quantized_bytes needs positive "
                                  f"byte counts for {', '.join(formats)} (skipped).")
             continue
@@ -424,11 +481,39 @@ def nf4_frame(runs: Runs) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- charts
 
 
+# What each plotted field is called on an axis or in a tooltip: words, not field names.
+FIELD_TITLES = {
+    "perplexity": "perplexity per token", "bits_per_char": "bits per character",
+    "accuracy": "dev accuracy", "probability": "probability", "label": "label",
+    "trainable": "trainable parameters", "trained parameters": "trained parameters",
+    "train_time_s": "training wall time (s)", "peak_mem_mb": "peak memory (MB)",
+    "checkpoint KB": "checkpoint size (KB)", "KB": "size (KB)", "model": "model",
+    "format": "format", "step": "optimizer step", "loss": "loss (cross-entropy)",
+    "split": "split",
+}
+# 1, 10, 100, 1k, 10k, 100k, 1M: short labels for a log axis's powers of ten (Vega expression).
+SHORT_NUMBER = ("datum.value >= 1e6 ? datum.value / 1e6 + 'M' : "
+                "datum.value >= 1e3 ? datum.value / 1e3 + 'k' : datum.value")
+SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e"}  # blue and orange: never confused
+
+
 def loss_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    splits = alt.Scale(domain=list(SPLIT_COLOURS), range=list(SPLIT_COLOURS.values()))
     return alt.Chart(frame, title=title).mark_line(point=True).encode(
-        x=alt.X("step:Q", axis=alt.Axis(format="d", tickMinStep=1)),
-        y=alt.Y("loss:Q", scale=alt.Scale(zero=False)), color="split:N",
-        tooltip=["step", "split", alt.Tooltip("loss", format=".4f")])
+        x=alt.X("step:Q", title=FIELD_TITLES["step"], axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("loss:Q", title=FIELD_TITLES["loss"], scale=alt.Scale(zero=False)),
+        color=alt.Color("split:N", title=FIELD_TITLES["split"], scale=splits),
+        tooltip=[alt.Tooltip("step", title=FIELD_TITLES["step"]), "split",
+                 alt.Tooltip("loss", format=".4f")])
+
+
+def powers_of_ten(largest: float) -> list[int]:
+    """1, 10, 100, ... up to the first power at or above ``largest``: the ticks of a log axis
+    (a symlog scale would also tick 0, which a log axis has not)."""
+    ticks = [1]
+    while ticks[-1] < largest:
+        ticks.append(ticks[-1] * 10)
+    return ticks
 
 
 def bar_chart(frame: pd.DataFrame, x: str, y: str, title: str, fmt: str = ",.3f",
@@ -437,10 +522,13 @@ def bar_chart(frame: pd.DataFrame, x: str, y: str, title: str, fmt: str = ",.3f"
     # symlog, not log: a log scale has no 0 for the bars to start from.
     scale = alt.Scale(type="symlog") if log else alt.Scale(domain=domain) if domain else \
         alt.Scale()
+    axis = alt.Axis(values=powers_of_ten(frame[x].max()), labelExpr=SHORT_NUMBER) if log \
+        else alt.Axis()
+    title_x, title_y = FIELD_TITLES.get(x, x), FIELD_TITLES.get(y, y)
     base = alt.Chart(frame).encode(
         y=alt.Y(f"{y}:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
-        x=alt.X(f"{x}:Q", scale=scale),
-        tooltip=[y, alt.Tooltip(x, format=fmt)])
+        x=alt.X(f"{x}:Q", scale=scale, axis=axis, title=title_x),
+        tooltip=[alt.Tooltip(y, title=title_y), alt.Tooltip(x, format=fmt, title=title_x)])
     labels = base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{x}:Q", format=fmt))
     return alt.layer(base.mark_bar(), labels).properties(title=title)
 

@@ -119,7 +119,7 @@ def test_without_checkpoints_every_tab_says_how_to_make_them(tmp_path, monkeypat
 def test_paths_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_APP_BASE", "models/gpt.pth")
     at = run_app(tmp_path, monkeypatch)
-    assert at.text_input(key="path_base").value == "models/gpt.pth"
+    assert at.selectbox(key="path_base").value == "models/gpt.pth"
     assert at.tabs[0].code[0].value == "python main.py --out models/gpt.pth"
     assert at.tabs[0].code[1].value == ("python main.py --out models/gpt.pth && "
                                         "python finetune_classifier.py --base models/gpt.pth")
@@ -168,11 +168,32 @@ def test_hand_edited_checkpoints_and_metrics_are_messages_not_crashes(tmp_path, 
     assert chart_titles(at.tabs[6]) == ["Dev accuracy"]  # what is sound still shows
 
 
-def test_bad_paths_and_devices_are_messages_not_crashes(tmp_path, monkeypatch):
-    at = run_app(tmp_path, monkeypatch)
-    at.text_input(key="path_base").input("bad\x00name.pth").run(timeout=60)
+def test_the_sidebar_offers_only_the_app_folders_checkpoints(tmp_path, monkeypatch):
+    """A visitor chooses from the .pth files in $LLM_APP_DIR (and the files the environment
+    names); there is no text box, so no path outside the folder can be tried."""
+    folder, outside = tmp_path / "app", tmp_path / "elsewhere"
+    (folder / "old").mkdir(parents=True)
+    outside.mkdir()
+    for path in (folder / "b.pth", folder / "old" / "a.pth", folder / "notes.txt",
+                 folder / "runs" / "x" / "deep" / "c.pth", outside / "secret.pth"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("LLM_APP_QLORA", str(outside / "secret.pth"))
+    at = run_app(folder, monkeypatch)
     assert not at.exception
-    assert "not there yet" in at.tabs[2].info[0].value
+    assert not at.sidebar.text_input  # nothing to type a path into
+    assert at.selectbox(key="path_base").options == ["model_weights.pth", "b.pth", "old/a.pth"]
+    assert at.selectbox(key="path_qlora").options == [str(outside / "secret.pth"), "b.pth",
+                                                      "old/a.pth"]  # the operator's choice
+    at.selectbox(key="path_base").select("old/a.pth").run(timeout=60)
+    assert not at.exception
+    assert "old/a.pth is corrupted or not a checkpoint" in at.tabs[2].error[0].value
+    # What a hand-crafted choice would reach is only ever a listed file of the folder.
+    assert all(not Path(option).is_absolute() and ".." not in Path(option).parts
+               for option in at.selectbox(key="path_lora").options)
+
+
+def test_bad_devices_are_messages_not_crashes(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_APP_DEVICE", "tpu")
     at = AppTest.from_file(APP, default_timeout=60).run(timeout=60)
     assert not at.exception
@@ -218,7 +239,7 @@ def test_generation_shows_what_generation_py_generates(project, monkeypatch):
     assert expected
     shown = [h.proto.body for h in at.tabs[2].get("html")]
     assert shown == [f'<div style="{TEXT_STYLE}"><b>KING:</b>{html.escape(expected)}</div>']
-    assert "tokens/s" in at.tabs[2].caption[-1].value
+    assert at.tabs[2].caption[-1].value.startswith("30 tokens generated in ")
 
 
 @needs_data
@@ -276,6 +297,12 @@ def test_sentiment_shows_both_classifiers_probabilities(project, monkeypatch):
     no_trouble(at)
     tab = at.tabs[3]
     assert "a dull , lifeless and overlong film ." in tab.caption[0].value
+    assert "knows no movie-review English" in tab.caption[-1].value
+    (table,) = tab.dataframe  # the dev accuracies, the bag-of-words baseline beside the models
+    models = list(table.value["model"])
+    assert models[:3] == ["majority class", "TF-IDF 1-2gram + logistic regression",
+                          "full finetune (pretrained)"]
+    assert models[3].startswith("LoRA r=") and len(models) == 4
     charts = tab.get("vega_lite_chart")
     assert len(charts) == 2
     for name, chart, metric in zip(["classifier.pth", "lora_classifier.pth"], charts, tab.metric,
@@ -305,8 +332,37 @@ def test_instruction_model_answers_and_shows_its_template(project, monkeypatch):
                       max_new_tokens=12, temperature=0.7, seed=1337)
     (shown,) = [h.proto.body for h in tab.get("html")]
     assert html.escape(expected) in shown
-    assert "tokens/s" in tab.caption[-1].value
+    # Tokens generated, not the answer re-encoded: at most the maximum asked for.
+    n = int(tab.caption[-1].value.split(" token")[0])
+    assert 1 <= n <= 12 and "tokens/s" in tab.caption[-1].value
     assert tab.expander[1].label.startswith("Held-out answers from training")
+    assert "Expect poor answers" in tab.info[0].value
+    from showcase import readme_section
+    assert tab.expander[2].label.startswith("Why the answers are poor")
+    assert tab.expander[2].markdown[0].value == readme_section(
+        "Instruction tuning, and why the answers are poor") != ""
+
+
+def test_the_token_count_counts_forward_passes_not_reencoded_text():
+    """Bytes that are no character decode to U+FFFD, which re-encodes as 3 bytes: the count
+    must be the model's passes, one per generated token, and only this thread's."""
+    import threading
+
+    import torch
+
+    from model import GPTConfig, GPTModel
+    from showcase import counting_forward_passes
+
+    model = GPTModel(GPTConfig(vocab_size=300, context_length=8, n_layer=1, n_head=1, n_embd=8))
+    x = torch.zeros(1, 1, dtype=torch.long)
+    with counting_forward_passes(model) as count:
+        for _ in range(5):
+            model(x)
+        other = threading.Thread(target=model, args=(x,))  # another visitor, same model
+        other.start()
+        other.join()
+    model(x)  # after the block: not counted, the hook is gone
+    assert count == [5] and not model._forward_hooks
 
 
 @needs_data
@@ -462,3 +518,31 @@ def test_a_retrained_checkpoint_is_loaded_again(project, tmp_path, monkeypatch):
     at.run(timeout=60)
     assert not at.exception
     assert at.tabs[0].metric[0].value != before
+
+
+def test_charts_speak_words_not_field_names():
+    """Axis titles are words, a log axis ticks powers of ten (no 0), train and val differ."""
+    import pandas as pd
+
+    from showcase import Runs, bar_chart, evaluation_frame, loss_chart
+
+    methods = pd.DataFrame({"model": ["full", "LoRA"], "train_time_s": [57.0, 54.0],
+                            "trainable": [941058, 6402]})
+    for field, title in [("train_time_s", "training wall time (s)"),
+                         ("trainable", "trainable parameters")]:
+        (bars, _) = bar_chart(methods, field, "model", "t", log=field == "trainable"
+                              ).to_dict()["layer"]
+        assert bars["encoding"]["x"]["title"] == title
+    log_axis = bar_chart(methods, "trainable", "model", "t", log=True).to_dict()
+    values = log_axis["layer"][0]["encoding"]["x"]["axis"]["values"]
+    assert values == [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
+    curve = loss_chart(pd.DataFrame({"step": [1, 1], "split": ["train", "val"],
+                                     "loss": [2.0, 2.1]}), "runs/x").to_dict()
+    colours = curve["encoding"]["color"]["scale"]
+    assert colours["domain"] == ["train", "val"] and len(set(colours["range"])) == 2
+    assert curve["encoding"]["y"]["title"] == "loss (cross-entropy)"
+    scores = {"perplexity": 47.3, "bits_per_char": 2.42}
+    runs = Runs(summaries={"evaluate": {"checkpoint": "out/model_weights.pth", "model": scores,
+                                        "unigram": scores, "untrained": scores}})
+    assert list(evaluation_frame(runs)["model"]) == [
+        "trained: model_weights.pth", "unigram of the training tokens", "untrained (random)"]
