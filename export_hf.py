@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from checkpoint import load_checkpoint, read_checkpoint
 from classifier import load_classifier
 from hf_gpt2 import to_hf
 from instructions import load_instruction_model
 from support.cli import run
+from support.hf_checks import check_exportable
 
 # Checkpoint kind -> the loader that rebuilds it as a model (adapters on their base).
 LOADERS = {
@@ -58,11 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kind = read_checkpoint(args.checkpoint).get("kind")
-    loader = LOADERS.get(kind)
-    if loader is None:
-        raise CheckpointError(f"{args.checkpoint} holds a '{kind}' model; export_hf.py exports "
-                              f"{', '.join(LOADERS)} checkpoints.")
-    model, tokenizer, metadata = loader(args.checkpoint, args.base)
+    check_exportable(kind, list(LOADERS), args.checkpoint)
+    model, tokenizer, metadata = LOADERS[kind](args.checkpoint, args.base)
     metadata = {"kind": kind, "exported_from": str(args.checkpoint), **metadata}
     out = to_hf(model, tokenizer, args.out, metadata)
     print(f"Wrote {out}/ ({kind} checkpoint {args.checkpoint}):")

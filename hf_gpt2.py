@@ -39,8 +39,10 @@ printable bytes stand for themselves, the others borrow characters from 256 up, 
 to our ids, ``merges`` lists our merges in the order learned (a merge's position is its
 priority), our regex becomes a ``Split`` pre-tokenizer followed by ``ByteLevel`` with its own
 regex off, and every special token (``<|endoftext|>``) is an added token. ``ignore_merges``
-makes a chunk that is a whole token one id before any merging, as our encode does. GPT-2's own
-vocabulary numbers its 256 bytes in the table's order rather than by value; ``BPETokenizer``'s
+makes a chunk that is a whole token one id before any merging, as our encode does. The regex
+is run by another engine there (Oniguruma), which reads a possessive count (GPT-4's "1-3 digits")
+as "runs of 1-3 digits, repeated", so that one construct is written as an atomic group. GPT-2's
+own vocabulary numbers its 256 bytes in the table's order rather than by value; ``BPETokenizer``'s
 ``byte_order`` holds exactly that, so GPT-2's 50,257 ids are read in unchanged.
 
 Two things a Hugging Face tokenizer does differently: it turns the *text* "<|endoftext|>" in
@@ -72,7 +74,7 @@ from classifier import GPTClassifier
 from lora import LoRALayer
 from model import GPTConfig, GPTModel
 from quantization import dequantized_weight, is_quantized
-from support import hub
+from support import hf_checks, hub
 from tokenizer import ENDOFTEXT, FORMAT_VERSION, BPETokenizer
 
 GPT2_SPLIT_PATTERN = (  # GPT-2's regex (ByteLevel's built-in one in the tokenizers library)
@@ -202,7 +204,7 @@ def hf_config(config: GPTConfig, tokenizer: BPETokenizer, vocab_size: int) -> di
 
 
 def gpt_config(hf: dict, dropout: float = 0.0) -> GPTConfig:
-    """Our GPTConfig for GPT-2's config.json (hub.check_gpt2_config has vetted it)."""
+    """Our GPTConfig for GPT-2's config.json (hf_checks.check_gpt2_config has vetted it)."""
     return GPTConfig(vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
                      n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                      dropout=dropout, bias=True)
@@ -312,7 +314,7 @@ def tokenizer_from_hf(folder: Path) -> BPETokenizer:
     """Our BPETokenizer with a GPT-2-format tokenizer's ids, merges and regex."""
     vocab, merges, pattern, specials = read_vocab_and_merges(folder)
     specials = {s: i for s, i in specials.items() if s != PAD}  # our export's classifier pad
-    hub.check_gpt2_vocab(vocab, merges, specials, folder)
+    hf_checks.check_gpt2_vocab(vocab, merges, specials, folder)
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     by_id = {i: s for s, i in vocab.items()}
     return BPETokenizer.from_dict({
@@ -412,7 +414,7 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     """
     folder = hub.resolve(path_or_name)
     hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    hub.check_gpt2_config(hf, folder)
+    hf_checks.check_gpt2_config(hf, folder)
     model = GPTModel(gpt_config(hf, dropout))
     tensors = load_file(folder / "model.safetensors")
     load_weights(model, hf_to_gpt_state(tensors), folder)
