@@ -326,18 +326,23 @@ def tokenizer_from_hf(folder: Path) -> BPETokenizer:
 # ---------------------------------------------------------------------------- both directions
 
 
-def model_card(model: GPTModel | GPTClassifier, metadata: dict, vocab_size: int) -> str:
+def model_card(config: GPTConfig, tokenizer: BPETokenizer, tensors: dict[str, torch.Tensor],
+               metadata: dict, folder: Path, classifier: bool) -> str:
     """README.md: what the model is, the facts the checkpoint recorded, how to run it."""
-    classifier = isinstance(model, GPTClassifier)
-    cfg = model.config
-    n_params = sum(p.numel() for p in model.parameters()) if not classifier else \
-        model.gpt.num_parameters() + model.head.weight.numel()
+    n_params = sum(t.numel() for t in tensors.values())  # the tied head counted once
+    rows = tensors["transformer.wte.weight"].size(0)
     facts = "\n".join(f"| {key} | {json.dumps(value, default=str)} |"
                       for key, value in metadata.items())
     task = "text-classification" if classifier else "text-generation"
-    usage = (f'clf = pipeline("{task}", model="DIR")\nprint(clf(normalize_text("a gorgeous, '
-             'witty film")))' if classifier else f'gen = pipeline("{task}", model="DIR")\n'
+    usage = (f'from classifier import normalize_text  # LLM From Scratch\nclf = pipeline("{task}", '
+             f'model="{folder}")\nprint(clf(normalize_text("A gorgeous, witty film!")))'
+             if classifier else f'gen = pipeline("{task}", model="{folder}")\n'
              'print(gen("ROMEO:", max_new_tokens=40)[0]["generated_text"])')
+    vocabulary = ("GPT-2's byte-level BPE vocabulary" if tokenizer.pattern == GPT2_SPLIT_PATTERN
+                  else "byte-level BPE trained by the project, with a GPT-4-style split regex")
+    note = ("Texts must be written like SST-2's sentences first (`normalize_text` lowercases "
+            "and splits them); the tokenizer appends <|endoftext|>, whose position is pooled."
+            if classifier else "")
     return f"""---
 library_name: transformers
 pipeline_tag: {task}
@@ -346,10 +351,10 @@ tags: [gpt2, llm-from-scratch]
 # {"GPT2ForSequenceClassification" if classifier else "GPT2LMHeadModel"} from LLM From Scratch
 
 A GPT-2-architecture model trained with the LLM From Scratch scripts and exported by
-`export_hf.py`: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dimensions, a
-{cfg.context_length}-token context, {n_params:,} parameters, {vocab_size:,} embedding rows
-(the ids past the tokenizer's own are padding). Its logits equal the original's (tests check
-the largest difference stays below 1e-5 in float32).
+`export_hf.py`: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dimensions,
+a {config.context_length}-token context, {n_params:,} parameters and {rows:,} embedding rows
+(ids past the tokenizer's {tokenizer.vocab_size:,} are padding). Its logits equal the
+original's: the project's tests keep the largest difference below 1e-5 in float32.
 
 Training data: {metadata.get("dataset", "see the table below")}.
 
@@ -362,10 +367,7 @@ from transformers import pipeline
 {usage}
 ```
 
-The tokenizer is byte-level BPE with a GPT-4-style split regex (not GPT-2's vocabulary).
-{"Texts must be written like SST-2's sentences first: `classifier.normalize_text` lowercases "
- "and splits them; the tokenizer appends <|endoftext|>, whose position is pooled."
- if classifier else ""}
+The tokenizer is {vocabulary}, <|endoftext|> included. {note}
 """
 
 
@@ -396,12 +398,12 @@ def to_hf(model: GPTModel | GPTClassifier, tokenizer: BPETokenizer, out_dir: str
     files = {"config.json": config,
              "generation_config.json": generation_config(tokenizer, vocab_size),
              "tokenizer.json": tokenizer_json(tokenizer, classifier, pad_id),
-             "tokenizer_config.json": tokenizer_config(tokenizer, cfg.context_length, classifier)}
+             "tokenizer_config.json": tokenizer_config(tokenizer, cfg.context_length, classifier),
+             "README.md": model_card(cfg, tokenizer, tensors, metadata or {}, out, classifier)}
     for name, content in files.items():
-        (out / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
-    (out / "README.md").write_text(model_card(model, metadata or {}, vocab_size),
-                                   encoding="utf-8")
+        text = content if isinstance(content, str) else json.dumps(content, indent=1,
+                                                                   ensure_ascii=False) + "\n"
+        (out / name).write_text(text, encoding="utf-8")
     return out
 
 
