@@ -266,8 +266,9 @@ def gpt2_folder(tmp_path_factory):
     gpt2_format_tokenizer(folder)
     hf_tok = transformers.GPT2TokenizerFast.from_pretrained(folder)  # vocab.json + merges.txt
     torch.manual_seed(3)
+    eot = len(hf_tok) - 1  # <|endoftext|>, last as in GPT-2
     config = transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=48,
-                                     n_layer=3, n_head=4)
+                                     n_layer=3, n_head=4, bos_token_id=eot, eos_token_id=eot)
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder)
     hf_tok.save_pretrained(folder)
     return folder
