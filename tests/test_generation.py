@@ -83,6 +83,14 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert set(drawn.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.8
 
 
+def test_top_p_keeps_the_token_that_crosses_p():
+    # 0.5 alone is below 0.7, 0.5 + 0.3 passes it: token 1 crosses p and belongs to the nucleus.
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(2000, 1)
+    drawn = sample_next(probs.log(), 1.0, top_k=None, top_p=0.7,
+                        generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {0, 1}
+
+
 def test_streaming_pieces_add_up_to_the_generated_text(model, tokenizer):
     pieces = list(stream_text(model, tokenizer, "Whether", 25, temperature=0.9, seed=3))
     assert "".join(pieces) == generate_text(model, tokenizer, "Whether", 25, temperature=0.9,
