@@ -13,6 +13,13 @@ Why this shape:
   so a checkpoint downloaded from the internet can never run anything.
 - Atomic: we write a temp file in the same folder, fsync it, and rename it over the target.
   A crash or kill mid-save leaves the previous checkpoint intact.
+- Checked before trusted: the config is only a claim about the weights, so before a model of
+  its size is built, the model is built on PyTorch's ``meta`` device (shapes, no memory) and
+  every shape is compared with the saved tensors. What a file can make us allocate is
+  bounded by the file itself.
+
+The mechanics live one step away: ``support/files.py`` (the atomic write, the safe load) and
+``support/checkpoint_checks.py`` (every way a file can be wrong, one sentence each).
 
 Adapter checkpoints (LoRA / QLoRA) store only their small tensors plus the base model's
 ``weights_fingerprint`` so they can refuse to load on top of the wrong base model;
@@ -23,9 +30,6 @@ hand-edited one fails with one sentence.
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,86 +37,22 @@ import torch
 import torch.nn as nn
 
 from model import GPTConfig, GPTModel
-from support.errors import CheckpointError
+from support.checkpoint_checks import (  # noqa: F401  (adapter loaders import them from here)
+    adapter_metadata,
+    check_config_fits_weights,
+    check_metadata,
+    check_structure,
+    checkpoint_metadata,
+    invalid_config,
+    meta_shapes,
+    weights_mismatch,
+)
+from support.errors import CheckpointError  # noqa: F401  (re-exported: loaders catch it here)
+from support.files import atomic_save, check_writable, safe_torch_load  # noqa: F401
 from tokenizer import BPETokenizer
 
 FORMAT = "llm-from-scratch"
 VERSION = 1
-
-
-def _refuse_folder(path: Path) -> None:
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
-
-
-def check_writable(path: str | Path) -> None:
-    """One sentence now, not after the training, if a checkpoint cannot be written to ``path``."""
-    path = Path(path)
-    _refuse_folder(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that readers see either the old file or the new one."""
-    path = Path(path)
-    _refuse_folder(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(
-            f"Could not write {path} ({e.strerror or e}); the previous file is untouched."
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_checkpoint(
-    path: str | Path, kind: str | None = None, missing_hint: str = "run python main.py first"
-) -> dict:
-    """Load a checkpoint dict safely, with one clear sentence for every way it can be wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}: {missing_hint}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # the file asks to import and call something
-            raise CheckpointError(f"{path} was refused: it contains Python objects that could "
-                                  "run code, so it was not loaded.") from None
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint (unreadable pickle).") \
-            from None
-    except Exception as e:  # truncated zip, random bytes, ...
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint ({type(e).__name__}).") \
-            from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an llm-from-scratch checkpoint.")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path} has format version {ckpt.get('version')}, "
-                              f"this code reads version {VERSION}.")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected '{kind}'.")
-    if not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
-                              "('state_dict').")
-    return ckpt
 
 
 def make_checkpoint(kind: str, state_dict: dict, config: GPTConfig, tokenizer: BPETokenizer,
@@ -138,35 +78,46 @@ def save_checkpoint(path: str | Path, model: GPTModel, tokenizer: BPETokenizer,
                 path)
 
 
-def config_and_tokenizer(ckpt: dict, path: str | Path) -> tuple[GPTConfig, BPETokenizer]:
-    """Rebuild the config and tokenizer stored in a checkpoint dict."""
-    try:
+def read_checkpoint(
+    path: str | Path, kind: str | None = None, missing_hint: str = "run python main.py first"
+) -> dict:
+    """Load a checkpoint dict safely (no pickled code runs), checked to be one of ours."""
+    ckpt = safe_torch_load(path, missing_hint)
+    check_structure(ckpt, path, kind, FORMAT, VERSION)
+    return ckpt
+
+
+def model_shapes(config: GPTConfig) -> dict[str, torch.Size]:
+    """The shape of every tensor a GPTModel of ``config`` holds, without allocating it."""
+    return meta_shapes(lambda: GPTModel(config))
+
+
+def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""
+                         ) -> tuple[GPTConfig, BPETokenizer]:
+    """Rebuild the config and tokenizer stored in a checkpoint dict, checked against its weights.
+
+    The GPT's tensors sit under ``weights_prefix`` in the state dict ("gpt." in a classifier).
+    """
+    with invalid_config(path):
         config = GPTConfig(**ckpt["config"])
         tokenizer = BPETokenizer.from_dict(ckpt["tokenizer"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but "
-                              f"the model only {config.vocab_size}.")
+    check_config_fits_weights(path, ckpt["state_dict"], config.n_layer, config.vocab_size,
+                              tokenizer.vocab_size, lambda: model_shapes(config), weights_prefix)
     return config, tokenizer
 
 
 def load_weights(module: nn.Module, state_dict: dict, path: str | Path,
                  strict: bool = True) -> None:
     """``load_state_dict`` that turns name/shape mismatches into one clear CheckpointError."""
-    try:
+    with weights_mismatch(path):
         module.load_state_dict(state_dict, strict=strict)
-    except (RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"{path} does not match this model: {detail}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[GPTModel, BPETokenizer, dict]:
     """Rebuild (model, tokenizer, metadata) from a base-model checkpoint, in eval mode."""
     ckpt = read_checkpoint(path, kind="gpt")
-    config, tokenizer = config_and_tokenizer(ckpt, path)
+    config, tokenizer = config_and_tokenizer(ckpt, path)  # checked: now it is safe to build
     model = GPTModel(config)
     load_weights(model, ckpt["state_dict"], path)
     return model.to(map_location).eval(), tokenizer, ckpt.get("metadata", {})
@@ -180,54 +131,3 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------- metadata
-
-
-def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
-    """One sentence for a metadata entry that a loader cannot use (``ok`` is False).
-
-    A hand-edited or foreign file then fails here, naming the entry, rather than with a
-    TypeError or KeyError deep inside the loader, which the app could not show.
-    """
-    if not ok:
-        problem = "is missing" if value is None else f"is invalid ({value!r:.60})"
-        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; make the file "
-                              "again with the script that wrote it.")
-
-
-def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
-    """The checkpoint's metadata dict (one sentence if it is not a dict)."""
-    meta = ckpt.get("metadata", {})
-    check_metadata(path, "metadata", meta, isinstance(meta, dict))
-    return meta
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
-                     ) -> tuple[dict, str, str | Path]:
-    """(LoRA settings, base fingerprint, base path) of an adapter checkpoint, all checked.
-
-    The settings are apply_lora's {"r", "alpha", "dropout", "targets"}; the base path is
-    ``base`` when given, else the one stored (the path the adapters were trained on).
-    """
-    meta = checkpoint_metadata(ckpt, path)
-    lora = meta.get("lora")
-    check_metadata(path, "lora", lora, isinstance(lora, dict))
-    r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "targets"))
-    check_metadata(path, "lora.r", r, isinstance(r, int) and not isinstance(r, bool) and r > 0)
-    check_metadata(path, "lora.alpha", alpha, _is_number(alpha))
-    check_metadata(path, "lora.dropout", dropout,
-                   dropout is None or (_is_number(dropout) and 0 <= dropout < 1))
-    check_metadata(path, "lora.targets", targets, isinstance(targets, list | tuple)
-                   and len(targets) > 0 and all(isinstance(t, str) for t in targets))
-    fingerprint = meta.get("base_fingerprint")
-    check_metadata(path, "base_fingerprint", fingerprint, isinstance(fingerprint, str))
-    if base is None:
-        base = meta.get("base_path")
-        check_metadata(path, "base_path", base, isinstance(base, str))
-    return lora, fingerprint, base

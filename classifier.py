@@ -222,7 +222,7 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
                    and all(isinstance(label, str) for label in labels))
     if kind == "classifier":
-        config, tokenizer = config_and_tokenizer(ckpt, path)
+        config, tokenizer = config_and_tokenizer(ckpt, path, weights_prefix="gpt.")
         model = GPTClassifier(GPTModel(config), tuple(labels))
         load_weights(model, ckpt["state_dict"], path)
     elif kind == "lora-classifier":

@@ -9,6 +9,10 @@ loop around it: pick a token from that distribution, append it, repeat.
   tokens whose probabilities add up to p. Both cut off the long tail of unlikely tokens.
 - The KV cache keeps every layer's keys and values from earlier steps, so each new token
   costs one position of compute instead of re-running the whole sequence.
+- Clean text: a byte-level model can draw half a character or a control byte. Before each
+  draw, the tokens that would make the text invalid UTF-8 or add a control character (other
+  than newline and tab) are masked out (support/clean_text.py precomputes which, per UTF-8
+  decoder state), so the shell and the app only ever show clean text.
 
 When the sequence fills the context window, the window slides forward by half its length
 and the cache is rebuilt from the newer half (positions restart at 0). With or without the
@@ -19,29 +23,16 @@ rebuilt once every ``context_length / 2`` tokens instead of recomputing every st
 from __future__ import annotations
 
 import codecs
-import math
 from collections.abc import Iterator
 
 import torch
 
 from model import GPTModel
+from support.clean_text import CleanTextMask, clean_text_mask
+from support.validate import check_prompt, check_sampling
 from tokenizer import ENDOFTEXT, BPETokenizer
 
 MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake
-
-
-def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
-                   top_p: float | None) -> None:
-    """Raise one clear ValueError for any out-of-range sampling setting."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
-    if not (isinstance(temperature, int | float) and 0 <= temperature < math.inf):
-        raise ValueError(
-            f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}.")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
-    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}.")
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -70,11 +61,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  use_cache: bool = True, vocab_size: int | None = None,
-                 stop_id: int | None = None) -> Iterator[int]:
-    """Yield up to ``max_new_tokens`` new token ids continuing ``ids`` (one sequence)."""
-    check_settings(max_new_tokens, temperature, top_k, top_p)
-    if not ids:
-        raise ValueError("generate_ids needs at least one prompt token.")
+                 stop_id: int | None = None, clean: CleanTextMask | None = None
+                 ) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids continuing ``ids`` (one sequence).
+
+    With ``clean`` (see clean_text_mask), only tokens that keep the text valid UTF-8 without
+    control characters are drawn.
+    """
+    check_sampling(max_new_tokens, temperature, top_k, top_p, prompt_tokens=len(ids))
     model.eval()
     device = next(model.parameters()).device
     ctx = model.config.context_length
@@ -83,6 +77,7 @@ def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperatu
         generator = torch.Generator(device=device).manual_seed(seed)
     seq = torch.tensor([ids[-ctx:]], dtype=torch.long, device=device)
     start, cache = 0, None  # the model sees seq[:, start:], at most ctx tokens
+    text_state = 0  # UTF-8 decoder state of the text generated so far: at a character boundary
     for _ in range(max_new_tokens):
         if seq.size(1) - start > ctx:  # window full: keep its newer half, rebuild the cache
             start, cache = seq.size(1) - max(1, ctx // 2), None  # ctx=1: keep 1, not 0
@@ -95,27 +90,28 @@ def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperatu
         logits = logits[:, -1, :]
         if vocab_size is not None and vocab_size < logits.size(-1):
             logits = logits[:, :vocab_size]  # never sample ids the tokenizer cannot decode
+        if clean is not None:  # keep the text clean: ban tokens that would break it
+            logits = clean.restrict(logits, text_state)
         next_id = sample_next(logits, temperature, top_k, top_p, generator)
         token = int(next_id)
         if stop_id is not None and token == stop_id:
             return
+        if clean is not None:
+            text_state = clean.advance(text_state, token)
         yield token
         seq = torch.cat([seq, next_id], dim=1)
 
 
 def encode_prompt(tokenizer: BPETokenizer, prompt: str) -> list[int]:
     """Prompt ids; an empty prompt starts from <|endoftext|>, like the start of a document."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt has {len(prompt):,} characters; the limit is "
-                         f"{MAX_PROMPT_CHARS:,}. Shorten it.")
-    if ids := tokenizer.encode(prompt):
-        return ids
-    if ENDOFTEXT not in tokenizer.special_tokens:
-        raise ValueError(f"This tokenizer has no {ENDOFTEXT} token to start from, so give a "
-                         "non-empty prompt.")
-    return [tokenizer.eot_id]
+    check_prompt(prompt, MAX_PROMPT_CHARS, can_start_empty=ENDOFTEXT in tokenizer.special_tokens)
+    return tokenizer.encode(prompt) or [tokenizer.eot_id]
+
+
+def text_mask(tokenizer: BPETokenizer) -> CleanTextMask:
+    """The clean-text mask for ``tokenizer``'s vocabulary (built once, then cached)."""
+    token_bytes = tuple(tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size))
+    return clean_text_mask(token_bytes, frozenset(tokenizer.special_tokens.values()))
 
 
 def stream_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int = 200,
@@ -124,21 +120,20 @@ def stream_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str, max_new_t
                 ) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece as tokens are generated.
 
-    A token can end in the middle of a multi-byte character, so bytes go through an
-    incremental UTF-8 decoder that only releases complete characters.
+    Only tokens that keep the text valid UTF-8 without control characters (but newline and
+    tab) are drawn. A token can still end in the middle of a multi-byte character, so bytes
+    go through an incremental UTF-8 decoder that only releases complete characters; a
+    character left incomplete when ``max_new_tokens`` runs out is not shown.
     """
     ids = encode_prompt(tokenizer, prompt)
     # A tokenizer trained without <|endoftext|> has no token to stop at: run to max_new_tokens.
     stop_id = tokenizer.special_tokens.get(ENDOFTEXT) if stop_at_eot else None
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = codecs.getincrementaldecoder("utf-8")()  # strict: the mask keeps the bytes valid
     for token in generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                              use_cache, vocab_size=tokenizer.vocab_size, stop_id=stop_id):
-        piece = decoder.decode(tokenizer.token_bytes(token))
-        if piece:
+                              use_cache, vocab_size=tokenizer.vocab_size, stop_id=stop_id,
+                              clean=text_mask(tokenizer)):
+        if piece := decoder.decode(tokenizer.token_bytes(token)):
             yield piece
-    tail = decoder.decode(b"", final=True)
-    if tail:
-        yield tail
 
 
 def generate_text(model: GPTModel, tokenizer: BPETokenizer, prompt: str,

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from support.validate import check_lora_layer, check_mergeable, check_targets, check_trainable
+
 # The linear layers of a GPT block: attention in/out projections and the MLP projections.
 DEFAULT_TARGETS = ("qkv", "out_proj", "fc_in", "fc_out")
 
@@ -68,22 +70,10 @@ class LoRALayer(nn.Module):
 
     def __init__(self, linear: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0):
         super().__init__()
-        if isinstance(linear, LoRALayer):
-            raise ValueError("this layer already has a LoRA adapter; do not wrap it twice")
         in_features = getattr(linear, "in_features", None)
         out_features = getattr(linear, "out_features", None)
-        if not isinstance(in_features, int) or not isinstance(out_features, int):
-            raise ValueError(
-                f"LoRA wraps linear layers with in_features/out_features, "
-                f"got {type(linear).__name__}"
-            )
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
-        if not alpha > 0:  # 0 would silence the adapters; a sign flip only confuses
-            raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
-
+        check_lora_layer(type(linear).__name__, in_features, out_features, r, alpha, dropout,
+                         already_wrapped=isinstance(linear, LoRALayer))
         self.linear = linear
         self.linear.requires_grad_(False)
         self.in_features = in_features
@@ -115,11 +105,7 @@ class LoRALayer(nn.Module):
 
     def _weight_to_merge_into(self) -> torch.Tensor:
         weight = _mergeable_weight(self.linear)
-        if weight is None:
-            raise ValueError(
-                f"cannot merge LoRA into a quantized {type(self.linear).__name__}: its weight "
-                "is stored in 4 bits; keep the adapter separate (or merge into a dense copy)"
-            )
+        check_mergeable(type(self.linear).__name__, weight is not None)
         return weight
 
     @torch.no_grad()
@@ -146,6 +132,23 @@ def lora_layers(model: nn.Module) -> list[LoRALayer]:
     return [m for m in model.modules() if isinstance(m, LoRALayer)]
 
 
+def find_targets(model: nn.Module, targets: Iterable[str]
+                 ) -> tuple[tuple[str, ...], list[tuple[nn.Module, str, str, nn.Module]]]:
+    """(targets as a tuple, [(parent, child name, full dotted name, child)] for every child
+    named in ``targets``). A target matches a child's own name ("qkv") or its full dotted name
+    ("blocks.0.attn.qkv"). The base layer inside a LoRALayer is never a target."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    found = []
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, LoRALayer):
+            continue  # its `.linear` is the frozen base, never a new target
+        for child_name, child in parent.named_children():
+            full_name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if child_name in targets or full_name in targets:
+                found.append((parent, child_name, full_name, child))
+    return targets, found
+
+
 def apply_lora(
     model: nn.Module,
     r: int = 8,
@@ -155,30 +158,15 @@ def apply_lora(
 ) -> nn.Module:
     """Wrap every linear-like child whose name is in `targets` in a LoRALayer, in place.
 
-    A target matches a child's own name ("qkv") or its full dotted name ("blocks.0.attn.qkv").
-    Applying twice is a no-op: a child that already is a LoRALayer is left alone, and the base
-    layer inside a LoRALayer is never wrapped again. Returns the model for chaining.
+    Applying twice is a no-op: a child that already is a LoRALayer is left alone. Returns the
+    model for chaining.
     """
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    if not targets:
-        raise ValueError("apply_lora needs at least one target module name")
-    to_wrap: list[tuple[nn.Module, str, nn.Module]] = []
-    matched = False
-    for parent_name, parent in model.named_modules():
-        if isinstance(parent, LoRALayer):
-            continue  # its `.linear` is the frozen base, never a new target
-        for child_name, child in parent.named_children():
-            full_name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if child_name not in targets and full_name not in targets:
-                continue
-            matched = True
-            if not isinstance(child, LoRALayer) and hasattr(child, "in_features"):
-                to_wrap.append((parent, child_name, child))
-    if not matched:
-        raise ValueError(f"no module named any of {list(targets)} found in the model")
+    targets, found = find_targets(model, targets)
+    check_targets(targets, found=bool(found))
     # Replace after the walk: mutating children while iterating named_modules is unsafe.
-    for parent, child_name, child in to_wrap:
-        setattr(parent, child_name, LoRALayer(child, r=r, alpha=alpha, dropout=dropout))
+    for parent, child_name, _, child in found:
+        if not isinstance(child, LoRALayer) and hasattr(child, "in_features"):
+            setattr(parent, child_name, LoRALayer(child, r=r, alpha=alpha, dropout=dropout))
     return model
 
 
@@ -192,10 +180,9 @@ def freeze_all_but_lora(model: nn.Module, trainable_extra: Iterable[str] = ()) -
     trainable_extra = (trainable_extra,) if isinstance(trainable_extra, str) else tuple(
         trainable_extra
     )
-    if not lora_layers(model):
-        raise ValueError("the model has no LoRA layers; call apply_lora first")
+    trainable: dict[str, bool] = {}
     used_extras: set[str] = set()
-    for name, param in model.named_parameters():
+    for name, _ in model.named_parameters():
         module_path = name.rsplit(".", 1)[0] if "." in name else ""
         parts = module_path.split(".") if module_path else []
         hits = {
@@ -203,10 +190,10 @@ def freeze_all_but_lora(model: nn.Module, trainable_extra: Iterable[str] = ()) -
             if extra in parts or module_path == extra or module_path.startswith(extra + ".")
         }
         used_extras |= hits
-        param.requires_grad_(name.rsplit(".", 1)[-1] in _ADAPTER_NAMES or bool(hits))
-    missing = set(trainable_extra) - used_extras
-    if missing:
-        raise ValueError(f"trainable_extra names match no parameters: {sorted(missing)}")
+        trainable[name] = name.rsplit(".", 1)[-1] in _ADAPTER_NAMES or bool(hits)
+    check_trainable(bool(lora_layers(model)), set(trainable_extra) - used_extras)
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable[name])
     return model
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from support.validate import check_model_config
+
 # Per layer: (keys, values), each [batch, n_head, seen_tokens, head_dim].
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -40,18 +42,9 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if type(value) is not int:  # 8.0 or True would only fail deep inside nn.Embedding
-                raise ValueError(f"{name} must be an integer, got {value!r}.")
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}.")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})."
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        sizes = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")
+        check_model_config({name: getattr(self, name) for name in sizes}, self.n_embd,
+                           self.n_head, self.dropout)
 
     def to_dict(self) -> dict:
         return asdict(self)

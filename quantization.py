@@ -27,16 +27,16 @@ for 4-bit ones; apply LoRA (lora.py) afterwards to get QLoRA.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora import DEFAULT_TARGETS, LoRALayer
+from lora import DEFAULT_TARGETS, LoRALayer, find_targets
+from support.optional_packages import import_bitsandbytes
+from support.validate import check_quantizable, check_quantize_request
 
 BACKENDS = ("scratch", "bitsandbytes")
 DQ_BLOCKSIZE = 256  # block size for double-quantizing the absmax constants (QLoRA paper)
@@ -142,18 +142,6 @@ class NF4Tensor:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-def _check_float_tensor(weight: torch.Tensor, blocksize: int) -> None:
-    if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
-        found = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"can only quantize a floating-point tensor, got {found}")
-    if weight.numel() == 0:
-        raise ValueError("cannot quantize an empty tensor")
-    if not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
-    if not torch.isfinite(weight).all():
-        raise ValueError("cannot quantize a tensor that contains NaN or inf")
-
-
 def _blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
     """[n] -> [n_blocks, blocksize], zero-padding the last block (zeros never change an absmax)."""
     n_blocks = math.ceil(flat.numel() / blocksize)
@@ -207,7 +195,7 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = 64, double_quant: bool =
     Blocks run over the flattened tensor, so a shape need not be a multiple of the block size:
     the last block is simply shorter.
     """
-    _check_float_tensor(weight, blocksize)
+    check_quantizable(weight, blocksize)
     flat = weight.detach().reshape(-1).float()
     blocks = _blocks(flat, blocksize)
     absmax = blocks.abs().amax(dim=1)
@@ -317,29 +305,6 @@ class Linear4bit(nn.Module):
 # ----------------------------------------------------------------------------------------
 # bitsandbytes backend
 
-# bitsandbytes' CPU backend logs a warning through this logger on every import when the CPU
-# supports AVX512-BF16 but the optional `kernels` package (which downloads code at run time)
-# is not installed. It is harmless: bitsandbytes falls back to its built-in kernel.
-_BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
-
-
-def _drop_kernels_community_warning(record: logging.LogRecord) -> bool:
-    return "kernels-community" not in record.getMessage()
-
-
-def import_bitsandbytes() -> Any:
-    """Import bitsandbytes lazily (only the bitsandbytes backend needs it), quietly."""
-    logging.getLogger(_BNB_CPU_LOGGER).addFilter(_drop_kernels_community_warning)
-    try:
-        import bitsandbytes
-    except ImportError as error:
-        raise ImportError(
-            "the bitsandbytes backend needs the bitsandbytes package: pip install "
-            "'bitsandbytes>=0.50,<0.51' (or use backend='scratch')"
-        ) from error
-    return bitsandbytes
-
-
 def _bitsandbytes_linear4bit(
     linear: nn.Linear, blocksize: int, double_quant: bool, compute_dtype: torch.dtype
 ) -> nn.Module:
@@ -388,32 +353,18 @@ def quantize_model(
     before apply_lora; a LoRA-wrapped dense layer is refused rather than silently changed.
     Returns the model.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets, found = find_targets(model, targets)
     to_replace: list[tuple[nn.Module, str, nn.Linear]] = []
-    matched = False
-    for parent_name, parent in model.named_modules():
-        if isinstance(parent, LoRALayer) or is_quantized(parent):
+    dense_lora = []  # LoRA on a dense weight: quantizing under it would change what it learned
+    for parent, child_name, full_name, child in found:
+        if is_quantized(parent) or is_quantized(child):
             continue
-        for child_name, child in parent.named_children():
-            full_name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if child_name not in targets and full_name not in targets:
-                continue
-            matched = True
-            if is_quantized(child):
-                continue
-            if isinstance(child, LoRALayer):
-                if is_quantized(child.linear):
-                    continue
-                raise ValueError(
-                    f"{full_name} already has a LoRA adapter on a dense weight; "
-                    "call quantize_model before apply_lora"
-                )
-            if isinstance(child, nn.Linear):
-                to_replace.append((parent, child_name, child))
-    if not matched:
-        raise ValueError(f"no module named any of {list(targets)} found in the model")
+        if isinstance(child, LoRALayer):
+            if not is_quantized(child.linear):
+                dense_lora.append(full_name)
+        elif isinstance(child, nn.Linear):
+            to_replace.append((parent, child_name, child))
+    check_quantize_request(backend, BACKENDS, targets, bool(found), dense_lora)
     for parent, child_name, linear in to_replace:
         if backend == "scratch":
             layer = Linear4bit(linear, blocksize, double_quant, compute_dtype)

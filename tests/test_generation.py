@@ -1,11 +1,13 @@
 """Generation: greedy decoding with and without the KV cache, sampling filters, bad settings."""
 
+import codecs
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation import generate_ids, generate_text, sample_next, stream_text
+from generation import generate_ids, generate_text, sample_next, stream_text, text_mask
 from model import GPTConfig, GPTModel
 from tokenizer import BPETokenizer
 
@@ -83,6 +85,14 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert set(drawn.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.8
 
 
+def test_top_p_keeps_the_token_that_crosses_p():
+    # 0.5 alone is below 0.7, 0.5 + 0.3 passes it: token 1 crosses p and belongs to the nucleus.
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(2000, 1)
+    drawn = sample_next(probs.log(), 1.0, top_k=None, top_p=0.7,
+                        generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {0, 1}
+
+
 def test_streaming_pieces_add_up_to_the_generated_text(model, tokenizer):
     pieces = list(stream_text(model, tokenizer, "Whether", 25, temperature=0.9, seed=3))
     assert "".join(pieces) == generate_text(model, tokenizer, "Whether", 25, temperature=0.9,
@@ -98,8 +108,9 @@ def test_never_samples_ids_the_tokenizer_cannot_decode(model, tokenizer):
 
 def continuation(model, tokenizer, ids, n, stop_id=None, **settings) -> str:
     """The text of ``n`` tokens generated from exactly ``ids``."""
-    new = generate_ids(model, ids, n, vocab_size=tokenizer.vocab_size, stop_id=stop_id, **settings)
-    return b"".join(map(tokenizer.token_bytes, new)).decode("utf-8", errors="replace")
+    new = generate_ids(model, ids, n, vocab_size=tokenizer.vocab_size, stop_id=stop_id,
+                       clean=text_mask(tokenizer), **settings)
+    return b"".join(map(tokenizer.token_bytes, new)).decode("utf-8", errors="ignore")
 
 
 def test_an_over_long_prompt_keeps_its_last_context_length_tokens(model, tokenizer):
@@ -149,3 +160,50 @@ def test_any_prompt_and_valid_settings_generate_text(model, tokenizer, prompt, t
     out = generate_text(model, tokenizer, prompt, 4, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed)
     assert isinstance(out, str)
+
+
+# ---------------------------------------------------------------------------- clean text
+
+BANNED = {chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} - {"\n", "\t"}
+
+
+def test_a_random_model_samples_only_clean_text(model, tokenizer):
+    # An untrained model draws bytes >= 0x80 and control bytes all the time: the mask must
+    # keep every sample valid UTF-8 (a strict decode) without control characters.
+    for seed in range(6):
+        ids = list(generate_ids(model, [1], 50, temperature=3.0, seed=seed,
+                                vocab_size=tokenizer.vocab_size, clean=text_mask(tokenizer)))
+        data = b"".join(map(tokenizer.token_bytes, ids))
+        text = codecs.getincrementaldecoder("utf-8")().decode(data)  # strict, tail may wait
+        assert not BANNED & set(text)
+        out = generate_text(model, tokenizer, "To be", 50, temperature=3.0, seed=seed)
+        assert "\ufffd" not in out and not BANNED & set(out)
+
+
+class FixedPreference(torch.nn.Module):
+    """A stand-in model whose logits always rank the same tokens first."""
+
+    def __init__(self, vocab_size: int, preferred: list[int]):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=vocab_size, context_length=64, n_layer=1, n_head=1,
+                                n_embd=1)
+        self.logits = torch.zeros(vocab_size)
+        for rank, token in enumerate(preferred):
+            self.logits[token] = 10.0 - rank
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # generate_ids reads the device here
+
+    def forward(self, idx, past_kvs=None, use_cache=False):
+        logits = self.logits.expand(idx.size(0), idx.size(1), -1)
+        return (logits, []) if use_cache else logits
+
+
+def test_a_character_cut_off_by_max_new_tokens_is_not_shown(tokenizer):
+    byte_id = {tokenizer.token_bytes(i): i for i in range(256)}
+    # The model always prefers E4, then B8. With the mask the lead E4 cannot be drawn again
+    # until its character is complete: E4 B8 B8, E4 B8 B8, ...
+    fake = FixedPreference(tokenizer.vocab_size, [byte_id[b"\xe4"], byte_id[b"\xb8"]])
+    char = b"\xe4\xb8\xb8".decode("utf-8")
+    assert generate_text(fake, tokenizer, "x", 3, temperature=0) == char
+    assert generate_text(fake, tokenizer, "x", 5, temperature=0) == char  # 2 bytes cut off
+    assert generate_text(fake, tokenizer, "x", 2, temperature=0) == ""
+    assert list(stream_text(fake, tokenizer, "x", 7, temperature=0)) == [char, char]

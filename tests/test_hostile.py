@@ -7,6 +7,7 @@ in test_classifier.py and test_instructions.py.
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from classifier import GPTClassifier, predict
+from classifier import GPTClassifier, load_classifier, predict, save_classifier
 from generation import generate_text
 from instructions import answer, format_prompt
 from model import GPTConfig, GPTModel
@@ -126,3 +127,52 @@ def test_a_checkpoint_with_a_wrongly_typed_config_is_refused(tmp_path, model, to
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+@pytest.fixture
+def built_on(monkeypatch) -> list[str]:
+    """The device of every GPTModel built from now on ("meta" costs no memory)."""
+    devices: list[str] = []
+    init = GPTModel.__init__
+
+    def spy(self, config):
+        init(self, config)
+        devices.append(self.tok_emb.weight.device.type)
+
+    monkeypatch.setattr(GPTModel, "__init__", spy)
+    return devices
+
+
+@pytest.mark.parametrize("save", ["gpt", "classifier"])
+def test_a_config_declaring_a_huge_model_fails_fast_without_building_it(tmp_path, model,
+                                                                        tokenizer, built_on,
+                                                                        save):
+    # The small weights of a 1-layer, 32-wide model under a config of 8 layers, 65,536 wide:
+    # building that model would allocate ~51 GB.
+    path = tmp_path / "huge.pth"
+    if save == "gpt":
+        save_checkpoint(path, model, tokenizer)
+    else:
+        save_classifier(path, GPTClassifier(model), tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"].update(n_embd=65536, n_layer=8)
+    torch.save(ckpt, path)
+    built_on.clear()
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"^{path}: its config does not match its weights"):
+        (load_checkpoint if save == "gpt" else load_classifier)(path)
+    assert time.perf_counter() - start < 10  # a meta build takes well under a second
+    assert built_on == ["meta"]  # shapes only: nothing of the claimed size was allocated
+
+
+def test_a_config_with_more_layers_than_the_file_has_tensors_is_refused_at_once(
+        tmp_path, model, tokenizer, built_on):
+    path = tmp_path / "deep.pth"
+    save_checkpoint(path, model, tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["n_layer"] = 10**9  # even on the meta device, a billion modules take ages
+    torch.save(ckpt, path)
+    built_on.clear()
+    with pytest.raises(CheckpointError, match="declares 1000000000 layers"):
+        load_checkpoint(path)
+    assert built_on == []

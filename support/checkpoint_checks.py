@@ -1,0 +1,163 @@
+"""The ways a checkpoint file can be wrong, each one CheckpointError sentence naming the file.
+
+checkpoint.py teaches the format; this module holds what a loader must check before it trusts
+a file: its structure, a config that matches the saved tensors (a config is only a claim: a
+hostile file can declare a 51 GB model around a few kilobytes of weights), and the metadata
+an adapter file carries about its adapters and its base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from support.errors import CheckpointError
+
+
+def check_structure(ckpt: Any, path: str | Path, kind: str | None, fmt: str, version: int
+                    ) -> None:
+    """A dict in ``fmt`` at ``version``, of ``kind`` (when given), that holds weights."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not an {fmt} checkpoint.")
+    if ckpt.get("version") != version:
+        raise CheckpointError(f"{path} has format version {ckpt.get('version')}, "
+                              f"this code reads version {version}.")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected '{kind}'.")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
+                              "('state_dict').")
+
+
+@contextmanager
+def invalid_config(path: str | Path) -> Iterator[None]:
+    """Turn an error from rebuilding the stored config or tokenizer into one sentence."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None
+
+
+def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
+                              model_vocab: int, tokenizer_vocab: int,
+                              shapes: Callable[[], Mapping[str, torch.Size]],
+                              prefix: str = "") -> None:
+    """The config describes the saved tensors, before anything of its size is allocated.
+
+    ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
+    device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. Every
+    layer owns tensors in the file, so a config with more layers than the file has tensors is
+    refused before ``shapes()`` would build them.
+    """
+    if tokenizer_vocab > model_vocab:
+        raise CheckpointError(f"{path}: its tokenizer has {tokenizer_vocab} tokens but "
+                              f"the model only {model_vocab}.")
+    if n_layer > len(state_dict):
+        raise CheckpointError(f"{path}: its config declares {n_layer} layers but the file "
+                              f"holds only {len(state_dict)} tensors.")
+    for name, shape in shapes().items():
+        saved = state_dict.get(prefix + name)
+        if not isinstance(saved, torch.Tensor) or saved.shape != shape:
+            found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
+            raise CheckpointError(f"{path}: its config does not match its weights "
+                                  f"({prefix + name} should be {tuple(shape)}, the file holds "
+                                  f"{found}).")
+
+
+class _SkipInit(TorchFunctionMode):
+    """``torch.nn.init`` does nothing: a meta tensor has no values to fill. (On the meta
+    device ``normal_`` would import torch's compiler stack, seconds, for nothing.)"""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")
+        if getattr(func, "__module__", None) == "torch.nn.init" and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
+def meta_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, torch.Size]:
+    """The shape of every tensor in ``build()``'s state dict, built on the meta device: the
+    module gets its real shapes but no storage, however large it claims to be."""
+    with torch.device("meta"), _SkipInit():
+        return {name: t.shape for name, t in build().state_dict().items()}
+
+
+@contextmanager
+def weights_mismatch(path: str | Path) -> Iterator[None]:
+    """Turn ``load_state_dict``'s name/shape mismatch into one sentence."""
+    try:
+        yield
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(f"{path} does not match this model: {detail}") from None
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
+    """One sentence for a metadata entry that a loader cannot use (``ok`` is False).
+
+    A hand-edited or foreign file then fails here, naming the entry, rather than with a
+    TypeError or KeyError deep inside the loader, which the app could not show.
+    """
+    if not ok:
+        problem = "is missing" if value is None else f"is invalid ({value!r:.60})"
+        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; make the file "
+                              "again with the script that wrote it.")
+
+
+def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
+    """The checkpoint's metadata dict (one sentence if it is not a dict)."""
+    meta = ckpt.get("metadata", {})
+    check_metadata(path, "metadata", meta, isinstance(meta, dict))
+    return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rank_matches_tensors(r: Any, state_dict: Mapping[str, Any]) -> bool:
+    """Every saved adapter has rank ``r``: lora_A is [r, in], lora_B is [out, r]. (The rank
+    decides what apply_lora allocates, so it must be what the file holds.)"""
+    for name, tensor in state_dict.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("lora_A", "lora_B") and not (
+                isinstance(tensor, torch.Tensor) and tensor.dim() == 2
+                and tensor.shape[0 if leaf == "lora_A" else 1] == r):
+            return False
+    return True
+
+
+def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
+                     ) -> tuple[dict, str, str | Path]:
+    """(LoRA settings, base fingerprint, base path) of an adapter checkpoint, all checked.
+
+    The settings are apply_lora's {"r", "alpha", "dropout", "targets"}; the base path is
+    ``base`` when given, else the one stored (the path the adapters were trained on).
+    """
+    meta = checkpoint_metadata(ckpt, path)
+    lora = meta.get("lora")
+    check_metadata(path, "lora", lora, isinstance(lora, dict))
+    r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "targets"))
+    check_metadata(path, "lora.r", r, isinstance(r, int) and not isinstance(r, bool) and r > 0
+                   and _rank_matches_tensors(r, ckpt["state_dict"]))
+    check_metadata(path, "lora.alpha", alpha, _is_number(alpha))
+    check_metadata(path, "lora.dropout", dropout,
+                   dropout is None or (_is_number(dropout) and 0 <= dropout < 1))
+    check_metadata(path, "lora.targets", targets, isinstance(targets, list | tuple)
+                   and len(targets) > 0 and all(isinstance(t, str) for t in targets))
+    fingerprint = meta.get("base_fingerprint")
+    check_metadata(path, "base_fingerprint", fingerprint, isinstance(fingerprint, str))
+    if base is None:
+        base = meta.get("base_path")
+        check_metadata(path, "base_path", base, isinstance(base, str))
+    return lora, fingerprint, base
