@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from data_utils import create_dataloader
 from model import GPTConfig, GPTModel
@@ -204,6 +205,29 @@ def test_resumed_run_matches_an_uninterrupted_one(optimizer):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_gradients_are_clipped_before_every_optimizer_step(optimizer):
+    """The total gradient norm the optimizer sees never exceeds grad_clip."""
+    norms = []
+
+    def record_norm(opt, args, kwargs):  # runs just before each opt.step()
+        grads = [p.grad for group in opt.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    clip = 1e-3  # far below the unclipped norms (~1), so every step is clipped
+    cfg = TrainConfig(max_steps=5, learning_rate=1e-3, warmup_steps=1, eval_interval=1000,
+                      grad_clip=clip, optimizer=optimizer)
+    train, _ = loaders()
+    hook = register_optimizer_step_pre_hook(record_norm)
+    try:
+        train_model(fresh_model(), train, None, cfg, CPU)
+    finally:
+        hook.remove()
+    assert len(norms) == 5
+    assert all(norm <= clip * (1 + 1e-4) for norm in norms), norms
 
 
 def test_gradient_accumulation_matches_a_bigger_batch():
