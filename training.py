@@ -45,6 +45,8 @@ from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts i
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run (a script's flags set them; the values are checked)."""
+
     max_steps: int = 1000
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
