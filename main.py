@@ -7,7 +7,8 @@
 
 Steps: train (or reuse) the BPE tokenizer, encode the train/val splits, train the model with
 ``training.train_model``, save a self-describing checkpoint, and print a sample.
-Ctrl-C (or SIGTERM) stops cleanly and saves; ``--resume`` continues exactly where it stopped.
+Ctrl-C (or SIGTERM) stops cleanly: it saves, says what it saved where, and exits 130 (143);
+``--resume`` continues exactly where it stopped.
 """
 
 from __future__ import annotations
