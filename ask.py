@@ -24,13 +24,12 @@ from instructions import format_prompt, load_instruction_model, stream_answer
 from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
 from support.cli import run
-from support.flags import HelpFormatter
+from support.flags import FlagParser
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("instruction", help="what the model should do, e.g. a question")
     p.add_argument("--context", default="", help="text the instruction is about (optional)")
     p.add_argument("--adapters", default="qlora_adapters.pth",

@@ -24,13 +24,12 @@ from collections.abc import Iterator
 
 from classifier import load_classifier, normalize_text, predict
 from support.cli import run
-from support.flags import HelpFormatter
+from support.flags import FlagParser
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sentences", nargs="*", default=None,
                    help="sentences to classify; none, or -, reads them from stdin, one a line")
     p.add_argument("--model", default="classifier.pth",

@@ -7,7 +7,8 @@
 
 Steps: train (or reuse) the BPE tokenizer, encode the train/val splits, train the model with
 ``training.train_model``, save a self-describing checkpoint, and print a sample.
-Ctrl-C (or SIGTERM) stops cleanly and saves; ``--resume`` continues exactly where it stopped.
+Ctrl-C (or SIGTERM) stops cleanly: it saves, says what it saved where, and exits 130 (143);
+``--resume`` continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -37,55 +38,97 @@ from data_utils import (
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.cli import run
+from support.flags import (
+    FlagParser,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from support.metrics import forget_steps_after
 from tokenizer import BPETokenizer
-from training import TrainConfig, cleanup_distributed, launch, train_model
+from training import Launch, TrainConfig, cleanup_distributed, launch, train_model
 
-# Each preset: model shape, tokenizer size and training schedule. Flags override any field.
+# Each preset: model shape, tokenizer size and training schedule. A flag overrides any value
+# (--max-steps 500 and so on); nothing else changes them.
 PRESETS: dict[str, dict] = {
     # About 5 minutes on 2 CPU cores. Chosen by measurement at equal CPU time (README):
     # Muon lets a 4th layer pay for its cost (with AdamW, 3 layers win), more steps of a
     # smaller batch beat fewer large ones, and dropout only slows learning this early.
-    "cpu": dict(vocab_size=1024, context_length=128, n_layer=4, n_head=4, n_embd=128,
-                dropout=0.0, batch_size=8, grad_accum_steps=1, max_steps=1800,
-                learning_rate=3e-3, min_lr=0.0, warmup_steps=50, eval_interval=200,
-                optimizer="muon", muon_lr=0.02),
+    "cpu": {
+        "vocab_size": 1024, "context_length": 128, "n_layer": 4, "n_head": 4, "n_embd": 128,
+        "dropout": 0.0, "batch_size": 8, "grad_accum_steps": 1, "max_steps": 1800,
+        "learning_rate": 3e-3, "min_lr": 0.0, "warmup_steps": 50, "eval_interval": 200,
+        "weight_decay": 0.1, "optimizer": "muon", "muon_lr": 0.02,
+    },
     # One GPU, under a minute on an H100. TinyShakespeare is only ~400 k tokens, so this
     # 11.5 M-parameter model memorises it within ~600 steps (train loss -> 0, val loss up):
     # heavy dropout, a short schedule, and the best-val weights are what is kept.
-    "gpu": dict(vocab_size=2048, context_length=256, n_layer=6, n_head=6, n_embd=384,
-                dropout=0.3, batch_size=64, grad_accum_steps=1, max_steps=1000,
-                learning_rate=1e-3, min_lr=1e-4, warmup_steps=200, eval_interval=250,
-                optimizer="adamw"),
+    "gpu": {
+        "vocab_size": 2048, "context_length": 256, "n_layer": 6, "n_head": 6, "n_embd": 384,
+        "dropout": 0.3, "batch_size": 64, "grad_accum_steps": 1, "max_steps": 1000,
+        "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_steps": 200, "eval_interval": 250,
+        "weight_decay": 0.1, "optimizer": "adamw", "muon_lr": 0.02,
+    },
     # Seconds, for tests and smoke runs.
-    "tiny": dict(vocab_size=320, context_length=32, n_layer=2, n_head=2, n_embd=32,
-                 dropout=0.0, batch_size=8, grad_accum_steps=1, max_steps=30,
-                 learning_rate=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=10,
-                 optimizer="muon", muon_lr=0.02),
+    "tiny": {
+        "vocab_size": 320, "context_length": 32, "n_layer": 2, "n_head": 2, "n_embd": 32,
+        "dropout": 0.0, "batch_size": 8, "grad_accum_steps": 1, "max_steps": 30,
+        "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_steps": 5, "eval_interval": 10,
+        "weight_decay": 0.1, "optimizer": "muon", "muon_lr": 0.02,
+    },
 }
 
+# The flag of each preset value: what it parses (and checks) and what it means.
+PRESET_FLAGS = {
+    "vocab_size": (positive_int, "tokens in the BPE vocabulary"),
+    "context_length": (positive_int, "tokens the model sees at once"),
+    "n_layer": (positive_int, "transformer blocks"),
+    "n_head": (positive_int, "attention heads per block"),
+    "n_embd": (positive_int, "width of the token vectors"),
+    "dropout": (fraction, "dropout probability while training"),
+    "batch_size": (positive_int, "sequences per micro-batch (per process)"),
+    "grad_accum_steps": (positive_int, "micro-batches per optimizer step"),
+    "max_steps": (positive_int, "optimizer steps"),
+    "learning_rate": (positive_float, "peak learning rate"),
+    "min_lr": (nonnegative_float, "learning rate at the end of the cosine decay"),
+    "warmup_steps": (nonnegative_int, "steps of linear warmup"),
+    "eval_interval": (positive_int, "measure the val loss every N steps"),
+    "weight_decay": (nonnegative_float, "AdamW's weight decay, on matrices only"),
+    "optimizer": (str, "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest"),
+    "muon_lr": (positive_float, "peak learning rate of the Muon matrices"),
+}
+MODEL_FIELDS = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "dropout")
+TRAIN_FIELDS = ("max_steps", "learning_rate", "min_lr", "warmup_steps", "grad_accum_steps",
+                "eval_interval", "weight_decay", "optimizer", "muon_lr")
 
-# Flags that override one preset field (unset: the preset's value).
-INT_OVERRIDES = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "batch_size",
-                 "grad_accum_steps", "max_steps", "warmup_steps", "eval_interval")
-FLOAT_OVERRIDES = ("dropout", "learning_rate", "min_lr", "weight_decay", "muon_lr")
+
+def preset_defaults(name: str) -> str:
+    """E.g. "1800 (cpu preset), 1000 (gpu), 30 (tiny)", or "0.1 (every preset)"."""
+    values = {preset: values[name] for preset, values in PRESETS.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values()))} (every preset)"
+    parts = [f"{value} ({preset})" for preset, value in values.items()]
+    return ", ".join(parts).replace(")", " preset)", 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=PRESETS, default="cpu", help="model and schedule size")
     p.add_argument("--out", default=None,
-                   help="where to save the model; unset: model_weights.pth, or a resumed "
-                        "run's own file")
+                   help="where to save the model (default: model_weights.pth, or a resumed "
+                        "run's own file)")
     p.add_argument("--tokenizer", default="tokenizer.json",
                    help="tokenizer file: reused if it exists with the right vocab size")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
-                   "$LLM_DATA_DIR, else download into data/")
+    p.add_argument("--data-dir", default=None, help="read datasets from this folder (default: "
+                   "$LLM_DATA_DIR, else download into data/)")
     p.add_argument("--instruction-file", default=None,
-                   help="Dolly-schema JSONL added to the tokenizer corpus; unset: Dolly-15k")
+                   help="Dolly-schema JSONL added to the tokenizer corpus (default: Dolly-15k)")
     p.add_argument("--run-name", default="pretrain", help="metrics go to runs/<run-name>/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast dtype; auto: bfloat16 where the hardware has it")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~30 s)")
     p.add_argument("--resume", action="store_true", help="continue runs/<run-name>/state.pt")
     p.add_argument("--seed", type=int, default=1337,
@@ -93,27 +136,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nanogpt-split", action="store_true",
                    help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
                         "its published losses on the same test slice (val is then trained on)")
-    p.add_argument("--sample-tokens", type=int, default=200, help="sample length after training")
-    for name in INT_OVERRIDES:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help="override the preset")
-    for name in FLOAT_OVERRIDES:
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
-                       help="override the preset")
-    p.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
-                   help="override the preset: muon trains the blocks' matrices with Muon")
-    p.add_argument("--checkpoint-interval", type=int, default=500,
+    p.add_argument("--sample-tokens", type=nonnegative_int, default=200,
+                   help="sample length after training (0: no sample)")
+    p.add_argument("--checkpoint-interval", type=nonnegative_int, default=500,
                    help="save weights and training state every N steps (0: only at the end)")
+    values = p.add_argument_group("preset values", "each flag overrides one value of --preset")
+    for name, (kind, meaning) in PRESET_FLAGS.items():
+        values.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            choices=["adamw", "muon"] if name == "optimizer" else None,
+                            help=f"{meaning} (default: {preset_defaults(name)})")
     return p.parse_args(argv)
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """The preset with every flag the user gave laid over it."""
-    merged = dict(PRESETS[args.preset])
-    for key in list(merged) + ["weight_decay", "muon_lr"]:
-        if getattr(args, key, None) is not None:
-            merged[key] = getattr(args, key)
-    return merged
+    """The preset's values, each replaced by its flag where the user gave one."""
+    return {name: preset_value if getattr(args, name) is None else getattr(args, name)
+            for name, preset_value in PRESETS[args.preset].items()}
 
 
 def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BPETokenizer:
@@ -131,139 +169,161 @@ def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BP
     return tokenizer
 
 
-def forget_steps_after(log_path: Path, step: int) -> None:
-    if log_path.exists():
-        lines = log_path.read_text().splitlines(keepends=True)
-        log_path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.sample_tokens < 0:
-        raise ValueError(f"--sample-tokens must be >= 0 (0: no sample), got {args.sample_tokens}.")
+def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
+              ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict]:
+    """A new run: the model and training settings, a tokenizer, and what the checkpoints say."""
     s = settings(args)
-    run = launch(args.device)  # under torchrun: this process's rank and its own device
-    rank, world_size, is_main, device = run.rank, run.world_size, run.is_main, run.device
-    torch.manual_seed(args.seed)
-    run_dir = Path("runs") / args.run_name
-    state_path = run_dir / "state.pt"
+    # Both configs check their values before minutes go into the tokenizer.
+    model_cfg = GPTConfig(**{name: s[name] for name in MODEL_FIELDS})
+    train_cfg = TrainConfig(**{name: s[name] for name in TRAIN_FIELDS},
+                            checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
+                            compile=args.compile, seed=args.seed)
+    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
+            "split": "nanogpt" if args.nanogpt_split else "standard",
+            "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}
+    check_writable(meta["out"])
+    if run.is_main:
+        tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,
+                                  args.instruction_file)
+    if run.world_size > 1:  # the other ranks wait for rank 0's tokenizer file
+        torch.distributed.barrier()
+        tokenizer = BPETokenizer.load(args.tokenizer)
+    # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
+    model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
+    if run.is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
+    return model_cfg, train_cfg, tokenizer, meta
 
-    resume_state = None
-    if args.resume:  # the run it continues: settings, seed, split, --out; only --max-steps changes
-        ckpt = read_checkpoint(state_path, kind="train-state",
-                               missing_hint="start a run without --resume first")
-        model_cfg, tokenizer = config_and_tokenizer(ckpt, state_path)
-        resume_state = ckpt["training"]
-        resume_state["model"] = ckpt["state_dict"]
-        started = ckpt["metadata"]
-        train_cfg = TrainConfig(**started["train_config"])
-        if args.max_steps is not None:
-            train_cfg.max_steps = args.max_steps
-        if train_cfg.max_steps <= resume_state["step"]:
-            raise ValueError(f"The run in {state_path} is already at step {resume_state['step']} "
-                             f"of {train_cfg.max_steps}; give a larger --max-steps to go on.")
-        batch_size = started["batch_size"]
-        ignored = [name for name in INT_OVERRIDES + FLOAT_OVERRIDES + ("optimizer",)
-                   if name != "max_steps" and getattr(args, name) is not None]
-        started_nanogpt = started.get("split") == "nanogpt"
-        if args.nanogpt_split and not started_nanogpt:
-            ignored.append("nanogpt_split")
-        if ignored and is_main:
+
+def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
+               ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict, dict]:
+    """The run saved in ``state_path``, to go on exactly as it started: its settings, seed,
+    split and --out (unless given again). Only --max-steps can change."""
+    ckpt = read_checkpoint(state_path, kind="train-state",
+                           missing_hint="start a run without --resume first")
+    model_cfg, tokenizer = config_and_tokenizer(ckpt, state_path)
+    resume_state = {**ckpt["training"], "model": ckpt["state_dict"]}
+    started = ckpt["metadata"]
+    train_cfg = TrainConfig(**started["train_config"])
+    if args.max_steps is not None:
+        train_cfg.max_steps = args.max_steps
+    if train_cfg.max_steps <= resume_state["step"]:
+        raise ValueError(f"The run in {state_path} is already at step {resume_state['step']} "
+                         f"of {train_cfg.max_steps}; give a larger --max-steps to go on.")
+    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name,
+            "preset": started.get("preset", args.preset),
+            "split": "nanogpt" if started.get("split") == "nanogpt" else "standard",
+            "out": args.out or started.get("out", "model_weights.pth"),
+            "batch_size": started["batch_size"]}
+    check_writable(meta["out"])
+    ignored = [name for name in PRESET_FLAGS if name != "max_steps"
+               and getattr(args, name) is not None]
+    ignored += ["nanogpt_split"] if args.nanogpt_split and meta["split"] != "nanogpt" else []
+    if is_main:
+        if ignored:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             print(f"Note: {flags} ignored: a resumed run keeps the settings it started with "
                   "(only --max-steps can change).")
-        args.nanogpt_split, args.seed = started_nanogpt, train_cfg.seed
-        args.preset = started.get("preset", args.preset)
-        args.out = args.out or started.get("out", "model_weights.pth")
-        check_writable(args.out)
-        if is_main:  # log lines written after that checkpoint are about to be redone: drop them
-            print(f"Resuming {state_path} at step {resume_state['step']}")
-            forget_steps_after(run_dir / "metrics.jsonl", resume_state["step"])
-    else:  # both configs check their values before minutes go into the tokenizer
-        model_cfg = GPTConfig(vocab_size=s["vocab_size"], context_length=s["context_length"],
-                              n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"],
-                              dropout=s["dropout"])
-        train_cfg = TrainConfig(
-            max_steps=s["max_steps"], learning_rate=s["learning_rate"], min_lr=s["min_lr"],
-            warmup_steps=s["warmup_steps"], grad_accum_steps=s["grad_accum_steps"],
-            eval_interval=s["eval_interval"],
-            weight_decay=s.get("weight_decay", TrainConfig.weight_decay),
-            optimizer=s["optimizer"], muon_lr=s.get("muon_lr", TrainConfig.muon_lr),
-            checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
-            compile=args.compile, seed=args.seed)
-        batch_size = s["batch_size"]
-        args.out = args.out or "model_weights.pth"
-        check_writable(args.out)
-        if is_main:
-            tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,
-                                      args.instruction_file)
-        if world_size > 1:  # the other ranks wait for rank 0's tokenizer file
-            torch.distributed.barrier()
-            tokenizer = BPETokenizer.load(args.tokenizer)
-        # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
-        model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
-        if is_main:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
+        print(f"Resuming {state_path} at step {resume_state['step']}")
+        # Log lines written after that checkpoint are about to be redone: drop them.
+        forget_steps_after(state_path.parent / "metrics.jsonl", resume_state["step"])
+    return model_cfg, train_cfg, tokenizer, meta, resume_state
 
-    splits = split_shakespeare(load_tinyshakespeare(args.data_dir), nanogpt=args.nanogpt_split)
-    train_ids = tokenizer.encode(splits["train"])
-    val_ids = tokenizer.encode(splits["val"])
-    ctx = model_cfg.context_length
-    train_loader = create_dataloader(train_ids, ctx, batch_size, stride=ctx // 2, shuffle=True,
-                                     seed=args.seed, rank=rank, world_size=world_size)
-    val_loader = create_dataloader(val_ids, ctx, batch_size, shuffle=False, drop_last=False)
 
-    model = GPTModel(model_cfg).to(device)
-    if is_main:
-        print(f"Model: {model.num_parameters() / 1e6:.2f} M parameters "
-              f"({json.dumps(model_cfg.to_dict())}); {len(train_ids):,} train tokens "
-              f"({len(splits['train']) / len(train_ids):.2f} chars/token); device {device}; "
-              f"global batch {batch_size * train_cfg.grad_accum_steps * world_size} x {ctx}")
-    wrapped = run.wrap(model)  # DistributedDataParallel under torchrun
-
-    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
-            "split": "nanogpt" if args.nanogpt_split else "standard", "out": str(args.out)}
+def checkpoint_savers(model: GPTModel, tokenizer: BPETokenizer, model_cfg: GPTConfig,
+                      meta: dict, state_path: Path, resume_state: dict | None):
+    """``train_model``'s two callbacks: ``save`` (the state to resume from, every
+    --checkpoint-interval steps and at the end) and ``save_best`` (the model, to --out)."""
     # A resumed run has already written its best model to --out (if it reached an evaluation).
     best_saved = resume_state is not None and resume_state.get("best_val", (0, 0))[1] > 0
 
     def model_meta(state: dict) -> dict:
         return {**meta, "step": state["step"], "elapsed": state["elapsed"],
-                "train_config": train_cfg.to_dict(), "batch_size": batch_size}
+                "train_config": state["train_config"]}
 
     def save_best(state: dict) -> None:
         # The weights users get are the ones with the lowest val loss (as nanoGPT does):
         # past that point a small corpus is being memorised, not learned.
         nonlocal best_saved
         best_saved = True
-        save_checkpoint(args.out, model, tokenizer, **model_meta(state),
+        save_checkpoint(meta["out"], model, tokenizer, **model_meta(state),
                         val_loss=state["best_val"][0])
 
     def save(state: dict) -> None:
-        training = {k: state[k] for k in ("optimizer", "step", "rng", "elapsed", "best_val")}
+        training = {k: state[k] for k in ("optimizer", "step", "rng", "elapsed", "best_val",
+                                          "scaler") if k in state}
         checkpoint = make_checkpoint("train-state", state["model"], model_cfg, tokenizer,
                                      **model_meta(state))
         atomic_save({**checkpoint, "training": training}, state_path)
         if not best_saved:  # stopped before the first evaluation: keep what there is
-            save_checkpoint(args.out, model, tokenizer, **model_meta(state))
+            save_checkpoint(meta["out"], model, tokenizer, **model_meta(state))
 
-    summary = train_model(
-        wrapped, train_loader, val_loader, train_cfg, device, log_path=run_dir / "metrics.jsonl",
-        save_fn=save, best_fn=save_best, resume_state=resume_state,
-        tokens_per_batch=batch_size * ctx * world_size,
-        flops_per_token=model.flops_per_token(), is_main=is_main, desc="pretrain")
-    cleanup_distributed()
-    if not is_main:
-        return 0
+    return save, save_best
+
+
+def report(summary: dict, out: str, state_path: Path, run_name: str) -> str:
+    """What happened and what was saved where, in one paragraph."""
+    if summary["best_step"]:
+        best = f"best val loss {summary['best_val_loss']:.3f} at step {summary['best_step']}"
+        saved = f"Saved the best-val weights (step {summary['best_step']}) to {out}"
+    else:
+        best = "no evaluation yet"
+        saved = f"Saved the last weights (step {summary['steps']}) to {out}"
     status = "stopped early" if summary["interrupted"] else "done"
-    best = (f"best val loss {summary['best_val_loss']:.3f} at step {summary['best_step']}"
-            if summary["best_step"] else "no evaluation yet")
-    print(f"Training {status} at step {summary['steps']} in {summary['elapsed']:.0f} s "
-          f"(train loss {summary['train_loss']:.3f}, {best}, {summary['dtype']}). "
-          f"Saved {args.out} (the best-val weights); resume state in {state_path}.")
+    text = (f"Training {status} at step {summary['steps']} in {summary['elapsed']:.0f} s "
+            f"(train loss {summary['train_loss']:.3f}, {best}, {summary['dtype']}). "
+            f"{saved}; resume state in {state_path}.")
+    if summary["interrupted"]:
+        again = "" if run_name == "pretrain" else f" --run-name {run_name}"
+        text += f" To go on: python main.py --resume{again}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = launch(args.device)  # under torchrun: this process's rank and its own device
+    torch.manual_seed(args.seed)
+    run_dir = Path("runs") / args.run_name
+    state_path = run_dir / "state.pt"
+    resume_state = None
+    if args.resume:
+        model_cfg, train_cfg, tokenizer, meta, resume_state = resume_run(args, state_path,
+                                                                         run.is_main)
+    else:
+        model_cfg, train_cfg, tokenizer, meta = start_run(args, run, run_dir)
+    batch_size, ctx, seed = meta["batch_size"], model_cfg.context_length, train_cfg.seed
+
+    text = load_tinyshakespeare(args.data_dir)
+    splits = split_shakespeare(text, nanogpt=meta["split"] == "nanogpt")
+    train_ids = tokenizer.encode(splits["train"])
+    val_ids = tokenizer.encode(splits["val"])
+    train_loader = create_dataloader(train_ids, ctx, batch_size, stride=ctx // 2, shuffle=True,
+                                     seed=seed, rank=run.rank, world_size=run.world_size)
+    val_loader = create_dataloader(val_ids, ctx, batch_size, shuffle=False, drop_last=False)
+
+    model = GPTModel(model_cfg).to(run.device)
+    if run.is_main:
+        print(f"Model: {model.num_parameters() / 1e6:.2f} M parameters "
+              f"({json.dumps(model_cfg.to_dict())}); {len(train_ids):,} train tokens "
+              f"({len(splits['train']) / len(train_ids):.2f} chars/token); device {run.device}; "
+              f"global batch {batch_size * train_cfg.grad_accum_steps * run.world_size} x {ctx}")
+    save, save_best = checkpoint_savers(model, tokenizer, model_cfg, meta, state_path,
+                                        resume_state)
+    summary = train_model(
+        run.wrap(model), train_loader, val_loader, train_cfg, run.device,
+        log_path=run_dir / "metrics.jsonl", save_fn=save, best_fn=save_best,
+        resume_state=resume_state, tokens_per_batch=batch_size * ctx * run.world_size,
+        flops_per_token=model.flops_per_token(), is_main=run.is_main, desc="pretrain")
+    cleanup_distributed()
+    if not run.is_main:
+        return 0
+    print(report(summary, meta["out"], state_path, args.run_name))
+    if summary["interrupted"]:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+        return 128 + summary["stop_signal"]
     if args.sample_tokens:
-        best_model, _, _ = load_checkpoint(args.out)
+        best_model, _, _ = load_checkpoint(meta["out"])
         sample = generate_text(best_model, tokenizer, "ROMEO:", max_new_tokens=args.sample_tokens,
-                               temperature=0.8, top_k=50, seed=args.seed)
+                               temperature=0.8, top_k=50, seed=seed)
         print("\n--- sample ---\nROMEO:" + sample)
     return 0
 

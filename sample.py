@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from checkpoint import load_checkpoint
 from generation import stream_text
 from support.cli import run
-from support.flags import HelpFormatter, number, whole
+from support.flags import FlagParser, number, whole
 from training import pick_device
 
 MAX_SEED = 2**31 - 1  # the app's seed range
@@ -65,8 +65,7 @@ def show(pieces: Iterable[str], stream: bool = True) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="model_weights.pth",
                    help="a base-model checkpoint, written by main.py")
     p.add_argument("--prompt", default="ROMEO:",

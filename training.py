@@ -1,10 +1,11 @@
 """The training loop shared by pretraining and every finetuning script.
 
-``train_model`` is a plain loop, nanoGPT style, with the pieces a modern run needs:
-AdamW with weight decay only on matrices (or Muon for the matrices inside the blocks),
-linear warmup then cosine decay of the learning rate, gradient accumulation, gradient
-clipping, bf16 autocast where the hardware has it, optional ``torch.compile``, periodic
-validation, a tqdm bar, and a JSON-lines metrics log that the Streamlit app plots.
+``train_model`` is a plain loop, nanoGPT style: set the learning rate (linear warmup, then
+cosine decay), run forward and loss on a batch under autocast (bf16 where the hardware has it),
+backpropagate, clip the gradients' norm, take an optimizer step; every so often, measure the
+loss on held-out data. Read it at the bottom of this file. Above it are its parts: the settings
+(``TrainConfig``), AdamW with weight decay only on matrices and Muon for the matrices inside
+the blocks, the schedule, the language-model loss and the endless batch stream.
 
 The loss is supplied by the caller (``loss_fn(model, batch) -> scalar``) so the same loop
 trains the language model, the sentiment classifier and the instruction model.
@@ -12,15 +13,14 @@ trains the language model, the sentiment classifier and the instruction model.
 Resuming is exact: the learning rate is a pure function of the step, the batch order is a
 pure function of (seed, epoch), and the optimizer state and RNG state are saved. A run that
 is stopped and resumed therefore follows the same trajectory as one that never stopped.
+That bookkeeping (resume, Ctrl-C, the metrics log, the progress bar, saves) and the devices
+and processes a run uses (DDP) live in ``support/runtime.py``; tokens/s and MFU in
+``support/metrics.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,11 +29,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts import them here
+    Launch,
+    TrainingRun,
+    autocast,
+    check_train_config,
+    cleanup_distributed,
+    gradient_sync,
+    launch,
+    pick_device,
+    pick_dtype,
+)
 
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run (a script's flags set them; the values are checked)."""
+
     max_steps: int = 1000
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
@@ -53,66 +66,10 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
-        # Caught here, a bad value is one sentence; later it would be a ZeroDivisionError
-        # mid-run, or a "finished" run that never saw a batch (grad_accum_steps=0).
-        for name, low in (("grad_accum_steps", 1), ("eval_interval", 1), ("log_interval", 1),
-                          ("max_steps", 1), ("warmup_steps", 0), ("checkpoint_interval", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-        for name in ("learning_rate", "muon_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        for name in ("min_lr", "weight_decay", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        check_train_config(asdict(self))  # one sentence now, not a ZeroDivisionError mid-run
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------- devices & dtypes
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """cuda > mps > cpu for "auto"; a clear error if a requested device is not there."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. xpu, meta: untested
-        raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; "
-                         "use --device cpu.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("Device 'mps' was requested but MPS is not available; use --device cpu.")
-    return device
-
-
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype. "auto" picks bf16 only where the hardware computes it natively."""
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if requested != "auto":
-        if requested not in names:
-            raise ValueError(f"Unknown dtype '{requested}'; use auto, {', '.join(names)}.")
-        return names[requested]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16  # AVX512-BF16 / AMX CPUs; elsewhere bf16 is emulated and slower
-    return torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32 or device.type == "mps":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- optimizer & lr
@@ -190,8 +147,6 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
     With ``cfg.optimizer == "muon"`` the matrices of the Linear layers move to Muon groups,
     whose ``lr_scale`` makes the shared schedule peak at ``cfg.muon_lr`` for them.
     """
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"Unknown optimizer '{cfg.optimizer}'; use adamw or muon.")
     to_muon = set()
     if cfg.optimizer == "muon":  # the tied output head is an Embedding's weight: AdamW keeps it
         linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
@@ -278,233 +233,66 @@ def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, devic
 
 # ---------------------------------------------------------------------------- the loop
 
-class StopRequested:
-    """Turns SIGINT / SIGTERM into a flag the loop checks, so it can save before exiting."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> StopRequested:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside Streamlit): no handlers
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train_model(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    loss_fn: Callable = lm_loss,
-    log_path: str | Path | None = None,
-    save_fn: Callable[[dict], None] | None = None,
-    best_fn: Callable[[dict], None] | None = None,
-    resume_state: dict | None = None,
-    tokens_per_batch: int | None = None,
-    flops_per_token: int | None = None,
-    is_main: bool = True,
-    desc: str = "train",
-) -> dict:
+def train_model(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None,
+                cfg: TrainConfig, device: torch.device, loss_fn: Callable = lm_loss,
+                log_path: str | Path | None = None, save_fn: Callable[[dict], None] | None = None,
+                best_fn: Callable[[dict], None] | None = None, resume_state: dict | None = None,
+                tokens_per_batch: int | None = None, flops_per_token: int | None = None,
+                is_main: bool = True, desc: str = "train") -> dict:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps and return a summary.
 
-    ``save_fn(state)`` receives the full training state (model, optimizer, step, RNG) at each
-    checkpoint interval, at the end, and when SIGINT/SIGTERM asks the run to stop.
-    ``best_fn(state)`` receives it after each evaluation that sets a new lowest val loss, so
-    the caller can keep the best model: small data overfits, and val loss turns back up.
-    ``resume_state`` is such a state: training continues exactly where it left off.
+    Each step: set the learning rate from the schedule; for each of ``grad_accum_steps``
+    micro-batches run the forward pass and the loss under autocast and backpropagate (the
+    gradients add up); clip the gradients' total norm; take the optimizer step. Every
+    ``eval_interval`` steps, and at the end, measure the val loss.
+
+    The bookkeeping around the steps is ``support.runtime.TrainingRun``'s: ``save_fn(state)``
+    receives the full training state (model, optimizer, step, RNG) every
+    ``checkpoint_interval`` steps, at the end, and when Ctrl-C or SIGTERM asks the run to stop;
+    ``best_fn(state)`` receives it after each evaluation with a new lowest val loss, so the
+    caller can keep the best model (small data overfits: val loss turns back up);
+    ``resume_state`` is such a state, and training continues exactly where it left off.
     ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
     """
     dtype = pick_dtype(cfg.dtype, device)
-    raw_model = getattr(model, "module", model)
+    raw_model = getattr(model, "module", model)  # the model inside DistributedDataParallel
     optimizer = configure_optimizer(raw_model, cfg, device)
-    step, elapsed_before, best_val, best_step = 0, 0.0, math.inf, 0
-    if resume_state is not None:
-        raw_model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        step, elapsed_before = resume_state["step"], resume_state.get("elapsed", 0.0)
-        best_val, best_step = resume_state.get("best_val", (math.inf, 0))
-        set_rng_state(resume_state["rng"])
+    # float16 gradients underflow to zero: scale the loss up before backward and the gradients
+    # back down before clipping (skipping any step whose gradients overflowed). bf16 has
+    # float32's range and needs none of this: disabled, the scaler changes nothing.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run = TrainingRun(cfg, raw_model, optimizer, scaler, device, dtype, log_path=log_path,
+                      save_fn=save_fn, best_fn=best_fn, tokens_per_batch=tokens_per_batch,
+                      flops_per_token=flops_per_token, is_main=is_main, desc=desc)
+    step = run.resume(resume_state)
     step_model = torch.compile(model) if cfg.compile else model
-    is_ddp = hasattr(model, "no_sync")
-
-    def state() -> dict:
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "rng": rng_state(), "elapsed": elapsed,
-                "best_val": (best_val, best_step), "train_config": cfg.to_dict()}
-
-    log_file = None
-    if log_path is not None and is_main:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
-
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-
     batches = batches_from(train_loader, start_batch=step * cfg.grad_accum_steps)
     model.train()
-    t0, last_t, tokens_since = time.perf_counter(), time.perf_counter(), 0
-    elapsed, train_loss, val_loss, interrupted = elapsed_before, float("nan"), None, False
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not is_main,
-               dynamic_ncols=True)
-    try:
-        with StopRequested() as stop:
-            while step < cfg.max_steps:
-                lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                loss_sum = torch.zeros((), device=device)
-                for micro in range(cfg.grad_accum_steps):
-                    batch = to_device(next(batches), device)
-                    last_micro = micro == cfg.grad_accum_steps - 1
-                    # DDP: all-reduce the gradients once per optimizer step, not per micro-batch.
-                    sync = contextlib.nullcontext() if last_micro or not is_ddp else model.no_sync()
-                    with sync:
-                        with autocast(device, dtype):
-                            loss = loss_fn(step_model, batch) / cfg.grad_accum_steps
-                        loss.backward()
-                    loss_sum += loss.detach()
-                    tokens_since += tokens_per_batch or 0
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                elapsed = elapsed_before + time.perf_counter() - t0
+    with run:  # from here Ctrl-C / SIGTERM only set run.stop_requested: the loop ends and saves
+        while step < cfg.max_steps and not run.stop_requested:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum_steps):
+                batch = to_device(next(batches), device)
+                with gradient_sync(model, micro == cfg.grad_accum_steps - 1):  # DDP: last only
+                    with autocast(device, dtype):
+                        loss = loss_fn(step_model, batch) / cfg.grad_accum_steps
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-                at_eval = is_main and val_loader is not None and (
-                    step % cfg.eval_interval == 0 or step == cfg.max_steps)
-                if step % cfg.log_interval == 0 or at_eval or step == cfg.max_steps:
-                    train_loss = loss_sum.item()
-                    now = time.perf_counter()
-                    record = {"step": step, "train_loss": train_loss, "lr": lr,
-                              "elapsed": round(elapsed, 3)}
-                    if tokens_per_batch:
-                        record["tokens_per_sec"] = round(tokens_since / (now - last_t), 1)
-                        if flops_per_token and device.type == "cuda":
-                            # H100 SXM dense peak per GPU; tokens_per_batch counts every rank's
-                            dist = torch.distributed
-                            gpus = dist.get_world_size() if dist.is_initialized() else 1
-                            half = dtype in (torch.bfloat16, torch.float16)
-                            peak = (989e12 if half else 67e12) * gpus
-                            record["mfu"] = round(flops_per_token * record["tokens_per_sec"]
-                                                  / peak, 4)
-                    last_t, tokens_since = now, 0
-                    if at_eval:
-                        val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
-                                                 cfg.eval_batches)
-                        record["val_loss"] = val_loss
-                        if val_loss < best_val:
-                            best_val, best_step = val_loss, step
-                            if best_fn:
-                                best_fn(state())
-                    log(record)
-                    bar.set_postfix(loss=f"{train_loss:.3f}",
-                                    **({"val": f"{val_loss:.3f}"} if val_loss else {}))
-                if stop.requested:
-                    interrupted = True
-                    break
-                if save_fn and is_main and cfg.checkpoint_interval and \
-                        step % cfg.checkpoint_interval == 0 and step < cfg.max_steps:
-                    save_fn(state())
-    finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-    if save_fn and is_main:
-        save_fn(state())
-    return {"steps": step, "train_loss": train_loss, "val_loss": val_loss, "elapsed": elapsed,
-            "best_val_loss": best_val if best_step else None, "best_step": best_step,
-            "interrupted": interrupted, "dtype": str(dtype).removeprefix("torch.")}
-
-
-# ---------------------------------------------------------------------------- several processes
-
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); starts a process group when launched by torchrun.
-
-    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK. GPUs talk over NCCL, CPUs over gloo.
-    Run with plain ``python`` and this is a no-op returning (0, 1, 0).
-    """
-    import os
-
-    import torch.distributed as dist
-
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def cleanup_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in the run: rank ``rank`` of ``world_size``, on ``device``."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        """Only the main process (rank 0) logs, evaluates and saves."""
-        return self.rank == 0
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DistributedDataParallel around ``model`` when there are several processes."""
-        if self.world_size == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-
-def launch(device: str = "auto") -> Launch:
-    """Start (under torchrun) or skip (plain python) the process group; pick the device.
-
-    Under torchrun with ``device="auto"`` each process takes its own GPU (cuda:LOCAL_RANK),
-    or the CPU where there is none.
-    """
-    rank, world_size, local_rank = setup_distributed()
-    if world_size > 1 and device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return Launch(rank, world_size, pick_device(device))
+            val_loss = None
+            if is_main and val_loader is not None and (
+                    step % cfg.eval_interval == 0 or step == cfg.max_steps):
+                val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
+                                         cfg.eval_batches)
+            run.after_step(step, loss_sum, lr, val_loss)  # log, keep the best, save, progress
+    return run.finish()

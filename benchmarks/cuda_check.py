@@ -10,6 +10,8 @@
 5. NF4: our quantizer gives bitsandbytes' CUDA kernel's 4-bit codes and dequantized weights
    bit for bit, and a QLoRA model (both backends) trains: loss falls, only adapters change.
 6. torch.compile: the compiled model gives the eager model's logits.
+7. float16 training: train_model with --dtype float16 scales the loss (GradScaler): the loss
+   falls and the scale it ends with is saved for an exact resume.
 Exits 1 if any check fails.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,6 +35,7 @@ from lora import apply_lora, freeze_all_but_lora  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
 from quantization import dequantize_nf4, import_bitsandbytes, quantize_model, quantize_nf4  # noqa: E402
 from tokenizer import BPETokenizer  # noqa: E402
+from training import TrainConfig, train_model  # noqa: E402
 
 DEVICE = torch.device("cuda")
 CONFIG = GPTConfig(vocab_size=512, context_length=128, n_layer=4, n_head=4, n_embd=256)
@@ -155,6 +159,20 @@ def check_compile() -> str:
     return f"compiled logits within {gap:.1e} of eager; first call {seconds:.0f} s"
 
 
+def check_float16_training() -> str:
+    model, x = fresh_model(), tokens(64, 65)
+    batches = DataLoader(TensorDataset(x[:, :-1], x[:, 1:]), batch_size=8)
+    cfg = TrainConfig(max_steps=60, learning_rate=3e-3, warmup_steps=5, eval_interval=1000,
+                      dtype="float16")
+    saved = {}
+    summary = train_model(model, batches, batches, cfg, DEVICE, save_fn=saved.update)
+    first = F.cross_entropy(fresh_model()(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item()
+    assert summary["dtype"] == "float16" and summary["val_loss"] < first - 0.5, \
+        f"loss {first:.2f} -> {summary['val_loss']:.2f}"
+    scale = saved["scaler"]["scale"]
+    return f"float16 loss {first:.2f} -> {summary['val_loss']:.2f}; loss scale {scale:g} saved"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("No CUDA device: nothing to check.")
@@ -164,7 +182,7 @@ def main() -> int:
     failed = 0
     for check in (check_flash_attention, check_bf16_autocast, check_kv_cache,
                   check_checkpoint_to_cpu, check_nf4_against_bitsandbytes, check_qlora_training,
-                  check_compile):
+                  check_compile, check_float16_training):
         try:
             print(f"PASS {check.__name__}: {check()}", flush=True)
         except Exception:  # report every check, then fail at the end

@@ -1,4 +1,6 @@
-"""What every script shares at its command line: the one ``__main__`` wrapper."""
+"""What every script shares at its command line: the one ``__main__`` wrapper.
+
+Flag types and the parser that names a bad flag live in support/flags.py."""
 
 from __future__ import annotations
 

@@ -45,9 +45,10 @@ def whole(at_least: int, at_most: int | None = None) -> Callable[[str], int]:
 
 
 def number(at_least: float | None = None, above: float | None = None,
-           at_most: float | None = None) -> Callable[[str], float]:
+           at_most: float | None = None, below: float | None = None) -> Callable[[str], float]:
     """An argparse type: a finite number within the given bounds (each one optional)."""
-    every = [(at_least, ">=", operator.ge), (above, ">", operator.gt), (at_most, "<=", operator.le)]
+    every = [(at_least, ">=", operator.ge), (above, ">", operator.gt),
+             (at_most, "<=", operator.le), (below, "<", operator.lt)]
     bounds = [(limit, sign, holds) for limit, sign, holds in every if limit is not None]
     wanted = " and ".join(f"{sign} {limit:g}" for limit, sign, _ in bounds)
 
@@ -61,3 +62,30 @@ def number(at_least: float | None = None, above: float | None = None,
                                              + f", got {text}")
         return value
     return parse
+
+
+positive_int = whole(at_least=1)
+nonnegative_int = whole(at_least=0)
+positive_float = number(above=0)
+nonnegative_float = number(at_least=0)
+fraction = number(at_least=0, below=1)  # e.g. a dropout probability
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with the two changes a user sees.
+
+    A bad value is one sentence that names the flag (``error: --max-steps must be an integer
+    >= 1, got 0``) rather than a usage block, and ``--help`` shows every real default
+    (``HelpFormatter``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message: str) -> None:
+        # argparse says "argument --max-steps: must be ..."; the user typed "--max-steps".
+        flag, _, reason = message.partition(": ")
+        if flag.startswith("argument ") and reason:
+            flag = flag.removeprefix("argument ")
+            message = f"{flag} {reason}" if reason.startswith("must ") else f"{flag}: {reason}"
+        self.exit(2, f"error: {message}\n")

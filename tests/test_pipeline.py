@@ -135,15 +135,24 @@ def test_loss_by_line_splits_the_evaluated_loss_into_names_and_the_rest(pretrain
 @needs_data
 @pytest.mark.parametrize("flags, message", [
     (["--out", "."], "is a folder; give a file name"),
-    (["--sample-tokens", "-1"], "--sample-tokens must be >= 0"),
-    (["--max-steps", "0"], "max_steps must be an integer >= 1"),
-    (["--n-head", "0"], "n_head must be a positive integer"),
+    (["--sample-tokens", "-1"], "--sample-tokens must be an integer >= 0, got -1"),
+    (["--max-steps", "0"], "--max-steps must be an integer >= 1, got 0"),
+    (["--n-head", "0"], "--n-head must be an integer >= 1, got 0"),
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
+    (["--dropout", "1"], "--dropout must be a finite number >= 0 and < 1, got 1"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, flags, message):
     result = run([str(ROOT / "main.py"), "--preset", "tiny", *flags], tmp_path, check=False)
     assert result.returncode != 0 and message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr  # one sentence
     assert "Training a" not in result.stdout  # no tokenizer was trained first
+
+
+def test_help_shows_each_presets_real_default(tmp_path):
+    out = " ".join(run([str(ROOT / "main.py"), "--help"], tmp_path).stdout.split())
+    assert "optimizer steps (default: 1800 (cpu preset), 1000 (gpu), 30 (tiny))" in out
+    assert "(default: 0.1 (every preset))" in out  # --weight-decay
+    assert "None" not in out
 
 
 def test_missing_checkpoint_is_one_clear_sentence(tmp_path):

@@ -116,18 +116,42 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir
     assert last_loss(killed) == pytest.approx(last_loss(straight), rel=1e-5)
 
 
+def interrupt(workdir, sig: int, *flags: str) -> tuple[subprocess.Popen, str]:
+    """Start main.py, send ``sig`` once its state reaches step 20, return it and its stdout."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *TINY, "--max-steps",
+                             "100000", "--checkpoint-interval", "20", *flags], cwd=workdir,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(workdir / "runs/pretrain/state.pt", 20, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    return proc, " ".join(out.split())
+
+
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tokenizer_dir):
     workdir = workdir_with_tokenizer(tmp_path, tokenizer_dir, "term")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *TINY, "--max-steps",
-                             "100000", "--checkpoint-interval", "20"], cwd=workdir, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(workdir / "runs/pretrain/state.pt", 20, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "stopped early" in out
+    proc, out = interrupt(workdir, signal.SIGTERM, "--eval-interval", "10")
+    assert proc.returncode == 128 + signal.SIGTERM  # 143: the shell's convention
     _, meta = final_weights(workdir)
     assert 20 <= meta["step"] < 100000
+    _, best = best_weights(workdir)
+    assert f"Training stopped early at step {meta['step']} " in out
+    assert (f"Saved the best-val weights (step {best['step']}) to model_weights.pth; "
+            "resume state in runs/pretrain/state.pt. To go on: python main.py --resume") in out
+
+
+def test_ctrl_c_before_any_evaluation_saves_the_last_weights_and_exits_130(tmp_path,
+                                                                           tokenizer_dir):
+    workdir = workdir_with_tokenizer(tmp_path, tokenizer_dir, "int")
+    proc, out = interrupt(workdir, signal.SIGINT, "--eval-interval", "1000000")
+    assert proc.returncode == 130
+    _, meta = final_weights(workdir)
+    _, saved = best_weights(workdir)
+    assert saved["step"] == meta["step"] >= 20  # the last weights, as the message says
+    assert (f"Training stopped early at step {meta['step']} in " in out
+            and "no evaluation yet" in out and "best-val" not in out)
+    assert (f"Saved the last weights (step {meta['step']}) to model_weights.pth; resume state "
+            "in runs/pretrain/state.pt. To go on: python main.py --resume") in out
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tokenizer_dir):

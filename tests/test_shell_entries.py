@@ -132,7 +132,7 @@ def test_sample_flags_are_checked_where_they_are_typed(capsys):
         with pytest.raises(SystemExit) as exit:
             sample.parse_args([flag, value])
         assert exit.value.code == 2
-        assert f"error: argument {flag}: must be {wanted}, got {value}" in capsys.readouterr().err
+        assert f"error: {flag} must be {wanted}, got {value}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- classify.py

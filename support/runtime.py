@@ -1,0 +1,332 @@
+"""Where and how a training run executes, and everything it does around the step.
+
+- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``;
+- several processes (DDP under torchrun): ``launch``, ``Launch``, ``cleanup_distributed``,
+  ``gradient_sync``;
+- the run's bookkeeping (``TrainingRun``): resume from a saved state (model, optimizer, RNG),
+  Ctrl-C / SIGTERM as a request to stop and save (``StopRequested``), the metrics log, the
+  progress bar, best-val and interval saves, and the summary;
+- ``check_train_config``: the training settings' one checker.
+
+``training.train_model`` is the loop these serve; nothing here is part of its idea.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from support.metrics import MetricsLog, Throughput
+
+# ---------------------------------------------------------------------------- devices & dtypes
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; a clear error if a requested device is not there."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. xpu, meta: untested
+        raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; "
+                         "use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("Device 'mps' was requested but MPS is not available; use --device cpu.")
+    return device
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype. "auto" picks bf16 only where the hardware computes it natively."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"Unknown dtype '{requested}'; use auto, {', '.join(DTYPES)}.")
+        return DTYPES[requested]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16  # AVX512-BF16 / AMX CPUs; elsewhere bf16 is emulated and slower
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32 or device.type == "mps":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- several processes
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); starts a process group when launched by torchrun.
+
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK. GPUs talk over NCCL, CPUs over gloo.
+    Run with plain ``python`` and this is a no-op returning (0, 1, 0).
+    """
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the run: rank ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) logs, evaluates and saves."""
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around ``model`` when there are several processes."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+def launch(device: str = "auto") -> Launch:
+    """Start (under torchrun) or skip (plain python) the process group; pick the device.
+
+    Under torchrun with ``device="auto"`` each process takes its own GPU (cuda:LOCAL_RANK),
+    or the CPU where there is none.
+    """
+    rank, world_size, local_rank = setup_distributed()
+    if world_size > 1 and device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return Launch(rank, world_size, pick_device(device))
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients in every backward; inside ``no_sync`` it only accumulates them.
+
+    With gradient accumulation only the last micro-batch of a step needs the all-reduce.
+    A model that is not wrapped in DDP has nothing to sync.
+    """
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+# ---------------------------------------------------------------------------- settings
+
+def check_train_config(values: dict[str, Any]) -> None:
+    """One sentence for a training setting that would otherwise fail later, confusingly.
+
+    Left to the loop, these were a ZeroDivisionError mid-run or a "finished" run that never saw
+    a batch (grad_accum_steps=0). The names are the fields' own: a script's flags get their
+    own checks (``support.cli``'s flag types), so this catches programs and resume files.
+    """
+    for name, low in (("grad_accum_steps", 1), ("eval_interval", 1), ("log_interval", 1),
+                      ("max_steps", 1), ("warmup_steps", 0), ("checkpoint_interval", 0)):
+        if not isinstance(values[name], int) or values[name] < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {values[name]!r}.")
+    for name in ("learning_rate", "muon_lr"):
+        if not values[name] > 0:
+            raise ValueError(f"{name} must be positive, got {values[name]!r}.")
+    for name in ("min_lr", "weight_decay", "grad_clip"):
+        if not values[name] >= 0:
+            raise ValueError(f"{name} must be >= 0, got {values[name]!r}.")
+    if values["optimizer"] not in ("adamw", "muon"):
+        raise ValueError(f"Unknown optimizer '{values['optimizer']}'; use adamw or muon.")
+
+
+# ---------------------------------------------------------------------------- stopping & RNG
+
+class StopRequested:
+    """Turns SIGINT / SIGTERM into a flag the loop checks, so it can save before exiting.
+
+    ``signal`` holds the number of the signal that asked (None until one does).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside Streamlit): no handlers
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- the bookkeeping
+
+class TrainingRun:
+    """What ``train_model`` does around its steps, so that its loop shows only the step.
+
+    ``resume(state)`` restores the model, optimizer, gradient scaler and RNG from a saved state
+    and returns its step. Inside ``with run:`` Ctrl-C and SIGTERM set ``stop_requested``.
+    ``after_step`` writes a metrics record every ``log_interval`` steps and at evaluations,
+    hands the state to ``best_fn`` at each new lowest val loss and to ``save_fn`` every
+    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary.
+    Only the main process (``is_main``) logs, shows progress and saves.
+    """
+
+    def __init__(self, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, device: torch.device, dtype: torch.dtype, *,
+                 log_path: str | Path | None, save_fn: Callable[[dict], None] | None,
+                 best_fn: Callable[[dict], None] | None, tokens_per_batch: int | None,
+                 flops_per_token: int | None, is_main: bool, desc: str) -> None:
+        self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
+        self.device, self.dtype, self.is_main, self.desc = device, dtype, is_main, desc
+        self.log_path = log_path if is_main else None
+        self.save_fn = save_fn if is_main else None
+        self.best_fn = best_fn
+        self.tokens_per_batch, self.flops_per_token = tokens_per_batch, flops_per_token
+        self.step, self.elapsed_before, self.best_val, self.best_step = 0, 0.0, math.inf, 0
+        self.elapsed, self.train_loss, self.val_loss = 0.0, float("nan"), None
+        self.stop, self.bar = StopRequested(), None
+
+    def resume(self, state: dict | None) -> int:
+        """Load a state saved by a run that stopped; its step is where the loop goes on."""
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+            self.step, self.elapsed_before = state["step"], state.get("elapsed", 0.0)
+            self.best_val, self.best_step = state.get("best_val", (math.inf, 0))
+            set_rng_state(state["rng"])
+        self.elapsed = self.elapsed_before
+        return self.step
+
+    def __enter__(self) -> TrainingRun:
+        self.stop.__enter__()
+        self.log = MetricsLog(self.log_path)
+        self.throughput = Throughput(self.tokens_per_batch, self.flops_per_token, self.device,
+                                     self.dtype)
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()
+        self.stop.__exit__(*exc)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.requested
+
+    def state(self) -> dict:
+        """Everything an exact resume needs, as ``save_fn`` and ``best_fn`` receive it."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "rng": rng_state(), "elapsed": self.elapsed,
+                 "best_val": (self.best_val, self.best_step),
+                 "train_config": self.cfg.to_dict()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def after_step(self, step: int, loss_sum: torch.Tensor, lr: float,
+                   val_loss: float | None) -> None:
+        """Log, keep the best model, save a checkpoint and move the bar, as each is due."""
+        cfg = self.cfg
+        self.step, self.elapsed = step, self.elapsed_before + time.perf_counter() - self.started
+        self.throughput.count(cfg.grad_accum_steps)
+        logging = step % cfg.log_interval == 0 or val_loss is not None or step == cfg.max_steps
+        if logging:
+            self.train_loss = loss_sum.item()  # waits for the GPU: only when logging
+            record = {"step": step, "train_loss": self.train_loss, "lr": lr,
+                      "elapsed": round(self.elapsed, 3), **self.throughput.measure()}
+            if val_loss is not None:
+                record["val_loss"] = self.val_loss = val_loss
+                if val_loss < self.best_val:
+                    self.best_val, self.best_step = val_loss, step
+                    if self.best_fn:
+                        self.best_fn(self.state())
+            self.log.write(record)
+        self.show_progress(step, logging)
+        if self.save_fn and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 \
+                and step < cfg.max_steps and not self.stop_requested:
+            self.save_fn(self.state())
+
+    def show_progress(self, step: int, new_losses: bool) -> None:
+        if self.bar is None:
+            # The bar (and so its clock) starts after the first step: that step carries the
+            # one-time costs (allocations, kernel choices, torch.compile), and an estimate
+            # extrapolated from it promised hours for a five-minute run.
+            self.bar = tqdm(total=self.cfg.max_steps, initial=step, desc=self.desc,
+                            disable=not self.is_main, dynamic_ncols=True)
+        else:
+            self.bar.update(1)
+        if new_losses:
+            self.bar.set_postfix(loss=f"{self.train_loss:.3f}",
+                                 **({"val": f"{self.val_loss:.3f}"} if self.val_loss else {}))
+
+    def finish(self) -> dict:
+        """Save the last state (also when stopped early) and sum the run up."""
+        if self.save_fn:
+            self.save_fn(self.state())
+        return {"steps": self.step, "train_loss": self.train_loss, "val_loss": self.val_loss,
+                "elapsed": self.elapsed, "best_val_loss": self.best_val if self.best_step else None,
+                "best_step": self.best_step, "interrupted": self.stop_requested,
+                "stop_signal": self.stop.signal, "dtype": str(self.dtype).removeprefix("torch.")}
