@@ -103,7 +103,8 @@ def sidebar() -> tuple[Path, dict[str, Path], str]:
     folder = sc.app_dir()
     with st.sidebar:
         st.header("Checkpoints")
-        st.caption(f"The `.pth` files in `{folder}` ($LLM_APP_DIR) and one level below it.")
+        st.caption(f"The `.pth` files in `{folder}` ($LLM_APP_DIR) and one level below it; "
+                   "for the base model also Hugging Face GPT-2 folders.")
         paths = {spec.key: sc.resolve(st.selectbox(spec.title, sc.checkpoint_choices(spec, folder),
                                                    key=f"path_{spec.key}"), folder)
                  for spec in sc.MODELS}

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapters", default="qlora_adapters.pth",
                    help="the QLoRA adapters, written by finetune_qlora_instructions.py")
     p.add_argument("--base", default=None,
-                   help="the base model under the adapters; unset: the file they were "
-                        "trained on")
+                   help="the base model under the adapters (a .pth, or a GPT-2 name or "
+                        "folder); unset: the one they were trained on")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="NF4 implementation; unset: the one the adapters were trained with")
     p.add_argument("--show-prompt", action="store_true",

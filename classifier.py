@@ -29,7 +29,8 @@ Checkpoints (``checkpoint.py``'s format) come in two kinds:
 
 ``load_classifier`` reads either kind and ``predict`` classifies one text; the app uses both.
 ``load_adapters`` is the one way an adapter file goes back onto its base model: the LoRA
-classifier here and the QLoRA instruction model (instructions.py) both load through it.
+classifier here and the QLoRA instruction model (instructions.py) both load through it, onto
+our base model or GPT-2's (``hf_gpt2.load_base``).
 
 Training it: ``classification_loss`` is the ``loss_fn`` that ``training.train_model`` calls
 (cross-entropy of the class logits), ``evaluate_accuracy`` the share of sentences it gets
@@ -56,7 +57,6 @@ from checkpoint import (
     check_metadata,
     checkpoint_metadata,
     config_and_tokenizer,
-    load_checkpoint,
     load_weights,
     make_checkpoint,
     read_checkpoint,
@@ -253,8 +253,10 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
     exactly the tensors that trained), check the file holds those tensors, and load them on
     top: the base weights stay. A different base or other tensors are one CheckpointError.
     """
+    from hf_gpt2 import load_base  # hf_gpt2 exports classifiers, so it imports this module
+
     lora, fingerprint, base = adapter_metadata(ckpt, path, base)
-    base_model, tokenizer, _ = load_checkpoint(base)  # missing: "run python main.py first"
+    base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
     base_fingerprint = weights_fingerprint(base_model.state_dict())  # before adapt changes it
     model = adapt(base_model, lora)
     trained = {name for name, param in model.named_parameters() if param.requires_grad}

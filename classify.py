@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="classifier.pth",
                    help="classifier.pth (full finetune) or lora_classifier.pth (LoRA)")
     p.add_argument("--base", default=None,
-                   help="the base model under a LoRA classifier; unset: the file it was "
-                        "trained on")
+                   help="the base model under a LoRA classifier (a .pth, or a GPT-2 name or "
+                        "folder); unset: the one it was trained on")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: text, normalized text, label, probabilities")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")

@@ -1,6 +1,7 @@
 """Evaluate the pretrained model on the unseen TinyShakespeare test split.
 
     python evaluate.py [--checkpoint model_weights.pth] [--data-dir DIR] [--device DEV]
+    python evaluate.py --checkpoint gpt2     # OpenAI's GPT-2 (or a Hugging Face GPT-2 folder)
 
 Reports three numbers per model:
 - perplexity per token: exp(mean negative log-likelihood per token). It depends on the
@@ -13,6 +14,7 @@ Two reference points computed in the same run give the numbers meaning: a unigra
 the training tokens (knows only token frequencies) and the untrained model (knows nothing).
 The test text is cut into non-overlapping windows of the context length and every token
 after the first is scored exactly once (nanoGPT's estimate_loss averages random windows).
+GPT-2 has its own tokenizer, so against it compare bits per character, not perplexity.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint
 from data_utils import load_tinyshakespeare, split_shakespeare
+from hf_gpt2 import load_base
 from model import GPTModel
 from support.cli import run
 from training import pick_device
@@ -79,7 +81,8 @@ def scores(nll: float, tokens: int, chars: int) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py")
+    p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py, or "
+                   "GPT-2 in Hugging Face format: a name (gpt2, gpt2-medium) or a folder")
     p.add_argument("--data-dir", default=None,
                    help="read datasets from this folder; unset: $LLM_DATA_DIR, else download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
@@ -91,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
-    model, tokenizer, meta = load_checkpoint(args.checkpoint, map_location=device)
+    model, tokenizer, meta = load_base(args.checkpoint, map_location=device)
     if meta.get("split") == "nanogpt" and args.split == "val":
         print("Note: this model was trained with --nanogpt-split, so it has seen the val split.")
     splits = trained_splits(meta, args.data_dir)

@@ -27,29 +27,34 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint
 from classifier import GPTClassifier, classification_loss, save_classifier
 from finetuning import (
+    SizeDefaults,
     SST2Experiment,
     add_classifier_args,
     check_args,
+    parse_finetune_args,
     sst2_experiment,
     train_config,
 )
+from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
 from support.cli import run
+from support.flags import HelpFormatter
 from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
 from training import launch, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_classifier_args(p, out="classifier.pth", run_name="classifier", lr=5e-4)
+                                formatter_class=HelpFormatter)
+    add_classifier_args(p, out="classifier.pth", run_name="classifier",
+                        ours=SizeDefaults(lr=5e-4, batch_size=32),
+                        gpt2=SizeDefaults(lr=5e-5, batch_size=8, max_length=128))
     p.add_argument("--skip-random-init", action="store_true",
                    help="do not also train the classifier from random weights")
-    return p.parse_args(argv)
+    return parse_finetune_args(p, argv)
 
 
 def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Path
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     run = launch(args.device)  # one process, or this process's share under torchrun
-    base, tokenizer, _ = load_checkpoint(args.base)  # the pretrained GPT of main.py
+    base, tokenizer, _ = load_base(args.base)  # the pretrained GPT: main.py's, or GPT-2
     sst2 = sst2_experiment(args, run, base, tokenizer)  # sentences -> batches; baseline rows
 
     # The GPT body with a new head: Linear(n_embd, 2) on the last token's hidden state.

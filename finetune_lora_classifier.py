@@ -22,13 +22,20 @@ import argparse
 
 import torch
 
-from checkpoint import load_checkpoint
 from classifier import GPTClassifier, save_lora_classifier
 from finetune_classifier import finetune
-from finetuning import add_classifier_args, check_args, sst2_experiment
+from finetuning import (
+    SizeDefaults,
+    add_classifier_args,
+    check_args,
+    parse_finetune_args,
+    sst2_experiment,
+)
+from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from support.cli import run
 from support.finetune_checks import check_lora_flags
+from support.flags import HelpFormatter
 from support.measure import checkpoint_row, compared_rows
 from training import launch
 
@@ -39,8 +46,10 @@ DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 2, 4.0, ("qkv", "out_proj")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_classifier_args(p, out="lora_classifier.pth", run_name="lora-classifier", lr=2e-3)
+                                formatter_class=HelpFormatter)
+    add_classifier_args(p, out="lora_classifier.pth", run_name="lora-classifier",
+                        ours=SizeDefaults(lr=2e-3, batch_size=32),
+                        gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=128))
     p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="LoRA alpha: the update is scaled by alpha / r")
@@ -49,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"linear layers to adapt, any of {' '.join(DEFAULT_TARGETS)}")
     p.add_argument("--compare", default="runs/classifier/metrics.json",
                    help="add the model rows of this finetune_classifier.py result if it exists")
-    return p.parse_args(argv)
+    return parse_finetune_args(p, argv)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_flags(args)
     run = launch(args.device)  # one process, or this process's share under torchrun
-    base, tokenizer, _ = load_checkpoint(args.base)  # the pretrained GPT of main.py
+    base, tokenizer, _ = load_base(args.base)  # the pretrained GPT: main.py's, or GPT-2
     sst2 = sst2_experiment(args, run, base, tokenizer)  # sentences -> batches; baseline rows
 
     torch.manual_seed(args.seed)

@@ -30,9 +30,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from checkpoint import load_checkpoint, weights_fingerprint
+from checkpoint import weights_fingerprint
 from data_utils import INSTRUCTIONS_1100
-from finetuning import add_common_args, check_args, load_instruction_splits, train_config
+from finetuning import (
+    SizeDefaults,
+    add_common_args,
+    check_args,
+    example_length,
+    load_instruction_splits,
+    parse_finetune_args,
+    train_config,
+)
+from hf_gpt2 import load_base
 from instructions import (
     answer,
     encode_examples,
@@ -46,6 +55,7 @@ from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
 from support.cli import run
 from support.finetune_checks import check_answer_flags, check_lora_flags
+from support.flags import HelpFormatter
 from support.measure import (
     INSTRUCTION_COLUMNS,
     PeakMemory,
@@ -60,9 +70,11 @@ from training import cleanup_distributed, launch, lm_loss, train_model
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(p, out="qlora_adapters.pth", run_name="qlora-instruct", lr=2e-3,
-                    max_steps=300, train_size=2000, batch_size=16,
+                                formatter_class=HelpFormatter)
+    add_common_args(p, out="qlora_adapters.pth", run_name="qlora-instruct",
+                    ours=SizeDefaults(lr=2e-3, batch_size=16),
+                    gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
+                    max_steps=300, train_size=2000,
                     train_size_help="training instructions, seeded subsample of the data "
                     "file's 95 %% train split")
     p.add_argument("--data-file", default=None,
@@ -77,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.05, help="dropout on the adapter input")
     p.add_argument("--samples", type=int, default=5, help="held-out instructions to answer")
     p.add_argument("--max-new-tokens", type=int, default=80, help="length limit of an answer")
-    return p.parse_args(argv)
+    return parse_finetune_args(p, argv)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -130,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     say = print if run.is_main else lambda *_: None  # only the main process reports
     torch.manual_seed(args.seed)
 
-    base, tokenizer, _ = load_checkpoint(args.base)  # the pretrained GPT of main.py
+    base, tokenizer, _ = load_base(args.base)  # the pretrained GPT: main.py's, or GPT-2
     facts = {"base_fingerprint": weights_fingerprint(base.state_dict())}
-    ctx = base.config.context_length
+    ctx = example_length(args, base)
     splits = load_instruction_splits(args)
     train, facts["train_stats"] = encode_examples(splits["train"], tokenizer, ctx)
     test, facts["test_stats"] = encode_examples(splits["test"], tokenizer, ctx)

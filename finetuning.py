@@ -6,8 +6,11 @@ finetune_qlora_instructions.py: a 4-bit base plus LoRA). What they set up the sa
 here, once, above the chapters it ties together:
 
 - ``add_common_args`` / ``add_classifier_args``   the flags, with their defaults in view;
-  ``check_args`` checks them before anything is loaded; ``train_config`` turns them into
-  ``training.TrainConfig``.
+  ``parse_finetune_args`` fills the size flags (--lr, --batch-size, --max-length) from the
+  base's ``SizeDefaults``, ours or GPT-2's; ``check_args`` checks them before anything is
+  loaded; ``train_config`` turns them into ``training.TrainConfig``.
+- ``--base`` is our main.py checkpoint or GPT-2 in Hugging Face format (``hf_gpt2.load_base``
+  reads either), so every script here runs on OpenAI's pretrained GPT-2 as well.
 - ``load_sst2_splits`` / ``load_instruction_splits``   the data, subsampled (seeded) if asked.
 - ``sst2_experiment``   both SST-2 scripts' set-up: sentences -> batches of (ids, lengths,
   labels), the baseline rows; ``SST2Experiment.score`` makes a trained model's row of the
@@ -38,9 +41,11 @@ from torch.utils.data import DataLoader
 from checkpoint import check_writable, weights_fingerprint
 from classifier import encode_text, evaluate_accuracy
 from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, load_sst2
+from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
 from support.finetune_checks import check_finetune_flags, train_size_arg
+from support.flags import whole
 from support.measure import (
     CLASSIFIER_COLUMNS,
     append_record,
@@ -57,18 +62,37 @@ DATA_FILE_HINT = ("This script takes such a file as --data-file (a path, or the 
 # ---------------------------------------------------------------------------- flags
 
 
-def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: float,
-                    train_size_help: str, max_steps: int = 600, train_size: int = 20_000,
-                    batch_size: int = 32) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class SizeDefaults:
+    """The settings that depend on the base's size: each script's for our tiny base, and one
+    set for GPT-2 (124 M+ parameters, pretrained on 1,024-token windows of web text), whose
+    pretrained weights want a gentler learning rate, smaller batches and shorter windows."""
+
+    lr: float
+    batch_size: int
+    max_length: int | None = None  # tokens per example; None: the base's whole context
+
+
+def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
+                    ours: SizeDefaults, gpt2: SizeDefaults, train_size_help: str,
+                    max_steps: int = 600, train_size: int = 20_000) -> argparse.ArgumentParser:
     """The flags every finetuning script takes; each script picks its own defaults and says
-    what its --train-size counts (``train_size_help``)."""
-    p.add_argument("--base", default="model_weights.pth", help="pretrained model from main.py")
+    what its --train-size counts (``train_size_help``). --lr, --batch-size and --max-length
+    default to ``ours`` or, on a GPT-2 base, ``gpt2`` (``parse_finetune_args`` picks)."""
+    p.add_argument("--base", default="model_weights.pth",
+                   help="pretrained model: a checkpoint of main.py, or GPT-2 in Hugging Face "
+                   "format (a name such as gpt2 or gpt2-medium, or a folder)")
     p.add_argument("--out", default=out, help="where to save the finetuned checkpoint")
     p.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help=f"{train_size_help}; 0 or 'all': every one")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step")
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine to lr/10)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: "
+                   f"{ours.batch_size}; {gpt2.batch_size} on a GPT-2 base)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine to "
+                   f"lr/10 (default: {ours.lr:g}; {gpt2.lr:g} on a GPT-2 base)")
+    p.add_argument("--max-length", type=whole(2), default=None, help="tokens per example, "
+                   f"longer ones cut (default: the base's context; {gpt2.max_length} on a "
+                   "GPT-2 base)")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of max-steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on matrices only")
     p.add_argument("--eval-interval", type=int, default=100,
@@ -80,17 +104,35 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: 
     p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
                    "$LLM_DATA_DIR, else download into data/")
     p.add_argument("--run-name", default=run_name, help="metrics go to runs/<run-name>/")
+    p.set_defaults(size_defaults={"ours": ours, "gpt2": gpt2})
     return p
 
 
-def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str, lr: float
-                        ) -> argparse.ArgumentParser:
+def parse_finetune_args(p: argparse.ArgumentParser, argv: list[str] | None
+                        ) -> argparse.Namespace:
+    """Parse, then fill each size flag the user left out from the base's defaults: the one
+    place a GPT-2 base changes a default."""
+    args = p.parse_args(argv)
+    defaults = args.__dict__.pop("size_defaults")["gpt2" if is_hf_base(args.base) else "ours"]
+    for name, value in vars(defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
+                        ours: SizeDefaults, gpt2: SizeDefaults) -> argparse.ArgumentParser:
     """The flags of both SST-2 classifier scripts: the common ones plus --group-by-length."""
-    add_common_args(p, out=out, run_name=run_name, lr=lr,
+    add_common_args(p, out=out, run_name=run_name, ours=ours, gpt2=gpt2,
                     train_size_help="training sentences, seeded subsample of SST-2's 66k")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="batch sentences of similar length (3x less padding on SST-2)")
     return p
+
+
+def example_length(args: argparse.Namespace, base: GPTModel) -> int:
+    """Tokens per example: --max-length, at most the base's context."""
+    return min(args.max_length or base.config.context_length, base.config.context_length)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -229,10 +271,10 @@ def sst2_experiment(args: argparse.Namespace, run: Launch, base: GPTModel,
     if run.is_main:
         sizes = ", ".join(f"{name} {len(rows):,}" for name, rows in splits.items())
         print(f"Base {args.base}: {base.num_parameters() / 1e6:.2f} M parameters, context "
-              f"{base.config.context_length}; SST-2 sentences: {sizes} "
+              f"{example_length(args, base)}; SST-2 sentences: {sizes} "
               f"(test = GLUE dev); device {run.device}"
               + (f"; {run.world_size} processes" if run.world_size > 1 else ""))
-    loaders = sst2_loaders(splits, tokenizer, base.config.context_length, args.batch_size,
+    loaders = sst2_loaders(splits, tokenizer, example_length(args, base), args.batch_size,
                            args.seed, args.group_by_length, rank=run.rank,
                            world_size=run.world_size)
     return SST2Experiment(args, run, weights_fingerprint(base.state_dict()), splits, loaders,

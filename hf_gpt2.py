@@ -69,7 +69,7 @@ import regex
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoint import load_weights
+from checkpoint import load_checkpoint, load_weights
 from classifier import GPTClassifier
 from lora import LoRALayer
 from model import GPTConfig, GPTModel
@@ -423,3 +423,26 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     tokenizer = tokenizer_from_hf(folder)
     return model.eval(), tokenizer
 
+
+
+def is_hf_base(base: str | Path) -> bool:
+    """Is ``base`` GPT-2 in Hugging Face format (a folder or a Hub name), not our checkpoint?
+
+    Our checkpoints are files (main.py writes ``model_weights.pth``); a missing ``*.pth`` stays
+    ours, so it still says to run main.py first."""
+    path = Path(base).expanduser()
+    return not (path.is_file() or path.suffix in (".pth", ".pt"))
+
+
+def load_base(base: str | Path, map_location: str | torch.device = "cpu"
+              ) -> tuple[GPTModel, BPETokenizer, dict]:
+    """The one way a script turns ``--base`` into (model, tokenizer, metadata), in eval mode:
+    our checkpoint from main.py, or GPT-2 from a Hugging Face folder or Hub name (``from_hf``).
+
+    A GPT-2 base's metadata says where it came from; adapter files record that name or path
+    and its weights' fingerprint, so they reload onto it as onto one of ours.
+    """
+    if not is_hf_base(base):
+        return load_checkpoint(base, map_location=map_location)
+    model, tokenizer = from_hf(base)
+    return model.to(map_location), tokenizer, {"hf_base": str(base)}

@@ -18,7 +18,8 @@ use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
 Where things are: checkpoints and ``runs/`` are read from ``$LLM_APP_DIR`` (default: the
 folder the app is started in); ``$LLM_APP_BASE``, ``$LLM_APP_CLASSIFIER``, ``$LLM_APP_LORA``
 and ``$LLM_APP_QLORA`` override single files, and ``$LLM_APP_DEVICE`` the device (default:
-a GPU when there is one, else the CPU).
+a GPU when there is one, else the CPU). The base model may also be GPT-2 in Hugging Face
+format: a folder in the app folder, or the one ``$LLM_APP_BASE`` names.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ import torch
 import torch.nn as nn
 
 import training
-from checkpoint import load_checkpoint
 from classifier import load_classifier
+from hf_gpt2 import load_base
 from instructions import load_instruction_model
 from lora import count_parameters, lora_layers, lora_state_dict
 from quantization import is_quantized, quantized_nbytes
+from support.hub import WEIGHTS
 from tokenizer import BPETokenizer
 
 APP_DIR_ENV = "LLM_APP_DIR"
@@ -98,20 +100,25 @@ MAX_CHOICES = 200  # checkpoints offered per model: a folder full of files stays
 
 def checkpoint_choices(spec: ModelSpec, folder: Path) -> list[str]:
     """The files the sidebar offers for ``spec``: its default (or the file its environment
-    variable names), then every ``*.pth`` in the app folder and one level below it.
+    variable names), then every ``*.pth`` in the app folder and one level below it (for the
+    base model also every Hugging Face GPT-2 folder there: one with a model.safetensors).
 
     A visitor picks from this list and never types a path, so the page cannot be made to
     read, or say anything about, a file the person who started the app did not put there.
     """
     found = sorted({str(p.relative_to(folder)) for pattern in ("*.pth", "*/*.pth")
                     for p in folder.glob(pattern) if p.is_file()})
+    if spec.key == "base":
+        found += sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{WEIGHTS}"))
     first = default_path(spec)
     return [first, *(name for name in found if name != first)][:MAX_CHOICES]
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:
     """(modification time, size) of a file, or None if there is none: part of the cache key,
-    so a retrained checkpoint is loaded again."""
+    so a retrained checkpoint is loaded again. A Hugging Face folder's is its weights'."""
+    if path.is_dir():
+        path = path / WEIGHTS
     try:
         stat = path.stat()
     except (OSError, ValueError):  # ValueError: a NUL character in the path
@@ -171,7 +178,7 @@ def load_model(key: str, path: Path, base: Path, device: str
     makes it), CheckpointError (corrupt, foreign, or adapters for another base model).
     """
     if key == "base":
-        return load_checkpoint(path, map_location=device)
+        return load_base(path, map_location=device)  # ours, or a GPT-2 folder
     if key in ("classifier", "lora"):
         return load_classifier(path, base=base, map_location=device)
     if key == "qlora":

@@ -12,11 +12,24 @@ import torch
 import transformers
 from conftest import SHARED_DATA
 
+import evaluate
+import finetune_classifier
+import finetune_lora_classifier
+import finetune_qlora_instructions
 import hf_gpt2
-from classifier import GPTClassifier, encode_text, normalize_text
+import showcase
+from classifier import (
+    GPTClassifier,
+    encode_text,
+    evaluate_accuracy,
+    load_classifier,
+    normalize_text,
+    predict,
+)
 from data_utils import pad_batch
+from finetuning import load_sst2_splits, sst2_loaders
 from generation import generate_ids, generate_text
-from instructions import make_qlora
+from instructions import answer, load_instruction_model, make_qlora
 from lora import apply_lora
 from model import GPTConfig, GPTModel
 from support import hub
@@ -260,18 +273,22 @@ def gpt2_format_tokenizer(folder) -> None:
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def gpt2_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gpt2")
+def make_gpt2_folder(folder, n_positions: int = 64):
+    """A randomly initialised transformers GPT-2, saved with save_pretrained, as the Hub has it."""
     gpt2_format_tokenizer(folder)
     hf_tok = transformers.GPT2TokenizerFast.from_pretrained(folder)  # vocab.json + merges.txt
     torch.manual_seed(3)
     eot = len(hf_tok) - 1  # <|endoftext|>, last as in GPT-2
-    config = transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=48,
+    config = transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=n_positions, n_embd=48,
                                      n_layer=3, n_head=4, bos_token_id=eot, eos_token_id=eot)
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder)
     hf_tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    return make_gpt2_folder(tmp_path_factory.mktemp("gpt2"))
 
 
 def test_gpt2_from_transformers_loads_with_identical_logits(gpt2_folder):
@@ -336,3 +353,120 @@ def test_a_name_offline_says_so_in_one_sentence(tmp_path, monkeypatch):
     assert "run once with a network" in str(error.value)
     with pytest.raises(FileNotFoundError, match="neither a model folder"):
         hub.resolve("./no/such/folder")
+
+
+# ---------------------------------------------------------------------------- --base gpt2
+
+INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"
+needs_data = pytest.mark.skipif(
+    not all((SHARED_DATA / name).is_file() for name in
+            ("sst2/train.tsv", "tinyshakespeare.txt", "instruction-data-1100.jsonl")),
+    reason=f"real data not found in {SHARED_DATA}")
+QUICK = ["--max-steps", "2", "--eval-interval", "2", "--device", "cpu", "--dtype", "float32",
+         "--data-dir", str(SHARED_DATA)]
+
+
+@pytest.fixture(scope="module")
+def gpt2_base(tmp_path_factory):
+    """A GPT-2 folder with room for instruction prompts (256 positions)."""
+    return make_gpt2_folder(tmp_path_factory.mktemp("gpt2-base"), n_positions=256)
+
+
+def test_a_gpt2_base_gets_gpt2_sized_defaults_unless_a_flag_is_given():
+    ours = finetune_classifier.parse_args([])
+    assert (ours.lr, ours.batch_size, ours.max_length) == (5e-4, 32, None)
+    gpt2 = finetune_classifier.parse_args(["--base", "gpt2"])
+    assert (gpt2.lr, gpt2.batch_size, gpt2.max_length) == (5e-5, 8, 128)
+    lora = finetune_lora_classifier.parse_args(["--base", "gpt2", "--batch-size", "4"])
+    assert (lora.lr, lora.batch_size, lora.max_length) == (5e-4, 4, 128)
+    qlora = finetune_qlora_instructions.parse_args(["--base", "gpt2-medium", "--lr", "1e-3"])
+    assert (qlora.lr, qlora.batch_size, qlora.max_length) == (1e-3, 8, 256)
+    assert not hasattr(qlora, "size_defaults")  # not written into metrics.json's args
+
+
+def test_base_gpt2_offline_says_so_in_one_sentence(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for script in (finetune_classifier, finetune_lora_classifier, finetune_qlora_instructions):
+        with pytest.raises(FileNotFoundError, match="^Cannot download gpt2: there is no network"):
+            script.main(["--base", "gpt2"])
+    with pytest.raises(FileNotFoundError, match="^Cannot download gpt2: there is no network"):
+        evaluate.main(["--checkpoint", "gpt2"])
+
+
+def test_load_base_reads_ours_or_gpt2(gpt2_folder, tmp_path):
+    model, tok, meta = hf_gpt2.load_base(gpt2_folder)
+    assert meta == {"hf_base": str(gpt2_folder)} and tok.eot_id == tok.vocab_size - 1
+    with pytest.raises(FileNotFoundError, match="run python main.py first"):
+        hf_gpt2.load_base(tmp_path / "model_weights.pth")  # a missing .pth stays ours
+
+
+def sst2_accuracy(model, tok) -> float:
+    """GLUE dev accuracy with the batches the scripts score with (--batch-size 8, x2)."""
+    splits = load_sst2_splits(SHARED_DATA, 0, 0)
+    loader = sst2_loaders({"test": splits["test"]}, tok, 128, batch_size=8, seed=0)["test"]
+    return evaluate_accuracy(model, loader)
+
+
+@needs_data
+def test_both_classifier_scripts_train_on_a_gpt2_folder_and_reload_identically(
+        gpt2_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sst2 = [*QUICK, "--base", str(gpt2_base), "--train-size", "32"]
+    assert finetune_classifier.main([*sst2, "--skip-random-init"]) == 0
+    assert finetune_lora_classifier.main([*sst2, "--lr", "1e-3"]) == 0
+    metrics = json.loads((tmp_path / "runs/classifier/metrics.json").read_text())
+    assert metrics["args"]["lr"] == 5e-5 and metrics["args"]["max_length"] == 128
+    for path in ("classifier.pth", "lora_classifier.pth"):
+        model, tok, meta = load_classifier(path)  # LoRA: onto the GPT-2 folder it recorded
+        assert sst2_accuracy(model, tok) == meta["dev_acc"], path
+    assert meta["base_path"] == str(gpt2_base)
+    label, probs = predict_both(gpt2_base)
+    assert label in probs
+
+
+def predict_both(base):
+    """The LoRA classifier with its base given, and found from its metadata: one answer."""
+    stored, tok, _ = load_classifier("lora_classifier.pth")
+    given, _, _ = load_classifier("lora_classifier.pth", base=base)
+    text = "A charming, often affecting journey."
+    assert predict(stored, tok, text) == predict(given, tok, text)
+    return predict(given, tok, text)
+
+
+@needs_data
+def test_qlora_trains_on_a_gpt2_folder_and_reloads_answering_the_same(
+        gpt2_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert finetune_qlora_instructions.main(
+        [*QUICK, "--base", str(gpt2_base), "--data-file", str(INSTRUCTIONS), "--train-size",
+         "16", "--samples", "1", "--max-new-tokens", "4"]) == 0
+    sample = json.loads((tmp_path / "runs/qlora-instruct/samples.jsonl").read_text())
+    model, tok, meta = load_instruction_model("qlora_adapters.pth")
+    assert meta["base_path"] == str(gpt2_base)
+    assert answer(model, tok, sample["instruction"], sample["context"],
+                  max_new_tokens=4, seed=1337) == sample["tuned_answer"]
+
+
+@needs_data
+def test_evaluate_scores_a_gpt2_folder(gpt2_folder, tmp_path):
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--checkpoint", str(gpt2_folder), "--data-dir", str(SHARED_DATA),
+                          "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["training"] == {"hf_base": str(gpt2_folder)}
+    assert 0 < record["model"]["bits_per_char"] < 1.2 * record["untrained"]["bits_per_char"]
+
+
+def test_the_app_offers_and_loads_a_gpt2_folder_as_its_base(gpt2_folder, tmp_path, monkeypatch):
+    link = tmp_path / "gpt2"
+    link.symlink_to(gpt2_folder, target_is_directory=True)
+    monkeypatch.setenv("LLM_APP_BASE", "")
+    assert "gpt2" in showcase.checkpoint_choices(showcase.SPECS["base"], tmp_path)
+    assert "gpt2" not in showcase.checkpoint_choices(showcase.SPECS["lora"], tmp_path)
+    assert showcase.file_stamp(link) == showcase.file_stamp(link / "model.safetensors")
+    model, tok, meta = showcase.load_model("base", link, link, "cpu")
+    assert model.config.context_length == 64 and meta["hf_base"] == str(link)
