@@ -33,6 +33,7 @@ from data_utils import load_tinyshakespeare, split_shakespeare
 from hf_gpt2 import load_base
 from model import GPTModel
 from support.cli import run
+from support.flags import FlagParser
 from training import pick_device
 
 
@@ -79,8 +80,7 @@ def scores(nll: float, tokens: int, chars: int) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py, or "
                    "GPT-2 in Hugging Face format: a name (gpt2, gpt2-medium) or a folder")
     p.add_argument("--data-dir", default=None,

@@ -30,6 +30,7 @@ from classifier import load_classifier
 from hf_gpt2 import to_hf
 from instructions import load_instruction_model
 from support.cli import run
+from support.flags import FlagParser
 from support.hf_checks import check_exportable
 
 # Checkpoint kind -> the loader that rebuilds it as a model (adapters on their base).
@@ -42,8 +43,7 @@ LOADERS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="model_weights.pth",
                    help="a checkpoint of main.py, finetune_classifier.py, "
                    "finetune_lora_classifier.py or finetune_qlora_instructions.py")

@@ -41,14 +41,13 @@ from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
 from support.cli import run
-from support.flags import HelpFormatter
+from support.flags import FlagParser
 from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
 from training import launch, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     add_classifier_args(p, out="classifier.pth", run_name="classifier",
                         ours=SizeDefaults(lr=5e-4, batch_size=32),
                         gpt2=SizeDefaults(lr=5e-5, batch_size=8, max_length=128))

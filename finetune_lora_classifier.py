@@ -34,8 +34,7 @@ from finetuning import (
 from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from support.cli import run
-from support.finetune_checks import check_lora_flags
-from support.flags import HelpFormatter
+from support.flags import FlagParser, fraction, positive_int
 from support.measure import checkpoint_row, compared_rows
 from training import launch
 
@@ -45,25 +44,21 @@ DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_LORA_TARGETS = 2, 4.0, ("qkv", "out_proj")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     add_classifier_args(p, out="lora_classifier.pth", run_name="lora-classifier",
                         ours=SizeDefaults(lr=2e-3, batch_size=32),
                         gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=128))
-    p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank r")
+    p.add_argument("--rank", type=positive_int, default=DEFAULT_RANK, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="dropout on the adapter input")
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_LORA_TARGETS),
-                   help=f"linear layers to adapt, any of {' '.join(DEFAULT_TARGETS)}")
+                   choices=DEFAULT_TARGETS, help="linear layers to adapt")
     p.add_argument("--compare", default="runs/classifier/metrics.json",
                    help="add the model rows of this finetune_classifier.py result if it exists")
     return parse_finetune_args(p, argv)
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    check_args(args)
-    check_lora_flags(args, DEFAULT_TARGETS)
 
 
 def add_lora(model: GPTClassifier, args: argparse.Namespace) -> dict:
@@ -77,7 +72,7 @@ def add_lora(model: GPTClassifier, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_flags(args)
+    check_args(args)
     run = launch(args.device)  # one process, or this process's share under torchrun
     base, tokenizer, _ = load_base(args.base)  # the pretrained GPT: main.py's, or GPT-2
     sst2 = sst2_experiment(args, run, base, tokenizer)  # sentences -> batches; baseline rows

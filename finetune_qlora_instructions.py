@@ -54,8 +54,7 @@ from instructions import (
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
 from support.cli import run
-from support.finetune_checks import check_answer_flags, check_lora_flags
-from support.flags import HelpFormatter
+from support.flags import FlagParser, fraction, nonnegative_int, positive_int
 from support.measure import (
     INSTRUCTION_COLUMNS,
     PeakMemory,
@@ -69,8 +68,7 @@ from training import cleanup_distributed, launch, lm_loss, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, out="qlora_adapters.pth", run_name="qlora-instruct",
                     ours=SizeDefaults(lr=2e-3, batch_size=16),
                     gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
@@ -83,19 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{INSTRUCTIONS_1100}")
     p.add_argument("--backend", choices=BACKENDS, default="scratch",
                    help="NF4 implementation: ours (quantization.py) or bitsandbytes")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=16.0,
                    help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--dropout", type=float, default=0.05, help="dropout on the adapter input")
-    p.add_argument("--samples", type=int, default=5, help="held-out instructions to answer")
-    p.add_argument("--max-new-tokens", type=int, default=80, help="length limit of an answer")
+    p.add_argument("--dropout", type=fraction, default=0.05, help="dropout on the adapter input")
+    p.add_argument("--samples", type=nonnegative_int, default=5,
+                   help="held-out instructions to answer")
+    p.add_argument("--max-new-tokens", type=positive_int, default=80,
+                   help="length limit of an answer")
     return parse_finetune_args(p, argv)
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    check_args(args)
-    check_lora_flags(args, DEFAULT_TARGETS)
-    check_answer_flags(args)
 
 
 def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> float:
@@ -136,7 +132,7 @@ def answer_samples(model: nn.Module, tokenizer, records: list[dict], args) -> li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_flags(args)
+    check_args(args)
     started = time.perf_counter()
     run = launch(args.device)  # one process, or this process's share under torchrun
     say = print if run.is_main else lambda *_: None  # only the main process reports

@@ -44,8 +44,14 @@ from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, l
 from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
-from support.finetune_checks import check_finetune_flags, train_size_arg
-from support.flags import whole
+from support.flags import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    train_size_arg,
+    whole,
+)
 from support.measure import (
     CLASSIFIER_COLUMNS,
     append_record,
@@ -83,24 +89,27 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                    help="pretrained model: a checkpoint of main.py, or GPT-2 in Hugging Face "
                    "format (a name such as gpt2 or gpt2-medium, or a folder)")
     p.add_argument("--out", default=out, help="where to save the finetuned checkpoint")
-    p.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
+    p.add_argument("--max-steps", type=positive_int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help=f"{train_size_help}; 0 or 'all': every one")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: "
-                   f"{ours.batch_size}; {gpt2.batch_size} on a GPT-2 base)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine to "
-                   f"lr/10 (default: {ours.lr:g}; {gpt2.lr:g} on a GPT-2 base)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="examples per step "
+                   f"(default: {ours.batch_size}; {gpt2.batch_size} on a GPT-2 base)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate, cosine "
+                   f"to lr/10 (default: {ours.lr:g}; {gpt2.lr:g} on a GPT-2 base)")
     p.add_argument("--max-length", type=whole(2), default=None, help="tokens per example, "
                    f"longer ones cut (default: the base's context; {gpt2.max_length} on a "
                    "GPT-2 base)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of max-steps")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on matrices only")
-    p.add_argument("--eval-interval", type=int, default=100,
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=None,
+                   help="default: 10%% of max-steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.1,
+                   help="AdamW's, on matrices only")
+    p.add_argument("--eval-interval", type=positive_int, default=100,
                    help="log the val loss every N steps")
     p.add_argument("--seed", type=int, default=1337,
                    help="drives the subsample, batch order and new weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision; auto: bfloat16 where the hardware computes it")
     p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
                    "$LLM_DATA_DIR, else download into data/")
     p.add_argument("--run-name", default=run_name, help="metrics go to runs/<run-name>/")
@@ -136,9 +145,8 @@ def example_length(args: argparse.Namespace, base: GPTModel) -> int:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """One clear sentence for a flag value that would fail later in a confusing way, and an
-    --out that cannot be written is refused now, not after the training."""
-    check_finetune_flags(args)
+    """An --out that cannot be written is refused now, not after the training. (Each flag's
+    value was checked by its type when it was parsed.)"""
     check_writable(args.out)
 
 

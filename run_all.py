@@ -22,6 +22,7 @@ from pathlib import Path
 
 import showcase as sc
 from support.cli import run
+from support.flags import FlagParser
 
 ROOT = Path(__file__).resolve().parent
 STEPS = ("main.py", "evaluate.py", "finetune_classifier.py", "finetune_lora_classifier.py",
@@ -41,8 +42,7 @@ QUICK = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="toy settings, a few minutes; runs in --work-dir runs/quick")
     p.add_argument("--work-dir", default=None,

@@ -64,6 +64,19 @@ def number(at_least: float | None = None, above: float | None = None,
     return parse
 
 
+def train_size_arg(value: str) -> int:
+    """--train-size: a number of training examples; 0 or "all" means the whole training split."""
+    if value.lower() == "all":
+        return 0
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got '{value}'") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 means all), got {size}")
+    return size
+
+
 positive_int = whole(at_least=1)
 nonnegative_int = whole(at_least=0)
 positive_float = number(above=0)

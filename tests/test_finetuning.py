@@ -28,7 +28,7 @@ from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
 from support.batching import pad_labelled
-from support.finetune_checks import train_size_arg
+from support.flags import train_size_arg
 from support.measure import compared_rows
 from tokenizer import BPETokenizer
 from training import TrainConfig, train_model
@@ -115,13 +115,17 @@ def test_an_out_path_that_is_a_folder_is_refused_before_training(tmp_path):
         check_args(finetune_lora_classifier.parse_args(["--out", str(tmp_path)]))
 
 
-def test_a_negative_weight_decay_is_refused_in_one_sentence():
-    args = finetune_lora_classifier.parse_args(["--weight-decay", "-0.1"])
-    with pytest.raises(ValueError, match=r"^--weight-decay must be >= 0, got -0.1.$"):
-        check_args(args)
+@pytest.mark.parametrize("flags, sentence", [
+    (["--weight-decay", "-0.1"], "error: --weight-decay must be a finite number >= 0, got -0.1\n"),
+    (["--lr", "nan"], "error: --lr must be a finite number > 0, got nan\n"),
+    (["--rank", "0"], "error: --rank must be an integer >= 1, got 0\n"),
+    (["--dropout", "1"], "error: --dropout must be a finite number >= 0 and < 1, got 1\n"),
+])
+def test_a_bad_flag_value_is_refused_in_one_sentence(flags, sentence, capsys):
+    with pytest.raises(SystemExit) as exit:
+        finetune_lora_classifier.parse_args(flags)
+    assert exit.value.code == 2 and capsys.readouterr().err == sentence
     check_args(finetune_lora_classifier.parse_args(["--weight-decay", "0"]))
-    with pytest.raises(ValueError, match=r"^--lr must be positive, got nan.$"):
-        check_args(finetune_lora_classifier.parse_args(["--lr", "nan"]))
 
 
 def test_train_config_from_flags():
