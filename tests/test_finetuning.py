@@ -146,12 +146,13 @@ def test_default_lora_trains_under_one_percent_of_the_cpu_preset_model():
     assert trainable / total < 0.01
 
 
-def test_lora_script_rejects_unknown_targets():
+def test_lora_script_rejects_unknown_targets(capsys):
     model = GPTClassifier(GPTModel(GPTConfig(vocab_size=64, context_length=8, n_layer=1,
                                              n_head=1, n_embd=8)))
-    args = finetune_lora_classifier.parse_args(["--targets", "qkv", "lm_head"])
-    with pytest.raises(ValueError, match="Unknown --targets"):
-        finetune_lora_classifier.check_flags(args)  # at the edge, before anything is loaded
+    with pytest.raises(SystemExit) as exit:  # at the edge, before anything is loaded
+        finetune_lora_classifier.parse_args(["--targets", "qkv", "lm_head"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --targets: invalid choice: 'lm_head'")
     finetune_lora_classifier.add_lora(model, finetune_lora_classifier.parse_args([]))
 
 
