@@ -117,11 +117,17 @@ def time_app(folder: Path, n: int, tab: str) -> float:
     return float(caption.split(": ")[-1].split(" tokens/s")[0])
 
 
-def best(measure, repeats: int) -> tuple[float, list[int] | None]:
-    results = [measure() for _ in range(repeats)]
-    speeds = [r[0] if isinstance(r, tuple) else r for r in results]
-    tokens = results[0][1] if isinstance(results[0], tuple) else None
-    return max(speeds), tokens
+def interleaved(measures: dict, repeats: int) -> dict[str, tuple[float, list[int] | None]]:
+    """Best tokens/s of each measure, and its tokens: rounds that run every measure once, so
+    a burst of load from elsewhere hits all of them rather than one."""
+    speeds = {name: 0.0 for name in measures}
+    tokens = {}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            result = measure()
+            speed, tokens[name] = result if isinstance(result, tuple) else (result, None)
+            speeds[name] = max(speeds[name], speed)
+    return {name: (speeds[name], tokens[name]) for name in measures}
 
 
 def main() -> None:
@@ -145,21 +151,21 @@ def main() -> None:
           f"{model.config.context_length}, {n} new tokens, {torch.get_num_threads()} threads, "
           f"best of {args.repeats}")
 
-    reference, ref_tokens = best(lambda: time_generate_text(model, tokenizer, prompt, n),
-                                 args.repeats)
-    rows = [("generate_text (base)", reference, True)]
-    if hasattr(showcase, "stream_to"):
-        speed, tokens = best(lambda: time_app_stream(model, tokenizer, prompt, n), args.repeats)
-        rows.append(("app streaming, no Streamlit", speed, tokens == ref_tokens))
-    if not args.no_app:
-        rows.append(("app (AppTest), Generate tab", best(lambda: time_app(folder, n, "generate"),
-                                                           args.repeats)[0], None))
-    q_ref = tokens_of(qlora_4bit, tokenizer, prompt, n)
-    for name, m in [("QLoRA as loaded for inference", qlora), ("QLoRA, 4-bit layers",
-                                                               qlora_4bit)]:
-        speed, tokens = best(lambda m=m: time_generate_text(m, tokenizer, prompt, n),
-                             args.repeats)
-        rows.append((name, speed, tokens == q_ref))
+    measures = {
+        "generate_text (base)": lambda: time_generate_text(model, tokenizer, prompt, n),
+        "app streaming, no Streamlit": lambda: time_app_stream(model, tokenizer, prompt, n),
+        "app (AppTest), Generate tab": lambda: time_app(folder, n, "generate"),
+        "QLoRA as loaded for inference": lambda: time_generate_text(qlora, tokenizer, prompt, n),
+        "QLoRA, 4-bit layers": lambda: time_generate_text(qlora_4bit, tokenizer, prompt, n),
+    }
+    if args.no_app:
+        del measures["app (AppTest), Generate tab"]
+    results = interleaved(measures, args.repeats)
+    reference, base_tokens = results["generate_text (base)"]
+    qlora_tokens = tokens_of(qlora_4bit, tokenizer, prompt, n)
+    rows = [(name, speed, None if tokens is None else
+             tokens == (qlora_tokens if name.startswith("QLoRA") else base_tokens))
+            for name, (speed, tokens) in results.items()]
     print(f"  {'path':34} {'tokens/s':>9} {'vs generate_text':>17}  same tokens")
     for name, speed, same in rows:
         print(f"  {name:34} {speed:9.1f} {speed / reference:16.2f}x  "
