@@ -5,19 +5,23 @@
 One model (the checkpoint if it exists, else the CPU preset's shape with random weights and
 a tokenizer trained here on TinyShakespeare) and one setting (the app's defaults: prompt
 "ROMEO:", temperature 0.8, top-k 50, seed 1337) are timed in one process, each way back to
-back, best of ``--repeats``, with one fixed number of torch threads. On a loaded machine the
-absolute numbers wander; the ratios in the last column are what to compare:
+back, in rounds, best of ``--repeats``, with one fixed number of torch threads. On a loaded
+machine wall-clock speeds wander; the ratios to generate_text, and the CPU time per token
+(this thread's, which load from elsewhere leaves alone) are what to compare:
 
-- ``generate_text``                     the chapter's function, the reference.
-- ``app streaming, no Streamlit``       what app.show_stream does per piece (showcase.stream_to
-                                        with an HTML formatter as the display), without a page.
-- ``app (AppTest)``                     the real app.py run by Streamlit's AppTest: its own
-                                        "tokens/s" caption, the figure a visitor sees.
-- ``QLoRA as loaded for inference``     instructions.load_instruction_model, as the app and
-                                        ask.py use it.
-- ``QLoRA, 4-bit layers``               the training form: NF4 dequantized in every forward.
+- ``generate_text (base)``            the chapter's function, the reference.
+- ``app stream, redraw every token``  what app.show_stream did: showcase.stream_to with the
+                                      HTML the page gets, redrawn after every piece.
+- ``app stream, redraw <= 20/s``      what it does now (``showcase.UPDATE_INTERVAL_S``).
+- ``app (AppTest), Generate tab``     the real app.py run by Streamlit's AppTest: its own
+                                      "tokens/s" caption, the figure a visitor sees (wall
+                                      clock only: the script runs on Streamlit's thread).
+- ``QLoRA as loaded for inference``   ``load_instruction_model(..., dense=True)``, what the
+                                      app and ask.py answer with.
+- ``QLoRA, 4-bit layers``             the training form: NF4 dequantized in every forward.
 
-Each row also says whether its tokens equal generate_text's on the same model (same seed).
+Each row also says whether its tokens equal generate_text's with the same model and seed
+(the QLoRA rows: the 4-bit model's).
 """
 
 import argparse
@@ -35,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import showcase  # noqa: E402
 from checkpoint import load_checkpoint, save_checkpoint, weights_fingerprint  # noqa: E402
-from generation import encode_prompt, generate_ids  # noqa: E402
+from generation import encode_prompt, generate_ids, generate_text, stream_text  # noqa: E402
 from instructions import load_instruction_model, make_qlora, save_instruction_adapters  # noqa: E402
 from lora import lora_layers  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
@@ -43,6 +47,7 @@ from tokenizer import BPETokenizer  # noqa: E402
 
 SETTINGS = dict(temperature=0.8, top_k=50, seed=1337)  # the app's Generate defaults
 CPU_PRESET = dict(vocab_size=1024, context_length=128, n_layer=4, n_head=4, n_embd=128)
+Measured = tuple[float, float | None, list[int] | None]  # tokens/s, CPU s per token, tokens
 LORA = {"r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["qkv", "out_proj", "fc_in", "fc_out"]}
 
 
@@ -81,31 +86,35 @@ def tokens_of(model, tokenizer, prompt: str, n: int) -> list[int]:
                              vocab_size=tokenizer.vocab_size, **SETTINGS))
 
 
-def time_generate_text(model, tokenizer, prompt: str, n: int) -> tuple[float, list[int]]:
-    """tokens/s of generate_text (stop_at_eot off, so every run makes n tokens)."""
-    from generation import generate_text
-    start = time.perf_counter()
-    generate_text(model, tokenizer, prompt, n, stop_at_eot=False, **SETTINGS)
-    return n / (time.perf_counter() - start), tokens_of(model, tokenizer, prompt, n)
+def timed(run) -> tuple[float, float]:
+    """Wall seconds and this thread's CPU seconds of ``run()``. With one torch thread all the
+    work is on this thread, so CPU time is the figure that load from elsewhere leaves alone."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    run()
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def time_app_stream(model, tokenizer, prompt: str, n: int) -> tuple[float, list[int]]:
-    """tokens/s of the app's streaming loop (showcase.stream_to), the page replaced by the
-    HTML the app would send."""
-    from generation import stream_text
+def time_generate_text(model, tokenizer, prompt: str, n: int) -> Measured:
+    """generate_text (stop_at_eot off, so every run makes n tokens)."""
+    wall, cpu = timed(lambda: generate_text(model, tokenizer, prompt, n, stop_at_eot=False,
+                                            **SETTINGS))
+    return n / wall, cpu / n, tokens_of(model, tokenizer, prompt, n)
 
-    pages = []
 
+def time_app_stream(model, tokenizer, prompt: str, n: int, interval: float) -> Measured:
+    """The app's streaming loop (showcase.stream_to), the page replaced by the HTML the app
+    would send it, redrawn at most every ``interval`` seconds."""
     def render(text: str) -> None:
         pages.append(f"<div><b>{html.escape(prompt)}</b>{html.escape(text)}</div>")
 
-    start = time.perf_counter()
-    _, tokens = showcase.stream_to(stream_text(model, tokenizer, prompt, n, stop_at_eot=False,
-                                               **SETTINGS), model, render)
-    return tokens / (time.perf_counter() - start), tokens_of(model, tokenizer, prompt, n)
+    pages = []
+    wall, cpu = timed(lambda: showcase.stream_to(
+        stream_text(model, tokenizer, prompt, n, stop_at_eot=False, **SETTINGS), model, render,
+        interval))
+    return n / wall, cpu / n, tokens_of(model, tokenizer, prompt, n)
 
 
-def time_app(folder: Path, n: int, tab: str) -> float:
+def time_app(folder: Path, n: int, tab: str) -> Measured:
     """The tokens/s caption of the real app after one click on Generate (or Answer)."""
     from streamlit.testing.v1 import AppTest
     os.environ.update(LLM_APP_DIR=str(folder), LLM_APP_DEVICE="cpu")
@@ -114,20 +123,20 @@ def time_app(folder: Path, n: int, tab: str) -> float:
     at.slider(key=f"{key}_max").set_value(n)
     at.button(key=f"{key}_go").click().run()
     caption = at.tabs[index].caption[-1].value  # "N tokens generated in X s: Y tokens/s"
-    return float(caption.split(": ")[-1].split(" tokens/s")[0])
+    return float(caption.split(": ")[-1].split(" tokens/s")[0]), None, None
 
 
-def interleaved(measures: dict, repeats: int) -> dict[str, tuple[float, list[int] | None]]:
-    """Best tokens/s of each measure, and its tokens: rounds that run every measure once, so
-    a burst of load from elsewhere hits all of them rather than one."""
-    speeds = {name: 0.0 for name in measures}
-    tokens = {}
+def interleaved(measures: dict, repeats: int) -> dict[str, Measured]:
+    """Best tokens/s and CPU time per token of each measure, and its tokens: in rounds that run
+    every measure once, so a burst of load from elsewhere hits all of them, not one."""
+    best = {}
     for _ in range(repeats):
         for name, measure in measures.items():
-            result = measure()
-            speed, tokens[name] = result if isinstance(result, tuple) else (result, None)
-            speeds[name] = max(speeds[name], speed)
-    return {name: (speeds[name], tokens[name]) for name in measures}
+            speed, cpu, tokens = measure()
+            old_speed, old_cpu, _ = best.get(name, (0.0, None, None))
+            best[name] = (max(speed, old_speed),
+                          cpu if old_cpu is None else min(cpu, old_cpu), tokens)
+    return best
 
 
 def main() -> None:
@@ -153,7 +162,10 @@ def main() -> None:
 
     measures = {
         "generate_text (base)": lambda: time_generate_text(model, tokenizer, prompt, n),
-        "app streaming, no Streamlit": lambda: time_app_stream(model, tokenizer, prompt, n),
+        "app stream, redraw every token": lambda: time_app_stream(model, tokenizer, prompt, n,
+                                                                  0.0),
+        "app stream, redraw <= 20/s": lambda: time_app_stream(model, tokenizer, prompt, n,
+                                                              showcase.UPDATE_INTERVAL_S),
         "app (AppTest), Generate tab": lambda: time_app(folder, n, "generate"),
         "QLoRA as loaded for inference": lambda: time_generate_text(qlora, tokenizer, prompt, n),
         "QLoRA, 4-bit layers": lambda: time_generate_text(qlora_4bit, tokenizer, prompt, n),
@@ -161,16 +173,16 @@ def main() -> None:
     if args.no_app:
         del measures["app (AppTest), Generate tab"]
     results = interleaved(measures, args.repeats)
-    reference, base_tokens = results["generate_text (base)"]
+    reference, ref_cpu, base_tokens = results["generate_text (base)"]
     qlora_tokens = tokens_of(qlora_4bit, tokenizer, prompt, n)
-    rows = [(name, speed, None if tokens is None else
-             tokens == (qlora_tokens if name.startswith("QLoRA") else base_tokens))
-            for name, (speed, tokens) in results.items()]
-    print(f"  {'path':34} {'tokens/s':>9} {'vs generate_text':>17}  same tokens")
-    for name, speed, same in rows:
-        print(f"  {name:34} {speed:9.1f} {speed / reference:16.2f}x  "
-              f"{'-' if same is None else same}")
-
+    print(f"  {'path':32} {'tokens/s':>8} {'ratio':>6} {'CPU ms/token':>13} {'ratio':>6}  "
+          "same tokens")
+    for name, (speed, cpu, tokens) in results.items():
+        same = "-" if tokens is None else \
+            tokens == (qlora_tokens if name.startswith("QLoRA") else base_tokens)
+        cpu_columns = f"{'-':>13} {'-':>6}" if cpu is None else \
+            f"{cpu * 1e3:13.2f} {ref_cpu / cpu:5.2f}x"
+        print(f"  {name:32} {speed:8.1f} {speed / reference:5.2f}x {cpu_columns}  {same}")
 
 if __name__ == "__main__":
     main()
