@@ -13,9 +13,10 @@ machine wall-clock speeds wander; the ratios to generate_text, and the CPU time 
 - ``app stream, redraw every token``  what app.show_stream did: showcase.stream_to with the
                                       HTML the page gets, redrawn after every piece.
 - ``app stream, redraw <= 20/s``      what it does now (``showcase.UPDATE_INTERVAL_S``).
-- ``app (AppTest), Generate tab``     the real app.py run by Streamlit's AppTest: its own
-                                      "tokens/s" caption, the figure a visitor sees (wall
-                                      clock only: the script runs on Streamlit's thread).
+- ``app.py (AppTest), generate``     the real app.py run by Streamlit's AppTest: its own
+  ``app.py (AppTest), instructions``  "tokens/s" caption, the figure a visitor sees (wall
+                                      clock only: the script runs on Streamlit's thread);
+                                      the instructions row answers with the QLoRA model.
 - ``QLoRA as loaded for inference``   ``load_instruction_model(..., dense=True)``, what the
                                       app and ask.py answer with.
 - ``QLoRA, 4-bit layers``             the training form: NF4 dequantized in every forward.
@@ -114,11 +115,11 @@ def time_app_stream(model, tokenizer, prompt: str, n: int, interval: float) -> M
     return n / wall, cpu / n, tokens_of(model, tokenizer, prompt, n)
 
 
-def time_app(folder: Path, n: int, tab: str) -> Measured:
-    """The tokens/s caption of the real app after one click on Generate (or Answer)."""
+def time_app(app: Path, folder: Path, n: int, tab: str) -> Measured:
+    """The tokens/s caption of the app after one click on Generate (or Answer)."""
     from streamlit.testing.v1 import AppTest
     os.environ.update(LLM_APP_DIR=str(folder), LLM_APP_DEVICE="cpu")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(app.resolve()), default_timeout=120).run()
     key, index = ("gen", 2) if tab == "generate" else ("inst", 4)
     at.slider(key=f"{key}_max").set_value(n)
     at.button(key=f"{key}_go").click().run()
@@ -145,7 +146,9 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=120, help="new tokens per run (app default)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads for every row")
-    p.add_argument("--no-app", action="store_true", help="skip the AppTest rows (slow start)")
+    p.add_argument("--app", nargs="*", default=[str(ROOT / "app.py")],
+                   help="app scripts to time with AppTest (none: skip those rows); another "
+                        "version of app.py, saved beside it, compares before and after")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -166,23 +169,24 @@ def main() -> None:
                                                                   0.0),
         "app stream, redraw <= 20/s": lambda: time_app_stream(model, tokenizer, prompt, n,
                                                               showcase.UPDATE_INTERVAL_S),
-        "app (AppTest), Generate tab": lambda: time_app(folder, n, "generate"),
         "QLoRA as loaded for inference": lambda: time_generate_text(qlora, tokenizer, prompt, n),
         "QLoRA, 4-bit layers": lambda: time_generate_text(qlora_4bit, tokenizer, prompt, n),
     }
-    if args.no_app:
-        del measures["app (AppTest), Generate tab"]
+    for app in map(Path, args.app):
+        for tab in ("generate", "instructions"):
+            measures[f"{app.name} (AppTest), {tab}"] = \
+                lambda app=app, tab=tab: time_app(app, folder, n, tab)
     results = interleaved(measures, args.repeats)
     reference, ref_cpu, base_tokens = results["generate_text (base)"]
     qlora_tokens = tokens_of(qlora_4bit, tokenizer, prompt, n)
-    print(f"  {'path':32} {'tokens/s':>8} {'ratio':>6} {'CPU ms/token':>13} {'ratio':>6}  "
+    print(f"  {'path':38} {'tokens/s':>8} {'ratio':>6} {'CPU ms/token':>13} {'ratio':>6}  "
           "same tokens")
     for name, (speed, cpu, tokens) in results.items():
         same = "-" if tokens is None else \
             tokens == (qlora_tokens if name.startswith("QLoRA") else base_tokens)
         cpu_columns = f"{'-':>13} {'-':>6}" if cpu is None else \
             f"{cpu * 1e3:13.2f} {ref_cpu / cpu:5.2f}x"
-        print(f"  {name:32} {speed:8.1f} {speed / reference:5.2f}x {cpu_columns}  {same}")
+        print(f"  {name:38} {speed:8.1f} {speed / reference:5.2f}x {cpu_columns}  {same}")
 
 if __name__ == "__main__":
     main()
