@@ -261,10 +261,11 @@ def inference_model(model: GPTModel) -> GPTModel:
 
     Each 4-bit layer of ``model`` unpacks and dequantizes its whole weight in every forward,
     to multiply it with the one new token of a generation step: that made answering about
-    three times slower than the base model. NF4 saves memory for *training*; to answer, the
-    dequantized weights plus the merged LoRA update (``hf_gpt2.dense_state_dict``, the
-    weights the export writes too) are plain ``nn.Linear`` weights, computed once. The
-    outputs are those of ``model`` up to float rounding (W x + B(A x) versus (W + BA) x); it
+    five times slower than the base model (benchmarks/bench_app_generation.py). NF4 saves
+    memory for *training*; to answer, the dequantized weights plus the merged LoRA update
+    (``hf_gpt2.dense_state_dict``, the weights the export writes too) are plain ``nn.Linear``
+    weights, computed once. The outputs are those of ``model`` up to float rounding
+    (W x + B(A x) versus (W + BA) x), the sampled tokens the same in practice (tested); it
     holds fp32 weights, about 8x the 4-bit layers' memory, and cannot be trained as QLoRA.
     """
     device = next(model.parameters()).device

@@ -9,6 +9,8 @@ use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
 - ``MODELS``           the four checkpoints: where each lives and which command creates it;
                        ``checkpoint_choices`` the files the sidebar offers for each.
 - ``load_model``       one loader for any of them; ``model_facts`` is what the overview shows.
+- ``stream_to``        the app's streaming loop: the text so far, redrawn at most 20 times a
+                       second, and the number of tokens generated.
 - ``token_pieces``     the tokenizer view; ``tokens_html`` colours the pieces.
 - ``attention_grid``   one layer and head of attention as a long table for a heatmap.
 - ``read_runs``        every ``runs/*/metrics.jsonl`` and ``metrics.json``; the ``*_frame``
@@ -252,7 +254,7 @@ def stream_to(pieces: Iterator[str], model: nn.Module, show: Callable[[str], Non
     """Join the generated ``pieces``, showing the text so far at most every ``interval``
     seconds and once at the end (also when generation raises); (text, tokens generated).
 
-    Redrawing the page on every token cost the app a quarter of its speed: each redraw sends
+    Redrawing the page on every token cost the app about a quarter of its speed: each redraw sends
     the whole text so far to the browser. 20 redraws a second still look like typing.
     """
     text, shown, last = "", "", time.perf_counter()
