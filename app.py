@@ -28,7 +28,7 @@ import torch.nn as nn
 import showcase as sc
 from classifier import normalize_text, predict
 from generation import stream_text
-from instructions import format_prompt, stream_answer
+from instructions import format_prompt, inference_model, stream_answer
 
 # What loading and inference raise for bad files and bad values (CheckpointError is a
 # ValueError, a missing file an OSError, a missing bitsandbytes an ImportError).
@@ -54,6 +54,13 @@ def load_cached(key: str, path: str, stamp: tuple, base: str, base_stamp: tuple 
     return sc.load_model(key, Path(path), Path(base), device)
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def dense_cached(path: str, stamp: tuple, base: str, base_stamp: tuple | None, device: str):
+    """The QLoRA model in dense layers, to answer with (instructions.inference_model); the
+    4-bit model stays loaded for the overview's figures."""
+    return inference_model(load_cached("qlora", path, stamp, base, base_stamp, device)[0])
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -74,19 +81,20 @@ def show_stream(pieces: Iterator[str], model: nn.Module, prompt: str = "") -> No
     """Show text as it is generated (the prompt in bold), then its speed."""
     with st.container(border=True):
         box = st.empty()
-    text, start = "", time.perf_counter()
+
+    def show(text: str) -> None:
+        box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b>'
+                 f"{html.escape(text)}</div>")
+
+    start = time.perf_counter()
     try:
-        with sc.counting_forward_passes(model) as tokens:  # pieces are not tokens: count passes
-            for piece in pieces:
-                text += piece
-                box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b>'
-                         f"{html.escape(text)}</div>")
+        text, n = sc.stream_to(pieces, model, show)  # redraws at most 20 times a second
     except EXPECTED_ERRORS as e:
         st.error(str(e))
         return
-    seconds, n = time.perf_counter() - start, tokens[0]
+    seconds = time.perf_counter() - start
     if not text:
-        box.html(f'<div style="{TEXT_STYLE}"><b>{html.escape(prompt)}</b></div>')
+        show("")
         st.caption("The model ended the text at once (it chose `<|endoftext|>`).")
     st.caption(f"{n} token{'s' * (n != 1)} generated in {seconds:.2f} s: "
                f"{n / max(seconds, 1e-9):.1f} tokens/s")
@@ -127,9 +135,11 @@ def load_slots(folder: Path, paths: dict[str, Path], device: str) -> dict[str, s
         if stamp is not None:
             try:
                 with st.spinner(f"Loading {spec.title} ({path.name}) ..."):
-                    slot.model, slot.tokenizer, slot.meta = load_cached(
-                        spec.key, str(path), stamp, str(base),
-                        sc.file_stamp(base) if spec.needs_base else None, device)
+                    key = (str(path), stamp, str(base),
+                           sc.file_stamp(base) if spec.needs_base else None, device)
+                    slot.model, slot.tokenizer, slot.meta = load_cached(spec.key, *key)
+                    if spec.key == "qlora":
+                        slot.dense = dense_cached(*key)
                 slot.facts = sc.model_facts(slot.model, slot.tokenizer, slot.meta, path)
             except EXPECTED_ERRORS as e:
                 slot.model, slot.error = None, str(e)
@@ -258,9 +268,9 @@ def instructions_tab(slot: sc.Slot, samples: dict[str, list[dict]]) -> None:
     with st.expander("Prompt template: what the model reads"):
         st.code(format_prompt(instruction, context), language=None, wrap_lines=True)
     if go:
-        show_stream(stream_answer(slot.model, slot.tokenizer, instruction, context,
+        show_stream(stream_answer(slot.generator, slot.tokenizer, instruction, context,
                                   max_new_tokens=int(max_new), temperature=float(temp),
-                                  seed=int(s)), slot.model)
+                                  seed=int(s)), slot.generator)
     for run, records in samples.items():
         with st.expander(f"Held-out answers from training (runs/{run}/samples.jsonl)"):
             st.dataframe(pd.DataFrame(records), hide_index=True)

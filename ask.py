@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, tokenizer, _ = load_instruction_model(args.adapters, base=args.base,
                                                  backend=args.backend,
-                                                 map_location=pick_device(args.device))
+                                                 map_location=pick_device(args.device),
+                                                 dense=True)  # answering only: no 4-bit
     if args.show_prompt:
         print(format_prompt(args.instruction, args.context), end="")
     show(stream_answer(model, tokenizer, args.instruction, args.context, **sampling(args)),

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader
 from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
 from classifier import load_adapters
 from generation import stream_text
+from hf_gpt2 import dense_state_dict
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, quantize_model
@@ -231,14 +232,15 @@ def save_instruction_adapters(path: str | Path, model: GPTModel, tokenizer: BPET
 
 
 def load_instruction_model(path: str | Path, base: str | Path | None = None,
-                           backend: str | None = None, map_location: str | torch.device = "cpu"
-                           ) -> tuple[GPTModel, BPETokenizer, dict]:
+                           backend: str | None = None, map_location: str | torch.device = "cpu",
+                           dense: bool = False) -> tuple[GPTModel, BPETokenizer, dict]:
     """Rebuild (model, tokenizer, metadata) from a "qlora-instruct" checkpoint, in eval mode.
 
     The base model is ``base`` when given, else the path the adapters were trained on; it is
     quantized again (``backend``, default: the one used in training) on ``map_location`` and
     the adapters are loaded on top. A base whose weights differ from the training base's
-    raises CheckpointError; a missing base says to run main.py first.
+    raises CheckpointError; a missing base says to run main.py first. ``dense=True`` returns
+    ``inference_model`` of it: for answering only.
     """
     ckpt = read_checkpoint(path, kind=KIND,
                            missing_hint="run python finetune_qlora_instructions.py first")
@@ -251,7 +253,25 @@ def load_instruction_model(path: str | Path, base: str | Path | None = None,
         return make_qlora(gpt.to(map_location), backend, r=lora["r"], alpha=lora["alpha"],
                           dropout=lora.get("dropout", 0.0), targets=lora["targets"])
     model, tokenizer = load_adapters(ckpt, path, base, adapt)
-    return model.eval(), tokenizer, meta
+    return (inference_model(model) if dense else model.eval()), tokenizer, meta
+
+
+def inference_model(model: GPTModel) -> GPTModel:
+    """A plain GPTModel, in eval mode, that computes what the QLoRA ``model`` computes.
+
+    Each 4-bit layer of ``model`` unpacks and dequantizes its whole weight in every forward,
+    to multiply it with the one new token of a generation step: that made answering about
+    five times slower than the base model (benchmarks/bench_app_generation.py). NF4 saves
+    memory for *training*; to answer, the dequantized weights plus the merged LoRA update
+    (``hf_gpt2.dense_state_dict``, the weights the export writes too) are plain ``nn.Linear``
+    weights, computed once. The outputs are those of ``model`` up to float rounding
+    (W x + B(A x) versus (W + BA) x), the sampled tokens the same in practice (tested); it
+    holds fp32 weights, about 8x the 4-bit layers' memory, and cannot be trained as QLoRA.
+    """
+    device = next(model.parameters()).device
+    dense = GPTModel(model.config).to(device)
+    dense.load_state_dict(dense_state_dict(model))
+    return dense.eval()
 
 
 # ---------------------------------------------------------------------------- answering

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 from conftest import ROOT, SHARED_DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -363,6 +364,41 @@ def test_the_token_count_counts_forward_passes_not_reencoded_text():
         other.join()
     model(x)  # after the block: not counted, the hook is gone
     assert count == [5] and not model._forward_hooks
+
+
+def test_streaming_redraws_at_most_every_interval_and_shows_the_whole_text():
+    """The app's stream (showcase.stream_to) gives exactly generate_text's text and token
+    count; it redraws per piece only when asked to, and always shows the final text, also
+    when generation fails half-way."""
+    from generation import generate_text, stream_text
+    from model import GPTConfig, GPTModel
+    from showcase import stream_to
+    from tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer()
+    tokenizer.train("To be, or not to be, that is the question. " * 30, 300)
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=300, context_length=16, n_layer=1, n_head=1,
+                               n_embd=16)).eval()
+    settings = dict(max_new_tokens=40, temperature=0.9, seed=3, stop_at_eot=False)
+    expected = generate_text(model, tokenizer, "To be", **settings)
+    for interval, most in [(float("inf"), 1), (0.0, 40)]:
+        shown = []
+        text, tokens = stream_to(stream_text(model, tokenizer, "To be", **settings), model,
+                                 shown.append, interval)
+        assert text == expected and shown[-1] == expected and tokens == 40
+        assert 1 <= len(shown) <= most and shown == sorted(shown, key=len)
+    assert len(shown) > 1  # interval 0: every piece is drawn
+
+    def failing():
+        yield "half an "
+        yield "answer"
+        raise ValueError("the model broke")
+
+    shown = []
+    with pytest.raises(ValueError, match="the model broke"):
+        stream_to(failing(), model, shown.append, float("inf"))
+    assert shown == ["half an answer"]
 
 
 @needs_data

@@ -14,6 +14,7 @@ from instructions import (
     encode_examples,
     format_example,
     format_prompt,
+    inference_model,
     instruction_dataloader,
     load_instruction_model,
     make_qlora,
@@ -237,6 +238,29 @@ def test_reload_requantizes_the_base_and_gives_identical_logits(backend, base_pa
     with torch.no_grad():
         assert torch.equal(loaded(idx), model(idx))
         assert not torch.equal(loaded(idx), tiny_gpt(seed=0).eval()(idx))  # adapters are used
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_the_dense_inference_model_answers_with_the_same_tokens(backend, base_path, tokenizer,
+                                                                tmp_path):
+    """inference_model (what the app and ask.py answer with) folds NF4 and LoRA into plain
+    weights: the same logits up to float rounding, the same sampled tokens for a seed."""
+    out = tmp_path / "adapters.pth"
+    quantized = trained_adapters(base_path, tokenizer, backend, out)
+    dense, _, meta = load_instruction_model(out, dense=True)
+    assert type(dense) is GPTModel and not dense.training and meta["steps"] == 7
+    assert not lora_layers(dense) and not any(is_quantized(m) for m in dense.modules())
+    assert all(type(m) is torch.nn.Linear for name, m in dense.named_modules()
+               if name.endswith(tuple(LORA["targets"])))
+    idx = torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(dense(idx), quantized(idx), rtol=1e-4, atol=1e-5)
+    for seed in range(3):
+        settings = dict(max_new_tokens=30, temperature=0.9, top_k=None, seed=seed)
+        assert answer(dense, tokenizer, "Name a colour.", **settings) == \
+            answer(quantized, tokenizer, "Name a colour.", **settings)
+    assert any(is_quantized(m) for m in quantized.modules())  # the 4-bit model is untouched
+    assert type(inference_model(quantized)) is GPTModel
 
 
 def test_wrong_base_is_refused_with_a_clear_error(base_path, tokenizer, tmp_path):
