@@ -28,7 +28,7 @@ from classifier import (
 )
 from data_utils import pad_batch
 from finetuning import load_sst2_splits, sst2_loaders
-from generation import generate_ids, generate_text
+from generation import generate_ids
 from instructions import answer, load_instruction_model, make_qlora
 from lora import apply_lora
 from model import GPTConfig, GPTModel
@@ -122,8 +122,8 @@ def test_greedy_generate_equals_ours_token_for_token(tok, exported):
         if theirs and theirs[-1] == tok.eot_id:  # HF keeps the stop token, ours does not
             theirs = theirs[:-1]
         assert theirs == ours and len(ours) > 0
-        text = generate_text(model, tok, prompt, max_new_tokens=40, temperature=0)
-        assert hf_tok.decode(theirs) == text
+        # (generate_text would mask the tokens that break UTF-8: this untrained model picks them)
+        assert hf_tok.decode(theirs) == tok.decode(ours)
 
 
 def test_padded_ids_are_suppressed_like_ours(tok, exported):
