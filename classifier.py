@@ -255,8 +255,15 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
     """
     from hf_gpt2 import load_base  # hf_gpt2 exports classifiers, so it imports this module
 
+    stored_base = base is None
     lora, fingerprint, base = adapter_metadata(ckpt, path, base)
-    base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
+    try:
+        base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
+    except FileNotFoundError as err:  # the path it stored is relative to where it trained
+        if stored_base:
+            raise FileNotFoundError(f"{path} holds adapters for the base model {base}, which "
+                                    "is not here: pass --base with that file's path.") from None
+        raise err
     base_fingerprint = weights_fingerprint(base_model.state_dict())  # before adapt changes it
     model = adapt(base_model, lora)
     trained = {name for name, param in model.named_parameters() if param.requires_grad}

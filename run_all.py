@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def commands(args: argparse.Namespace) -> list[list[str]]:
     """One argument list per step: the script, then the flags this run adds to it."""
     data = ["--data-dir", str(Path(args.data_dir).resolve())] if args.data_dir else []
-    instructions = str(Path(args.instruction_file).resolve()) if args.instruction_file else None
+    instructions = args.instruction_file
+    if instructions and Path(instructions).exists():  # the steps may run in another folder
+        instructions = str(Path(instructions).resolve())  # (a bare name not here: data folder)
     result = []
     for script in STEPS:
         flags = [*(QUICK.get(script, []) if args.quick else []), *data]

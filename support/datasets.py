@@ -84,7 +84,7 @@ KNOWN_FILES: dict[str, KnownFile] = {
     DOLLY: KnownFile(
         "2df9083338b4abd6bceb5635764dab5d833b393b55759dffb0959b6fcbf794ec",
         f"Hugging Face dataset {DOLLY_HF_NAME}",
-        hint=f", or pass any Dolly-schema JSONL (e.g. {INSTRUCTIONS_1100}) as data_file",
+        hint=f", or use any Dolly-schema JSONL instead (e.g. {INSTRUCTIONS_1100})",
     ),
     INSTRUCTIONS_1100: KnownFile(
         "bc2751ddade44bb303460221323120b49f0e9b7a4c993aecb1f372fe662c78ab",

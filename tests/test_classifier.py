@@ -270,11 +270,14 @@ def test_lora_checkpoint_on_a_different_base_is_refused(tmp_path, tokenizer, lor
         load_classifier(path, base=other)
 
 
-def test_lora_checkpoint_without_its_base_says_run_main(tmp_path, lora_setup):
+def test_lora_checkpoint_without_its_base_says_pass_base(tmp_path, lora_setup):
     _, path, base_path = lora_setup
     base_path.unlink()
-    with pytest.raises(FileNotFoundError, match="run python main.py first"):
+    with pytest.raises(FileNotFoundError, match=f"^{path} holds adapters for the base model "
+                       f"{base_path}, which is not here: pass --base with that file's path.$"):
         load_classifier(path)
+    with pytest.raises(FileNotFoundError, match="run python main.py first"):  # --base given
+        load_classifier(path, base=base_path)
 
 
 def test_load_classifier_refuses_a_base_model_and_explains_a_missing_file(tmp_path, tokenizer):

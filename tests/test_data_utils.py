@@ -290,7 +290,8 @@ def test_a_bare_instruction_file_name_is_found_in_the_data_folder(tmp_path, monk
 
 def test_default_dolly_missing_points_to_data_file_option(tmp_path):
     write_fixture(tmp_path)
-    with pytest.raises(DataMissingError, match="databricks-dolly-15k.jsonl.*data_file"):
+    with pytest.raises(DataMissingError,
+                       match="databricks-dolly-15k.jsonl.*any Dolly-schema JSONL instead"):
         load_instructions(data_dir=tmp_path)
 
 

@@ -276,7 +276,7 @@ def test_missing_base_or_adapters_say_what_to_run(base_path, tokenizer, tmp_path
     out = tmp_path / "adapters.pth"
     trained_adapters(base_path, tokenizer, "scratch", out)
     base_path.unlink()
-    with pytest.raises(FileNotFoundError, match="run python main.py first"):
+    with pytest.raises(FileNotFoundError, match="which is not here: pass --base"):
         load_instruction_model(out)
     with pytest.raises(FileNotFoundError, match="finetune_qlora_instructions.py first"):
         load_instruction_model(tmp_path / "nothing.pth")

@@ -64,6 +64,18 @@ def test_quick_and_data_flags_reach_the_right_scripts(tmp_path):
     assert defaults == [[script] for script in run_all.STEPS]  # the README's commands, as is
 
 
+def test_an_instruction_file_is_a_path_here_or_a_name_in_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.jsonl").write_text("")
+
+    def passed(name: str) -> str:
+        commands = run_all.commands(run_all.parse_args(["--instruction-file", name]))
+        return dict((script, flags) for script, *flags in commands)["main.py"][-1]
+
+    assert passed("mine.jsonl") == str(tmp_path / "mine.jsonl")  # the steps run elsewhere
+    assert passed("instruction-data-1100.jsonl") == "instruction-data-1100.jsonl"  # data folder
+
+
 def test_the_summary_holds_every_steps_figures(tmp_path):
     runs = tmp_path / "runs"
     for name in ("pretrain", "evaluate", "classifier", "lora-classifier", "qlora-instruct"):

@@ -219,8 +219,9 @@ def test_a_reader_that_stops_early_ends_the_output_quietly():
     (sample, [], "No checkpoint at model_weights.pth: run python main.py first."),
     (ask, ["Hi."], "No checkpoint at qlora_adapters.pth: run python "
                    "finetune_qlora_instructions.py first."),
-    (classify, ["--model", "lora_classifier.pth", "Fine."],
-     "No checkpoint at model_weights.pth: run python main.py first."),  # its base is gone
+    (classify, ["--model", "lora_classifier.pth", "Fine."],  # its base is elsewhere
+     "lora_classifier.pth holds adapters for the base model model_weights.pth, which is not "
+     "here: pass --base with that file's path."),
 ])
 def test_missing_files_name_the_command_that_makes_them(module, args, message, project,
                                                         tmp_path, monkeypatch):
