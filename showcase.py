@@ -51,6 +51,7 @@ from instructions import load_instruction_model
 from lora import count_parameters, lora_layers, lora_state_dict
 from quantization import is_quantized, quantized_nbytes
 from support.hub import WEIGHTS
+from support.validate import is_number
 from tokenizer import BPETokenizer
 
 APP_DIR_ENV = "LLM_APP_DIR"
@@ -415,10 +416,6 @@ def loss_frame(records: list[dict]) -> pd.DataFrame:
             for r in records for split in ("train", "val")
             if isinstance(r.get(f"{split}_loss"), int | float) and isinstance(r.get("step"), int)]
     return pd.DataFrame(rows, columns=["step", "split", "loss"])
-
-
-def is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def result_rows(runs: Runs) -> list[dict]:

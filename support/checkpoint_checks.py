@@ -17,6 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from support.errors import CheckpointError
+from support.validate import is_number
 
 
 def check_structure(ckpt: Any, path: str | Path, kind: str | None, fmt: str, version: int
@@ -121,10 +122,6 @@ def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
     return meta
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _rank_matches_tensors(r: Any, state_dict: Mapping[str, Any]) -> bool:
     """Every saved adapter has rank ``r``: lora_A is [r, in], lora_B is [out, r]. (The rank
     decides what apply_lora allocates, so it must be what the file holds.)"""
@@ -150,9 +147,9 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
     r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "targets"))
     check_metadata(path, "lora.r", r, isinstance(r, int) and not isinstance(r, bool) and r > 0
                    and _rank_matches_tensors(r, ckpt["state_dict"]))
-    check_metadata(path, "lora.alpha", alpha, _is_number(alpha))
+    check_metadata(path, "lora.alpha", alpha, is_number(alpha))
     check_metadata(path, "lora.dropout", dropout,
-                   dropout is None or (_is_number(dropout) and 0 <= dropout < 1))
+                   dropout is None or (is_number(dropout) and 0 <= dropout < 1))
     check_metadata(path, "lora.targets", targets, isinstance(targets, list | tuple)
                    and len(targets) > 0 and all(isinstance(t, str) for t in targets))
     fingerprint = meta.get("base_fingerprint")

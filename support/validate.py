@@ -18,7 +18,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real int or float (a bool is not a number here, though Python says it is an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -31,12 +32,12 @@ def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be a non-negative integer, "
                          f"got {max_new_tokens!r}.")
-    if not (_is_number(temperature) and 0 <= temperature < math.inf):
+    if not (is_number(temperature) and 0 <= temperature < math.inf):
         raise ValueError(f"--temperature must be a finite number >= 0 (0 means greedy), "
                          f"got {temperature!r}.")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"--top-k must be an integer >= 1 (or unset), got {top_k!r}.")
-    if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
+    if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"--top-p must be in (0, 1] (or unset), got {top_p!r}.")
     if prompt_tokens < 1:
         raise ValueError("generate_ids needs at least one prompt token.")
@@ -69,7 +70,7 @@ def check_model_config(sizes: dict[str, Any], n_embd: int, n_head: int, dropout:
     if n_embd % n_head != 0:
         raise ValueError(f"n_embd ({n_embd}, --n-embd) must be divisible by n_head ({n_head}, "
                          "--n-head).")
-    if not (_is_number(dropout) and 0 <= dropout < 1):
+    if not (is_number(dropout) and 0 <= dropout < 1):
         raise ValueError(f"dropout must be in [0, 1) (--dropout), got {dropout!r}.")
 
 
@@ -87,9 +88,9 @@ def check_lora_layer(layer_name: str, in_features: Any, out_features: Any, r: An
                          f"got {layer_name}.")
     if not _is_int(r) or r < 1:
         raise ValueError(f"LoRA rank r (--rank) must be a positive integer, got {r!r}.")
-    if not (_is_number(alpha) and alpha > 0):  # 0 would silence the adapters
+    if not (is_number(alpha) and alpha > 0):  # 0 would silence the adapters
         raise ValueError(f"LoRA alpha must be positive (--alpha), got {alpha!r}.")
-    if not (_is_number(dropout) and 0.0 <= dropout < 1.0):
+    if not (is_number(dropout) and 0.0 <= dropout < 1.0):
         raise ValueError(f"LoRA dropout must be in [0, 1) (--dropout), got {dropout!r}.")
 
 
