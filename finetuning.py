@@ -109,7 +109,8 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                    help="drives the subsample, batch order and new weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast precision; auto: bfloat16 where the hardware computes it")
+                   help="autocast precision; auto: bfloat16 on a CUDA GPU that has it, "
+                   "else float32")
     p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
                    "$LLM_DATA_DIR, else download into data/")
     p.add_argument("--run-name", default=run_name, help="metrics go to runs/<run-name>/")

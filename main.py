@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-name", default="pretrain", help="metrics go to runs/<run-name>/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast dtype; auto: bfloat16 where the hardware has it")
+                   help="autocast dtype; auto: bfloat16 on a CUDA GPU that has it, else float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~30 s)")
     p.add_argument("--resume", action="store_true", help="continue runs/<run-name>/state.pt")
     p.add_argument("--seed", type=int, default=1337,

@@ -320,6 +320,13 @@ def _bitsandbytes_linear4bit(
     )
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    # On an AVX512-BF16 CPU bitsandbytes repacks the weight in place for a bf16 inference
+    # kernel at the first eval-mode forward without grad. The next training forward then
+    # takes that inference path and fails; unpacking is lossy (absmax goes through bf16 and
+    # is quantized again), so the frozen base would drift with every evaluation; and the
+    # kernel computes in bf16 whatever the compute dtype. So the layer keeps its NF4 weight
+    # as quantized and computes as on every other CPU: dequantize, then a plain matmul.
+    layer.support_avx512bf16_for_cpu = False
     # Params4bit quantizes only when moved to a device; without this its forward fails with a
     # bare AssertionError.
     layer = layer.to(device)

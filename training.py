@@ -1,7 +1,7 @@
 """The training loop shared by pretraining and every finetuning script.
 
 ``train_model`` is a plain loop, nanoGPT style: set the learning rate (linear warmup, then
-cosine decay), run forward and loss on a batch under autocast (bf16 where the hardware has it),
+cosine decay), run forward and loss on a batch under autocast (bf16 on a GPU that has it),
 backpropagate, clip the gradients' norm, take an optimizer step; every so often, measure the
 loss on held-out data. Read it at the bottom of this file. Above it are its parts: the settings
 (``TrainConfig``), AdamW with weight decay only on matrices and Muon for the matrices inside

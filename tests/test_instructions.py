@@ -253,6 +253,8 @@ def test_the_dense_inference_model_answers_with_the_same_tokens(backend, base_pa
     assert all(type(m) is torch.nn.Linear for name, m in dense.named_modules()
                if name.endswith(tuple(LORA["targets"])))
     idx = torch.randint(0, 300, (2, 12))
+    # Float32 on every CPU, either backend: bitsandbytes' layers never take its packed
+    # AVX512-BF16 kernel, which computes in bf16 (quantization._bitsandbytes_linear4bit).
     with torch.no_grad():
         torch.testing.assert_close(dense(idx), quantized(idx), rtol=1e-4, atol=1e-5)
     for seed in range(3):

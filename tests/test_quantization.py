@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import quantization
-from lora import apply_lora, count_parameters, freeze_all_but_lora, lora_layers
+from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora, lora_layers
 from model import GPTConfig, GPTModel
 from quantization import (
     DQ_BLOCKSIZE,
@@ -354,6 +354,47 @@ def test_both_backends_compute_the_same_weights(bnb):
                            dequantized_weight(getattr(reference, name)))
     x = torch.randn(2, 3, 64)
     torch.testing.assert_close(scratch(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def train_evaluate_train(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Two AdamW steps on the LoRA adapters with an eval-mode forward between, as a
+    finetune with an evaluation does; returns both eval outputs and the last loss."""
+    torch.manual_seed(1)  # the same adapters for either backend
+    apply_lora(model, r=4)
+    freeze_all_but_lora(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    outputs = []
+    for _ in range(2):
+        model.train()
+        loss = model(x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            outputs.append(model(x))
+    return outputs + [loss.detach()]
+
+
+@pytest.mark.parametrize("cpu_has_avx512_bf16", [True, False])
+def test_bitsandbytes_trains_evaluates_and_trains_again_like_ours(bnb, monkeypatch,
+                                                                  cpu_has_avx512_bf16):
+    """bitsandbytes 0.50 repacks a Linear4bit for its AVX512-BF16 inference kernel at the first
+    eval forward without grad (lossily, in place), after which training crashed. Forcing its
+    capability check both ways covers either kind of CPU on any machine: the layers keep their
+    NF4 weights and, in float32, train exactly as our own NF4 layers do."""
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: cpu_has_avx512_bf16)
+    torch.manual_seed(0)
+    model = TinyBlock()
+    ours = quantize_model(copy.deepcopy(model), backend="scratch", double_quant=False)
+    theirs = quantize_model(copy.deepcopy(model), backend="bitsandbytes", double_quant=False)
+    before = {name: dequantized_weight(getattr(theirs, name)) for name in DEFAULT_TARGETS}
+    x = torch.randn(2, 3, 64, dtype=torch.float32)
+    for got, expected in zip(train_evaluate_train(theirs, x), train_evaluate_train(ours, x),
+                             strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for name in DEFAULT_TARGETS:  # the frozen base is what it was, bit for bit
+        assert torch.equal(dequantized_weight(getattr(theirs, name)), before[name]), name
 
 
 def test_quantize_model_errors():

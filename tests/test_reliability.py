@@ -77,7 +77,7 @@ def wait_for_step(path, step: int, proc: subprocess.Popen, timeout: float = 120)
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tokenizer_dir):
     steps = ["--max-steps", "300", "--checkpoint-interval", "20", "--seed", "7",
-             "--out", "kept.pth"]
+             "--dtype", "float32", "--out", "kept.pth"]
     straight = workdir_with_tokenizer(tmp_path, tokenizer_dir, "straight")
     main_py(straight, *steps)
 
@@ -156,7 +156,7 @@ def test_ctrl_c_before_any_evaluation_saves_the_last_weights_and_exits_130(tmp_p
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tokenizer_dir):
     common = ["--max-steps", "8", "--checkpoint-interval", "0", "--device", "cpu",
-              "--eval-interval", "1000"]
+              "--dtype", "float32", "--eval-interval", "1000"]
     single = workdir_with_tokenizer(tmp_path, tokenizer_dir, "single")
     main_py(single, *common, "--batch-size", "16")
 

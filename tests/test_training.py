@@ -164,7 +164,8 @@ def test_best_fn_receives_the_weights_with_the_lowest_val_loss(tmp_path):
     train, val = loaders()
     log = tmp_path / "metrics.jsonl"
     bests = []  # (step, weights) at each new lowest val loss
-    cfg = TrainConfig(max_steps=80, learning_rate=1e-2, warmup_steps=5, eval_interval=10)
+    cfg = TrainConfig(max_steps=80, learning_rate=1e-2, warmup_steps=5, eval_interval=10,
+                      dtype="float32")  # the val losses are compared with a float32 evaluation
     summary = train_model(fresh_model(), train, val, cfg, CPU, log_path=log,
                           best_fn=lambda s: bests.append(
                               (s["step"], {k: v.clone() for k, v in s["model"].items()})))
@@ -196,7 +197,7 @@ def test_val_loss_is_the_mean_over_every_window_even_with_a_short_last_batch():
 def test_resumed_run_matches_an_uninterrupted_one(optimizer):
     """Ctrl-C at step 15, resume to 30: the same weights as 30 steps in one go (dropout on)."""
     cfg = TrainConfig(max_steps=30, learning_rate=3e-3, warmup_steps=5, eval_interval=1000,
-                      optimizer=optimizer)
+                      optimizer=optimizer, dtype="float32")  # assert_close's float32 tolerance
     train, _ = loaders()
     straight = fresh_model(dropout=0.1)
     train_model(straight, train, None, cfg, CPU)
@@ -234,7 +235,7 @@ def test_gradients_are_clipped_before_every_optimizer_step(optimizer):
 
     clip = 1e-3  # far below the unclipped norms (~1), so every step is clipped
     cfg = TrainConfig(max_steps=5, learning_rate=1e-3, warmup_steps=1, eval_interval=1000,
-                      grad_clip=clip, optimizer=optimizer)
+                      grad_clip=clip, optimizer=optimizer, dtype="float32")
     train, _ = loaders()
     hook = register_optimizer_step_pre_hook(record_norm)
     try:
@@ -249,7 +250,8 @@ def test_gradient_accumulation_matches_a_bigger_batch():
     ids = tiny_data()
     big = create_dataloader(ids, 16, 8, shuffle=False)
     small = create_dataloader(ids, 16, 4, shuffle=False)
-    cfg = dict(max_steps=5, learning_rate=1e-3, warmup_steps=1, eval_interval=1000, grad_clip=0)
+    cfg = dict(max_steps=5, learning_rate=1e-3, warmup_steps=1, eval_interval=1000, grad_clip=0,
+               dtype="float32")  # the tolerance is float32's
     a, b = fresh_model(), fresh_model()
     train_model(a, big, None, TrainConfig(**cfg), CPU)
     train_model(b, small, None, TrainConfig(**cfg, grad_accum_steps=2), CPU)
@@ -267,3 +269,4 @@ def test_bad_device_and_dtype_get_clear_errors():
     with pytest.raises(ValueError, match="Unknown dtype"):
         pick_dtype("float8", CPU)
     assert pick_dtype("bfloat16", CPU) == torch.bfloat16
+    assert pick_dtype("auto", CPU) == torch.float32  # bf16 on a CPU only when asked for
