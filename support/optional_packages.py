@@ -8,7 +8,8 @@ from typing import Any
 
 # bitsandbytes' CPU backend logs a warning through this logger on every import when the CPU
 # supports AVX512-BF16 but the optional `kernels` package (which downloads code at run time)
-# is not installed. It is harmless: bitsandbytes falls back to its built-in kernel.
+# is not installed. It is harmless: our layers never use that packed kernel (see
+# quantization._bitsandbytes_linear4bit).
 _BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 
 
