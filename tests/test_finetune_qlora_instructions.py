@@ -70,7 +70,10 @@ def test_missing_base_says_run_main_first(tmp_path, monkeypatch):
 
 @needs_data
 def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
-    pytest.importorskip("bitsandbytes")
+    """Trains, evaluates and trains again with bitsandbytes told the CPU has AVX512-BF16 (on
+    such CPUs its packed inference kernel used to crash the training step after an eval)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
     monkeypatch.chdir(tmp_path)
     tokenizer = BPETokenizer()
     tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
@@ -79,11 +82,15 @@ def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
                               n_embd=64))
     save_checkpoint("base.pth", base, tokenizer)
     script.main(["--base", "base.pth", "--data-file", str(INSTRUCTIONS), "--backend",
-                 "bitsandbytes", "--max-steps", "2", "--train-size", "16", "--batch-size", "8",
-                 "--samples", "1", "--max-new-tokens", "4", "--device", "cpu"])
+                 "bitsandbytes", "--max-steps", "4", "--eval-interval", "2", "--train-size",
+                 "16", "--batch-size", "8", "--samples", "1", "--max-new-tokens", "4",
+                 "--device", "cpu"])
     assert read_checkpoint("qlora_adapters.pth")["metadata"]["backend"] == "bitsandbytes"
     metrics = json.loads((tmp_path / "runs/qlora-instruct/metrics.json").read_text())
     assert metrics["backend"] == "bitsandbytes" and metrics["quantized_bytes"]["layers"] == 4
+    log = [json.loads(line) for line in
+           (tmp_path / "runs/qlora-instruct/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "val_loss" in r] == [2, 4]
 
 
 @needs_data
