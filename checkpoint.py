@@ -98,9 +98,9 @@ def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""
 
     The GPT's tensors sit under ``weights_prefix`` in the state dict ("gpt." in a classifier).
     """
-    with invalid_config(path):
-        config = GPTConfig(**ckpt["config"])
-        tokenizer = BPETokenizer.from_dict(ckpt["tokenizer"])
+    with invalid_config(path, ckpt.get("config")) as entries:
+        config = GPTConfig(**entries)
+        tokenizer = BPETokenizer.from_dict(ckpt.get("tokenizer"))
     check_config_fits_weights(path, ckpt["state_dict"], config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config), weights_prefix)
     return config, tokenizer

@@ -33,13 +33,66 @@ def check_structure(ckpt: Any, path: str | Path, kind: str | None, fmt: str, ver
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
                               "('state_dict').")
+    check_weights(ckpt["state_dict"], path, Path(path).stat().st_size)
+
+
+def check_weights(state_dict: Mapping[str, Any], path: str | Path, file_bytes: int) -> None:
+    """Weights are finite floating-point tensors that the file's bytes back.
+
+    An int, bool or complex tensor would be cast silently into a float parameter, and a NaN or
+    inf would only show up as NaN text or a NaN finetune. Tensors may share bytes (a tied
+    embedding is listed twice), so together they may claim twice the file, no more: many
+    names over the same stored bytes would otherwise build a model many times the file.
+    """
+    claimed = 0
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: its weight {name} is not a tensor.")
+        if not tensor.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: its weight {name} holds {tensor.dtype} values; "
+                                  "weights are floating-point numbers.")
+        claimed += tensor.numel() * tensor.element_size()
+        if claimed > 2 * file_bytes:
+            raise CheckpointError(f"{path}: its weights claim more bytes than the file holds "
+                                  f"({file_bytes:,}); they share stored bytes, so it was not "
+                                  "loaded.")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: its weight {name} holds NaN or infinite values; "
+                                  "the model that wrote it had diverged, use an earlier "
+                                  "checkpoint or train again.")
+
+
+GPT_SIZES = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")
+
+
+def check_gpt_config(config: Any, where: str, keys: Mapping[str, str] | None = None,
+                     entry: str = "entry") -> None:
+    """The sizes a file states for a GPTConfig: positive integers, the width divisible by the
+    heads. One sentence names the file (``where``) and its own key: ``keys`` maps GPTConfig's
+    size fields to the file's names (GPT-2's config.json calls context_length n_positions)."""
+    keys = keys or {name: name for name in GPT_SIZES}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} holds no config (a dict of the model's sizes); make "
+                              "the file again with the script that wrote it.")
+    for key in keys.values():
+        value = config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            problem = "is missing" if value is None else f"is {value!r:.40}"
+            raise CheckpointError(f"{where}: its {entry} '{key}' {problem}; it must be a "
+                                  "positive integer.")
+    n_embd, n_head = config[keys["n_embd"]], config[keys["n_head"]]
+    if n_embd % n_head:
+        raise CheckpointError(f"{where}: its {entry} '{keys['n_embd']}' ({n_embd}) is not "
+                              f"divisible by '{keys['n_head']}' ({n_head}).")
 
 
 @contextmanager
-def invalid_config(path: str | Path) -> Iterator[None]:
-    """Turn an error from rebuilding the stored config or tokenizer into one sentence."""
+def invalid_config(path: str | Path, config: Any) -> Iterator[dict]:
+    """The checkpoint's config dict, its sizes checked (``check_gpt_config``); an error from
+    rebuilding the config or tokenizer from it becomes one sentence naming the file."""
+    check_gpt_config(config, str(path), entry="config entry")
     try:
-        yield
+        yield config
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None
 

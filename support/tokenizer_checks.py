@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-
-import regex
 
 FORMAT_VERSION = 1
 MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or broken
@@ -86,20 +84,32 @@ def check_merges(merges: dict[Pair, int]) -> None:
                              f"{MAX_TOKEN_BYTES} bytes")
 
 
-def read_tokenizer_dict(d: object) -> tuple[str, dict[Pair, int], list[int] | None,
-                                             dict[str, int]]:
+def check_split_pattern(pattern: object, known: Mapping[str, str]) -> None:
+    """A split pattern read from a file must be one of the ``known`` ones, by exact string.
+
+    A regex is a program: a pattern with nested quantifiers can backtrack for hours on a line
+    of ordinary text, and no check of the pattern itself can rule that out. The known ones
+    (name -> pattern) use possessive quantifiers that never backtrack."""
+    if pattern not in known.values():
+        raise ValueError(f"its split pattern {pattern!r:.60} is not one this loader runs "
+                         f"({', '.join(known)}): a regex from a file could run for hours on "
+                         "ordinary text, so only these are accepted")
+
+
+def read_tokenizer_dict(d: object, patterns: Mapping[str, str]
+                        ) -> tuple[str, dict[Pair, int], list[int] | None, dict[str, int]]:
     """(pattern, merges, byte_order, special_tokens) of a version-1 tokenizer dict.
 
-    Checked: the pattern compiles, at most MAX_MERGES merges, each a pair of ids that exist
-    before it (and no pair twice), byte_order a permutation of the 256 bytes, and special ids
-    that are distinct ints after the regular tokens.
+    Checked: the pattern is one of ``patterns`` (name -> regex), at most MAX_MERGES merges,
+    each a pair of ids that exist before it (and no pair twice), byte_order a permutation of
+    the 256 bytes, and special ids that are distinct ints after the regular tokens.
     """
     if not isinstance(d, dict) or d.get("version") != FORMAT_VERSION:
-        raise ValueError(f"not a version-{FORMAT_VERSION} tokenizer dict.")
+        raise ValueError(f"the tokenizer is missing or is not a version-{FORMAT_VERSION} "
+                         "tokenizer dict.")
     try:
         pattern = d["pattern"]
-        if pattern:
-            regex.compile(pattern)
+        check_split_pattern(pattern, patterns)
         if len(d["merges"]) > MAX_MERGES:
             raise ValueError(f"{len(d['merges']):,} merges is more than the {MAX_MERGES:,} "
                              "this loader accepts")
@@ -112,8 +122,10 @@ def read_tokenizer_dict(d: object) -> tuple[str, dict[Pair, int], list[int] | No
         if byte_order is not None and sorted(byte_order) != list(range(256)):
             raise ValueError("byte_order must be a permutation of 0..255")
         special_tokens = {str(s): i for s, i in d["special_tokens"].items()}
-    except (KeyError, TypeError, AttributeError, regex.error) as e:
-        raise ValueError(f"malformed tokenizer dict ({type(e).__name__}: {e}).") from None
+    except KeyError as e:
+        raise ValueError(f"the tokenizer has no '{e.args[0]}' entry.") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"a tokenizer entry has the wrong type ({e}).") from None
     ids, first = list(special_tokens.values()), 256 + len(merges)  # 256 bytes + merges
     if not all(type(i) is int and i >= first for i in ids) or len(set(ids)) != len(ids):
         raise ValueError(f"special token ids must be distinct ints >= {first}, so that they "
@@ -135,6 +147,15 @@ def tokenizer_file(path: str | Path) -> Iterator[object]:
         yield json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"tokenizer file {path} is not a valid tokenizer: {e}") from None
+    except KeyError as e:  # a foreign file's entry that is not there
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: it has no "
+                         f"{e.args[0]!r:.60} entry.") from None
+    except (TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: an entry has the "
+                         f"wrong type ({e}).") from None
+    except RecursionError:
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: it nests too "
+                         "deeply.") from None
 
 
 def check_rank_table(ranks: dict[bytes, int], by_rank: list[bytes],
