@@ -211,3 +211,41 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
         base = meta.get("base_path")
         check_metadata(path, "base_path", base, isinstance(base, str))
     return lora, fingerprint, base
+
+
+# ---------------------------------------------------------------------------- resume state
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> Any:
+    """The training settings of a resume state (``build(**saved)``: main.py's TrainConfig),
+    once everything ``TrainingRun.resume`` reads is there with its type; a hand-edited or
+    damaged state file is one sentence naming it and the entry."""
+    training, meta = ckpt.get("training"), checkpoint_metadata(ckpt, path)
+    check_metadata(path, "training", training, isinstance(training, dict))
+    optimizer, rng, best = (training.get(k) for k in ("optimizer", "rng", "best_val"))
+    entries = {
+        "training.step": (training.get("step"), _is_int(training.get("step"), 0)),
+        "training.optimizer": (optimizer, isinstance(optimizer, dict)
+                               and isinstance(optimizer.get("state"), dict)
+                               and isinstance(optimizer.get("param_groups"), list)),
+        "training.rng": (rng, isinstance(rng, dict) and isinstance(rng.get("torch"),
+                                                                   torch.Tensor)
+                         and rng["torch"].dtype == torch.uint8),
+        "training.elapsed": (training.get("elapsed"), is_number(training.get("elapsed", 0.0))),
+        "training.best_val": (best, best is None or (isinstance(best, list | tuple)
+                                                     and len(best) == 2 and is_number(best[0])
+                                                     and _is_int(best[1], 0))),
+        "batch_size": (meta.get("batch_size"), _is_int(meta.get("batch_size"), 1)),
+        "train_config": (meta.get("train_config"), isinstance(meta.get("train_config"), dict)),
+    }
+    for name, (value, ok) in entries.items():
+        check_metadata(path, name, value, ok)
+    try:
+        return build(**meta["train_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its training settings are invalid ({e}); start a run "
+                              "without --resume.") from None
