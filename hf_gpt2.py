@@ -420,7 +420,7 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     tokenizer = tokenizer_from_hf(folder)
     # The config is only a claim: the weights' shapes must be its model's before it is built.
     state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
-    check_config_fits_weights(folder / "config.json", state, config.n_layer, config.vocab_size,
+    check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config))
     model = GPTModel(config)
     load_weights(model, state, folder)

@@ -93,7 +93,7 @@ def check_split_pattern(pattern: object, known: Mapping[str, str]) -> None:
     if pattern not in known.values():
         raise ValueError(f"its split pattern {pattern!r:.60} is not one this loader runs "
                          f"({', '.join(known)}): a regex from a file could run for hours on "
-                         "ordinary text, so only these are accepted")
+                         "ordinary text, so only these are accepted.")
 
 
 def read_tokenizer_dict(d: object, patterns: Mapping[str, str]
