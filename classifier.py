@@ -217,18 +217,20 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     ckpt = read_checkpoint(path, missing_hint="run python finetune_classifier.py "
                            "(or finetune_lora_classifier.py) first")
     kind = ckpt.get("kind")
+    if kind not in ("classifier", "lora-classifier"):
+        raise CheckpointError(f"{path} holds a '{kind}' model, not a sentiment classifier.")
     meta = checkpoint_metadata(ckpt, path)
     labels = meta.get("labels", LABELS)
+    head = ckpt["state_dict"].get("head.weight")  # one row per label: the file backs the head
     check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
-                   and all(isinstance(label, str) for label in labels))
+                   and all(isinstance(label, str) for label in labels)
+                   and isinstance(head, torch.Tensor) and len(head) == len(labels))
     if kind == "classifier":
         config, tokenizer = config_and_tokenizer(ckpt, path, weights_prefix="gpt.")
         model = GPTClassifier(GPTModel(config), tuple(labels))
         load_weights(model, ckpt["state_dict"], path)
-    elif kind == "lora-classifier":
-        model, tokenizer = _load_lora_classifier(ckpt, path, base, tuple(labels))
     else:
-        raise CheckpointError(f"{path} holds a '{kind}' model, not a sentiment classifier.")
+        model, tokenizer = _load_lora_classifier(ckpt, path, base, tuple(labels))
     return model.to(map_location).eval(), tokenizer, meta
 
 

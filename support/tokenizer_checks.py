@@ -3,7 +3,8 @@ dicts and files, which may come from anywhere (a download, a checkpoint, a hand 
 
 Each check raises ValueError (FileNotFoundError for a missing file) with one sentence, or
 returns the cleaned value, so the chapter's functions read as the idea with one call at the top.
-The limits MAX_MERGES and MAX_TOKEN_BYTES bound what a hostile file can make us build.
+The limits MAX_MERGES, MAX_TOKEN_BYTES and MAX_VOCAB_BYTES bound what a hostile file can
+make us build.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or broken
 MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long "tokens"
+MAX_VOCAB_BYTES = 64 << 20  # all tokens' bytes together; cl100k's take 0.7 MB, o200k's 1.4 MB
 
 Pair = tuple[int, int]
 
@@ -71,17 +73,23 @@ def check_token_id(token_id: object, vocab: dict[int, bytes], special_tokens: di
 
 
 def check_merges(merges: dict[Pair, int]) -> None:
-    """Refuse merges that would spell a token longer than MAX_TOKEN_BYTES, before any is spelled.
+    """Refuse merges that would spell a token longer than MAX_TOKEN_BYTES, or tokens of more
+    than MAX_VOCAB_BYTES together, before any is spelled.
 
     The lengths add up like the bytes do (a merged token is its two parts side by side), so
     they are known without building a single token.
     """
     length = dict.fromkeys(range(256), 1)
+    total = 256
     for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
         length[new_id] = length[a] + length[b]
+        total += length[new_id]
         if length[new_id] > MAX_TOKEN_BYTES:
             raise ValueError(f"merge {new_id} would spell a token longer than "
                              f"{MAX_TOKEN_BYTES} bytes")
+        if total > MAX_VOCAB_BYTES:  # a thousand long tokens pair up into a million longer ones
+            raise ValueError(f"the merges up to {new_id} would spell more than "
+                             f"{MAX_VOCAB_BYTES >> 20} MiB of tokens")
 
 
 def check_split_pattern(pattern: object, known: Mapping[str, str]) -> None:

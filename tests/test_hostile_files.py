@@ -10,14 +10,16 @@ the same script's ``main`` in this process.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import probe_hostile_files as probe
 from checkpoint import CheckpointError, load_checkpoint
-from classifier import load_classifier
+from classifier import GPTClassifier, load_classifier, save_classifier
 from lora import LoRALayer
 from model import GPTModel
 from support.cli import USER_ERRORS
@@ -195,3 +197,33 @@ def test_the_probe_runs_a_script_and_measures_it(tmp_path):
                          timeout=60)
     assert row["rc"] == 1 and row["stderr"].startswith("error: No checkpoint at")
     assert 50 < row["peak_mb"] < BASELINE_MB and row["s"] > 0
+
+
+def test_labels_the_head_does_not_hold_build_no_head(tmp_path, monkeypatch):
+    path = tmp_path / "clf.pth"
+    save_classifier(path, GPTClassifier(probe.tiny_model()), probe.tokenizer())
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["metadata"]["labels"] = ["x"] * 1_000_000  # one string, a million references: 2 MB
+    torch.save(ckpt, path)
+    widths: list[int] = []
+    init = torch.nn.Linear.__init__
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda self, i, o, *a, **k: (
+        widths.append(o), init(self, i, o, *a, **k))[1])
+    with pytest.raises(CheckpointError, match=f"^{path}: its metadata entry 'labels' is invalid"):
+        load_classifier(path)
+    assert max(widths, default=0) < 1000 and path.stat().st_size < 5e6
+
+
+def test_merges_spelling_more_than_the_vocabulary_limit_are_refused_unspelled(tmp_path):
+    # 511 merges spell "a" * 512; 256 more, each a different last byte, give 256 tokens of 512
+    # bytes, and every pair of those a token of 1,024 bytes: 64 MiB from a 1 MB file.
+    chain = [[97, 97]] + [[256 + i, 97] for i in range(509)]
+    last = 256 + len(chain) - 1
+    halves = [[last, b] for b in range(256)]
+    first = 256 + len(chain)
+    pairs = [[first + i, first + j] for i in range(256) for j in range(256)]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"version": 1, "pattern": "", "special_tokens": {},
+                                "merges": chain + halves + pairs}))
+    with pytest.raises(ValueError, match=f"^tokenizer file {path} .* more than 64 MiB of tokens"):
+        BPETokenizer.load(path)
