@@ -12,14 +12,18 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks import probe_hostile_files as probe
 from checkpoint import CheckpointError, load_checkpoint
 from classifier import GPTClassifier, load_classifier, save_classifier
+from hf_gpt2 import from_hf
 from lora import LoRALayer
 from model import GPTModel
 from support.cli import USER_ERRORS
@@ -227,3 +231,47 @@ def test_merges_spelling_more_than_the_vocabulary_limit_are_refused_unspelled(tm
                                 "merges": chain + halves + pairs}))
     with pytest.raises(ValueError, match=f"^tokenizer file {path} .* more than 64 MiB of tokens"):
         BPETokenizer.load(path)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2, 10**6) | st.floats()
+                    | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def hf_source(tmp_path_factory) -> Path:
+    return probe.hf_folder(tmp_path_factory.mktemp("hf"), "gpt2", lambda out: None)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["config.json", "tokenizer.json"]), data=st.data())
+def test_any_entry_of_a_hugging_face_file_loads_or_is_one_sentence(hf_source, tmp_path, name,
+                                                                   data):
+    folder = tmp_path / "hf"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(hf_source, folder)
+    content = json.loads((folder / name).read_text())
+    where = content["model"] if name == "tokenizer.json" and data.draw(st.booleans()) else content
+    where[data.draw(st.sampled_from(sorted(where)))] = data.draw(JSON)
+    (folder / name).write_text(json.dumps(content))
+    try:
+        from_hf(folder)
+    except USER_ERRORS as e:
+        assert str(folder) in str(e) and "\n" not in str(e)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(part=st.sampled_from(["config", "tokenizer"]), data=st.data())
+def test_any_config_or_tokenizer_entry_of_a_checkpoint_loads_or_is_one_sentence(tmp_path, part,
+                                                                                data):
+    ckpt = torch.load(probe.base(tmp_path), weights_only=True)
+    ckpt[part][data.draw(st.sampled_from(sorted(ckpt[part])))] = data.draw(JSON)
+    path = tmp_path / "edited.pth"
+    torch.save(ckpt, path)
+    try:
+        load_checkpoint(path)
+    except USER_ERRORS as e:
+        assert str(path) in str(e) and "\n" not in str(e)
