@@ -421,7 +421,9 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     # The config is only a claim: the weights' shapes must be its model's before it is built.
     state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
     check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
-                              tokenizer.vocab_size, lambda: model_shapes(config))
+                              tokenizer.vocab_size, lambda: model_shapes(config),
+                              shown=lambda name: "transformer." + hf_name(name)[0]
+                              if name != "lm_head.weight" else "lm_head.weight (tied to wte)")
     model = GPTModel(config)
     load_weights(model, state, folder)
     return model.eval(), tokenizer

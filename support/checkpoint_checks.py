@@ -100,13 +100,13 @@ def invalid_config(path: str | Path, config: Any) -> Iterator[dict]:
 def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
                               model_vocab: int, tokenizer_vocab: int,
                               shapes: Callable[[], Mapping[str, torch.Size]],
-                              prefix: str = "") -> None:
+                              prefix: str = "", shown: Callable[[str], str] = str) -> None:
     """The config describes the saved tensors, before anything of its size is allocated.
 
     ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
     device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. Every
     layer owns tensors in the file, so a config with more layers than the file has tensors is
-    refused before ``shapes()`` would build them.
+    refused before ``shapes()`` would build them. ``shown`` names a tensor as the file does.
     """
     if tokenizer_vocab > model_vocab:
         raise CheckpointError(f"{path}: its tokenizer has {tokenizer_vocab} tokens but "
@@ -119,8 +119,8 @@ def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n
         if not isinstance(saved, torch.Tensor) or saved.shape != shape:
             found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
             raise CheckpointError(f"{path}: its config does not match its weights "
-                                  f"({prefix + name} should be {tuple(shape)}, the file holds "
-                                  f"{found}).")
+                                  f"({shown(prefix + name)} should be {tuple(shape)}, the file "
+                                  f"holds {found}).")
 
 
 class _SkipInit(TorchFunctionMode):

@@ -69,7 +69,7 @@ FAULTS = {
     "HF: config.json n_head 3 (n_embd 32)":
         ("hf_heads/config.json", r"'n_embd' \(32\) is not divisible by 'n_head' \(3\)"),
     "HF: tokenizer.json without model": ("hf_nomodel/tokenizer.json", "has no 'model' entry"),
-    "HF: tensor named h.0": ("hf_names", "blocks.0.ln_1.weight should be"),
+    "HF: tensor named h.0": ("hf_names", "transformer.h.0.ln_1.weight should be"),
     "LoRA: NaN adapters": ("lora_nan.pth", "lora_A holds NaN or infinite values"),
     "LoRA: base retrained since, same name":
         ("lora_retrained.pth", "retrained.pth has been trained again since .* run python "
