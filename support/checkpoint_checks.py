@@ -156,7 +156,8 @@ def weights_mismatch(path: str | Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------- metadata
 
 
-def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
+def check_metadata(path: str | Path, name: str, value: Any, ok: bool,
+                   remedy: str = "make the file again with the script that wrote it") -> None:
     """One sentence for a metadata entry that a loader cannot use (``ok`` is False).
 
     A hand-edited or foreign file then fails here, naming the entry, rather than with a
@@ -164,8 +165,7 @@ def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
     """
     if not ok:
         problem = "is missing" if value is None else f"is invalid ({value!r:.60})"
-        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; make the file "
-                              "again with the script that wrote it.")
+        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; {remedy}.")
 
 
 def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
@@ -225,7 +225,8 @@ def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> 
     once everything ``TrainingRun.resume`` reads is there with its type; a hand-edited or
     damaged state file is one sentence naming it and the entry."""
     training, meta = ckpt.get("training"), checkpoint_metadata(ckpt, path)
-    check_metadata(path, "training", training, isinstance(training, dict))
+    remedy = "start the run again without --resume"
+    check_metadata(path, "training", training, isinstance(training, dict), remedy)
     optimizer, rng, best = (training.get(k) for k in ("optimizer", "rng", "best_val"))
     entries = {
         "training.step": (training.get("step"), _is_int(training.get("step"), 0)),
@@ -243,9 +244,9 @@ def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> 
         "train_config": (meta.get("train_config"), isinstance(meta.get("train_config"), dict)),
     }
     for name, (value, ok) in entries.items():
-        check_metadata(path, name, value, ok)
+        check_metadata(path, name, value, ok, remedy)
     try:
         return build(**meta["train_config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its training settings are invalid ({e}); start a run "
-                              "without --resume.") from None
+        raise CheckpointError(f"{path}: its training settings are invalid ({e}); "
+                              f"{remedy}.") from None

@@ -76,7 +76,8 @@ FAULTS = {
                                "finetune_lora_classifier.py again"),
     "JSONL: a line nested 100,000 deep": ("deep.jsonl", "holds no Dolly-schema records"),
     "resume: step hand-edited to a string":
-        ("runs/r/state.pt", r"'training.step' is invalid \('5'\)"),
+        ("runs/r/state.pt", r"'training.step' is invalid \('5'\); start the run again "
+                            "without --resume"),
 }
 
 
