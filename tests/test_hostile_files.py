@@ -28,6 +28,7 @@ from lora import LoRALayer
 from model import GPTModel
 from support.cli import USER_ERRORS
 from support.datasets import read_instruction_records
+from support.measure import compared_rows
 from tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,3 +277,12 @@ def test_any_config_or_tokenizer_entry_of_a_checkpoint_loads_or_is_one_sentence(
         load_checkpoint(path)
     except USER_ERRORS as e:
         assert str(path) in str(e) and "\n" not in str(e)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"rows": [1, 2]}',
+                                     '{"rows": [{"total": 3}]}', "\udcff"])
+def test_an_earlier_result_that_is_not_one_is_not_compared(tmp_path, capsys, content):
+    path = tmp_path / "metrics.json"
+    path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    assert compared_rows(path, "same") == []
+    assert f"note: {path} is not a finetune_classifier.py result" in capsys.readouterr().out
