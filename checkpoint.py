@@ -79,9 +79,11 @@ def save_checkpoint(path: str | Path, model: GPTModel, tokenizer: BPETokenizer,
 
 
 def read_checkpoint(
-    path: str | Path, kind: str | None = None, missing_hint: str = "run python main.py first"
+    path: str | Path, kind: str | tuple[str, ...] | None = None,
+    missing_hint: str = "run python main.py first"
 ) -> dict:
-    """Load a checkpoint dict safely (no pickled code runs), checked to be one of ours."""
+    """Load a checkpoint dict safely (no pickled code runs), checked to be one of ours (of
+    ``kind``, or one of several kinds, when given)."""
     ckpt = safe_torch_load(path, missing_hint)
     check_structure(ckpt, path, kind, FORMAT, VERSION)
     return ckpt

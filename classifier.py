@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from checkpoint import (
-    CheckpointError,
     adapter_metadata,
     atomic_save,
     check_metadata,
@@ -214,18 +213,16 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     from (``metadata["base_path"]``). A base whose weights differ from the ones the adapters
     were trained on raises CheckpointError.
     """
-    ckpt = read_checkpoint(path, missing_hint="run python finetune_classifier.py "
-                           "(or finetune_lora_classifier.py) first")
-    kind = ckpt.get("kind")
-    if kind not in ("classifier", "lora-classifier"):
-        raise CheckpointError(f"{path} holds a '{kind}' model, not a sentiment classifier.")
+    ckpt = read_checkpoint(path, kind=("classifier", "lora-classifier"),
+                           missing_hint="run python finetune_classifier.py (or "
+                           "finetune_lora_classifier.py) first")
     meta = checkpoint_metadata(ckpt, path)
     labels = meta.get("labels", LABELS)
     head = ckpt["state_dict"].get("head.weight")  # one row per label: the file backs the head
     check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
                    and all(isinstance(label, str) for label in labels)
                    and isinstance(head, torch.Tensor) and len(head) == len(labels))
-    if kind == "classifier":
+    if ckpt["kind"] == "classifier":
         config, tokenizer = config_and_tokenizer(ckpt, path, weights_prefix="gpt.")
         model = GPTClassifier(GPTModel(config), tuple(labels))
         load_weights(model, ckpt["state_dict"], path)

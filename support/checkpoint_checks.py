@@ -20,16 +20,19 @@ from support.errors import CheckpointError
 from support.validate import is_number
 
 
-def check_structure(ckpt: Any, path: str | Path, kind: str | None, fmt: str, version: int
-                    ) -> None:
-    """A dict in ``fmt`` at ``version``, of ``kind`` (when given), that holds weights."""
+def check_structure(ckpt: Any, path: str | Path, kind: str | tuple[str, ...] | None, fmt: str,
+                    version: int) -> None:
+    """A dict in ``fmt`` at ``version``, of ``kind`` (when given; or one of several), that
+    holds weights the file backs."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CheckpointError(f"{path} is not an {fmt} checkpoint.")
     if ckpt.get("version") != version:
         raise CheckpointError(f"{path} has format version {ckpt.get('version')}, "
                               f"this code reads version {version}.")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected '{kind}'.")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and ckpt.get("kind") not in kinds:
+        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected "
+                              f"{' or '.join(map(repr, kinds))}.")
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
                               "('state_dict').")
