@@ -280,9 +280,22 @@ def test_any_config_or_tokenizer_entry_of_a_checkpoint_loads_or_is_one_sentence(
 
 
 @pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, '{"rows": [1, 2]}',
-                                     '{"rows": [{"total": 3}]}', "\udcff"])
+                                     '{"rows": [{"total": 3}]}', "\udcff"],
+                         ids=["nested", "rows-not-dicts", "row-without-model", "not-utf8"])
 def test_an_earlier_result_that_is_not_one_is_not_compared(tmp_path, capsys, content):
     path = tmp_path / "metrics.json"
     path.write_text(content, encoding="utf-8", errors="surrogateescape")
     assert compared_rows(path, "same") == []
     assert f"note: {path} is not a finetune_classifier.py result" in capsys.readouterr().out
+
+
+def test_the_app_shows_the_sentence_for_a_bomb(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    probe.edited(tmp_path, "model_weights.pth", probe.expanded_weights)
+    monkeypatch.setenv("LLM_APP_DIR", str(tmp_path))
+    monkeypatch.setenv("LLM_APP_DEVICE", "cpu")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run(timeout=60)
+    assert not at.exception
+    errors = [error.value for tab in at.tabs for error in tab.error]
+    assert any("model_weights.pth was refused: it holds a tensor of shape" in e for e in errors)
