@@ -47,7 +47,7 @@ BOMBS = {
     "tokenizer.json: catastrophic split regex (main.py --tokenizer)":
         ("evil.json", "split pattern .* is not one this loader runs"),
     "HF: config.json declares a 1.6 GB model":
-        ("hf_big", r"its config does not match its weights \(tok_emb.weight should be "
+        ("hf_big", r"its config does not match its weights \(transformer.wte.weight should be "
                    r"\(320, 4096\)"),
     "HF: catastrophic split regex":
         ("hf_regex/tokenizer.json", "split pattern .* is not one this loader runs"),
