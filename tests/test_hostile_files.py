@@ -299,3 +299,17 @@ def test_the_app_shows_the_sentence_for_a_bomb(tmp_path, monkeypatch):
     assert not at.exception
     errors = [error.value for tab in at.tabs for error in tab.error]
     assert any("model_weights.pth was refused: it holds a tensor of shape" in e for e in errors)
+
+
+def test_run_logs_that_are_not_json_are_skipped_with_a_problem_each(tmp_path):
+    from showcase import read_runs
+
+    deep = "[" * 100_000 + "]" * 100_000
+    for name, file, content in [("x", "metrics.json", deep), ("y", "metrics.jsonl", deep),
+                                ("z", "metrics.json", "\udcff")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text(content, errors="surrogateescape")
+    runs = read_runs(tmp_path)
+    assert not runs.summaries and runs.curves == {"y": []}
+    assert [p.split(":")[0] for p in runs.problems] == [
+        str(tmp_path / "x"), str(tmp_path / "y" / "metrics.jsonl"), str(tmp_path / "z")]
