@@ -15,8 +15,10 @@ Why this shape:
   A crash or kill mid-save leaves the previous checkpoint intact.
 - Checked before trusted: the config is only a claim about the weights, so before a model of
   its size is built, the model is built on PyTorch's ``meta`` device (shapes, no memory) and
-  every shape is compared with the saved tensors. What a file can make us allocate is
-  bounded by the file itself.
+  every shape is compared with the saved tensors. A saved tensor's shape is a claim too (one
+  number expanded to any shape survives ``torch.save``), so the tensors must own the bytes
+  their shapes need, in a file that holds them uncompressed. What a file can make us
+  allocate is bounded by the file itself.
 
 The mechanics live one step away: ``support/files.py`` (the atomic write, the safe load) and
 ``support/checkpoint_checks.py`` (every way a file can be wrong, one sentence each).
