@@ -15,8 +15,10 @@ Why this shape:
   A crash or kill mid-save leaves the previous checkpoint intact.
 - Checked before trusted: the config is only a claim about the weights, so before a model of
   its size is built, the model is built on PyTorch's ``meta`` device (shapes, no memory) and
-  every shape is compared with the saved tensors. What a file can make us allocate is
-  bounded by the file itself.
+  every shape is compared with the saved tensors. A saved tensor's shape is a claim too (one
+  number expanded to any shape survives ``torch.save``), so the tensors must own the bytes
+  their shapes need, in a file that holds them uncompressed. What a file can make us
+  allocate is bounded by the file itself.
 
 The mechanics live one step away: ``support/files.py`` (the atomic write, the safe load) and
 ``support/checkpoint_checks.py`` (every way a file can be wrong, one sentence each).
@@ -79,9 +81,11 @@ def save_checkpoint(path: str | Path, model: GPTModel, tokenizer: BPETokenizer,
 
 
 def read_checkpoint(
-    path: str | Path, kind: str | None = None, missing_hint: str = "run python main.py first"
+    path: str | Path, kind: str | tuple[str, ...] | None = None,
+    missing_hint: str = "run python main.py first"
 ) -> dict:
-    """Load a checkpoint dict safely (no pickled code runs), checked to be one of ours."""
+    """Load a checkpoint dict safely (no pickled code runs), checked to be one of ours (of
+    ``kind``, or one of several kinds, when given)."""
     ckpt = safe_torch_load(path, missing_hint)
     check_structure(ckpt, path, kind, FORMAT, VERSION)
     return ckpt
@@ -98,9 +102,9 @@ def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""
 
     The GPT's tensors sit under ``weights_prefix`` in the state dict ("gpt." in a classifier).
     """
-    with invalid_config(path):
-        config = GPTConfig(**ckpt["config"])
-        tokenizer = BPETokenizer.from_dict(ckpt["tokenizer"])
+    with invalid_config(path, ckpt.get("config")) as entries:
+        config = GPTConfig(**entries)
+        tokenizer = BPETokenizer.from_dict(ckpt.get("tokenizer"))
     check_config_fits_weights(path, ckpt["state_dict"], config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config), weights_prefix)
     return config, tokenizer

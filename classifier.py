@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from checkpoint import (
-    CheckpointError,
     adapter_metadata,
     atomic_save,
     check_metadata,
@@ -62,9 +61,9 @@ from checkpoint import (
     read_checkpoint,
     weights_fingerprint,
 )
-from lora import apply_lora, freeze_all_but_lora, lora_state_dict
+from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
-from support.finetune_checks import check_adapters_fit, check_text
+from support.finetune_checks import check_adapter_names, check_adapters_fit, check_text
 from tokenizer import BPETokenizer
 
 LABELS = ("negative", "positive")  # SST-2: label 0, label 1
@@ -214,21 +213,21 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     from (``metadata["base_path"]``). A base whose weights differ from the ones the adapters
     were trained on raises CheckpointError.
     """
-    ckpt = read_checkpoint(path, missing_hint="run python finetune_classifier.py "
-                           "(or finetune_lora_classifier.py) first")
-    kind = ckpt.get("kind")
+    ckpt = read_checkpoint(path, kind=("classifier", "lora-classifier"),
+                           missing_hint="run python finetune_classifier.py (or "
+                           "finetune_lora_classifier.py) first")
     meta = checkpoint_metadata(ckpt, path)
     labels = meta.get("labels", LABELS)
+    head = ckpt["state_dict"].get("head.weight")  # one row per label: the file backs the head
     check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
-                   and all(isinstance(label, str) for label in labels))
-    if kind == "classifier":
+                   and all(isinstance(label, str) for label in labels)
+                   and isinstance(head, torch.Tensor) and len(head) == len(labels))
+    if ckpt["kind"] == "classifier":
         config, tokenizer = config_and_tokenizer(ckpt, path, weights_prefix="gpt.")
         model = GPTClassifier(GPTModel(config), tuple(labels))
         load_weights(model, ckpt["state_dict"], path)
-    elif kind == "lora-classifier":
-        model, tokenizer = _load_lora_classifier(ckpt, path, base, tuple(labels))
     else:
-        raise CheckpointError(f"{path} holds a '{kind}' model, not a sentiment classifier.")
+        model, tokenizer = _load_lora_classifier(ckpt, path, base, tuple(labels))
     return model.to(map_location).eval(), tokenizer, meta
 
 
@@ -248,15 +247,17 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
 
     An adapter file holds only the tensors that trained, the LoRA settings and the base
     model's identity (its path and ``weights_fingerprint``). Loading it: read the base
-    (``base`` when given, else the stored path), check it is that base, let ``adapt`` wrap it
-    exactly as training did (``adapt(base_model, lora_settings)``, which leaves trainable
-    exactly the tensors that trained), check the file holds those tensors, and load them on
-    top: the base weights stay. A different base or other tensors are one CheckpointError.
+    (``base`` when given, else the stored path), check it is that base and that the file
+    holds as many adapter numbers as its rank on those layers makes (a file can declare any
+    rank; nothing is allocated before), let ``adapt`` wrap it exactly as training did
+    (``adapt(base_model, lora_settings)``, which leaves trainable exactly the tensors that
+    trained), check the file holds those tensors, and load them on top: the base weights stay.
+    A different base or other tensors are one CheckpointError.
     """
     from hf_gpt2 import load_base  # hf_gpt2 exports classifiers, so it imports this module
 
     stored_base = base is None
-    lora, fingerprint, base = adapter_metadata(ckpt, path, base)
+    lora, _, base = adapter_metadata(ckpt, path, base)
     try:
         base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
     except FileNotFoundError as err:  # the path it stored is relative to where it trained
@@ -264,12 +265,12 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
             raise FileNotFoundError(f"{path} holds adapters for the base model {base}, which "
                                     "is not here: pass --base with that file's path.") from None
         raise err
-    base_fingerprint = weights_fingerprint(base_model.state_dict())  # before adapt changes it
-    model = adapt(base_model, lora)
+    wrapped = [layer for *_, layer in find_targets(base_model, lora["targets"])[1]]
+    check_adapters_fit(path, base, ckpt, lora, layers=wrapped,
+                       fingerprint=weights_fingerprint(base_model.state_dict()))
+    model = adapt(base_model, lora)  # now it allocates only what the file holds
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
-    check_adapters_fit(path, base, ckpt["metadata"], lora,
-                       fingerprints=(base_fingerprint, fingerprint),
-                       names=(set(ckpt["state_dict"]), trained))
+    check_adapter_names(path, lora, (set(ckpt["state_dict"]), trained))
     load_weights(model, ckpt["state_dict"], path, strict=False)  # the base weights stay
     return model, tokenizer
 

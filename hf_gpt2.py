@@ -67,18 +67,16 @@ from pathlib import Path
 
 import regex
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from checkpoint import load_checkpoint, load_weights
+from checkpoint import check_config_fits_weights, load_checkpoint, load_weights, model_shapes
 from classifier import GPTClassifier
 from lora import LoRALayer
 from model import GPTConfig, GPTModel
 from quantization import dequantized_weight, is_quantized
 from support import hf_checks, hub
-from tokenizer import ENDOFTEXT, FORMAT_VERSION, BPETokenizer
+from tokenizer import ENDOFTEXT, FORMAT_VERSION, GPT2_SPLIT_PATTERN, BPETokenizer, tokenizer_file
 
-GPT2_SPLIT_PATTERN = (  # GPT-2's regex (ByteLevel's built-in one in the tokenizers library)
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 PAD = "<|pad|>"  # the classifier export's padding token (an id our tokenizer never produces)
 
 # Per block: our module name -> (Hugging Face's, stored transposed as a Conv1D?).
@@ -132,14 +130,15 @@ def hf_to_gpt_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     state = {}
     for name, tensor in tensors.items():
         name = name.removeprefix("transformer.")
-        if name.startswith("h."):
-            _, layer, rest = name.split(".", 2)
+        parts = name.split(".", 2)
+        if parts[0] == "h" and len(parts) == 3:
+            _, layer, rest = parts
             if rest not in ours_by_theirs:  # attn.bias / attn.masked_bias: old causal masks
                 continue
             ours, transpose = ours_by_theirs[rest]
             state[f"blocks.{layer}.{ours}"] = (tensor.T if transpose else tensor).contiguous()
-        elif name.split(".")[0] in TOP_NAMES.values():
-            module, leaf = name.split(".")
+        elif len(parts) == 2 and parts[0] in TOP_NAMES.values():  # others: loading names them
+            module, leaf = parts
             theirs_to_ours = {v: k for k, v in TOP_NAMES.items()}
             state[f"{theirs_to_ours[module]}.{leaf}"] = tensor
     state["lm_head.weight"] = state.get("tok_emb.weight")  # tied
@@ -295,32 +294,34 @@ def split_pattern(pre_tokenizer: dict | None) -> str:
     return ""
 
 
-def read_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[list[str]], str, dict]:
-    """(vocab, merges, pattern, special tokens) from tokenizer.json or vocab.json + merges.txt."""
+def read_vocab_and_merges(folder: Path, spec: dict) -> tuple[dict[str, int], list[list[str]],
+                                                            str, dict]:
+    """(vocab, merges, pattern, special tokens) from tokenizer.json's content (``spec``) or
+    from vocab.json's (``spec``) + merges.txt."""
     if (folder / "tokenizer.json").is_file():
-        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         bpe = spec["model"]
         merges = [m.split(" ") if isinstance(m, str) else m for m in bpe["merges"]]
         specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["special"]}
         return bpe["vocab"], merges, split_pattern(spec.get("pre_tokenizer")), specials
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
     merges = [line.split(" ") for line in lines if line and not line.startswith("#version")]
-    specials = {ENDOFTEXT: vocab[ENDOFTEXT]} if ENDOFTEXT in vocab else {}
-    return vocab, merges, GPT2_SPLIT_PATTERN, specials
+    specials = {ENDOFTEXT: spec[ENDOFTEXT]} if ENDOFTEXT in spec else {}
+    return spec, merges, GPT2_SPLIT_PATTERN, specials
 
 
 def tokenizer_from_hf(folder: Path) -> BPETokenizer:
     """Our BPETokenizer with a GPT-2-format tokenizer's ids, merges and regex."""
-    vocab, merges, pattern, specials = read_vocab_and_merges(folder)
-    specials = {s: i for s, i in specials.items() if s != PAD}  # our export's classifier pad
-    hf_checks.check_gpt2_vocab(vocab, merges, specials, folder)
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    by_id = {i: s for s, i in vocab.items()}
-    return BPETokenizer.from_dict({
-        "version": FORMAT_VERSION, "pattern": pattern, "special_tokens": specials,
-        "byte_order": [byte_of[by_id[i]] for i in range(256)],
-        "merges": [[vocab[a], vocab[b]] for a, b in merges]})
+    name = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "vocab.json"
+    with tokenizer_file(folder / name) as spec:  # any fault: one sentence naming the file
+        vocab, merges, pattern, specials = read_vocab_and_merges(folder, spec)
+        specials = {s: i for s, i in specials.items() if s != PAD}  # our classifier's pad
+        hf_checks.check_gpt2_vocab(vocab, merges, specials, folder)
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        by_id = {i: s for s, i in vocab.items()}
+        return BPETokenizer.from_dict({
+            "version": FORMAT_VERSION, "pattern": pattern, "special_tokens": specials,
+            "byte_order": [byte_of[by_id[i]] for i in range(256)],
+            "merges": [[vocab[a], vocab[b]] for a, b in merges]})
 
 
 # ---------------------------------------------------------------------------- both directions
@@ -415,14 +416,17 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     and cached (support/hub.py). ``dropout`` is ours to choose: GPT-2 trained with 0.1.
     """
     folder = hub.resolve(path_or_name)
-    hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    hf_checks.check_gpt2_config(hf, folder)
-    model = GPTModel(gpt_config(hf, dropout))
-    tensors = load_file(folder / "model.safetensors")
-    load_weights(model, hf_to_gpt_state(tensors), folder)
+    config = gpt_config(hf_checks.read_gpt2_config(folder), dropout)
     tokenizer = tokenizer_from_hf(folder)
+    # The config is only a claim: the weights' shapes must be its model's before it is built.
+    state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
+    check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
+                              tokenizer.vocab_size, lambda: model_shapes(config),
+                              shown=lambda name: "transformer." + hf_name(name)[0]
+                              if name != "lm_head.weight" else "lm_head.weight (tied to wte)")
+    model = GPTModel(config)
+    load_weights(model, state, folder)
     return model.eval(), tokenizer
-
 
 
 def is_hf_base(base: str | Path) -> bool:

@@ -37,6 +37,7 @@ from data_utils import (
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
+from support.checkpoint_checks import resume_settings
 from support.cli import run
 from support.flags import (
     FlagParser,
@@ -202,9 +203,9 @@ def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
     ckpt = read_checkpoint(state_path, kind="train-state",
                            missing_hint="start a run without --resume first")
     model_cfg, tokenizer = config_and_tokenizer(ckpt, state_path)
+    train_cfg = resume_settings(ckpt, state_path, TrainConfig)  # a hand edit: one sentence
     resume_state = {**ckpt["training"], "model": ckpt["state_dict"]}
     started = ckpt["metadata"]
-    train_cfg = TrainConfig(**started["train_config"])
     if args.max_steps is not None:
         train_cfg.max_steps = args.max_steps
     if train_cfg.max_steps <= resume_state["step"]:

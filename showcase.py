@@ -372,7 +372,7 @@ def _json_lines(path: Path, problems: list[str]) -> list[dict]:
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # or nested thousands deep
             if line.strip():
                 problems.append(f"{path}: line {n} is not JSON (skipped).")
             continue
@@ -405,7 +405,7 @@ def read_runs(runs_dir: Path) -> Runs:
                 summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
                 if isinstance(summary, dict):
                     runs.summaries[name] = summary
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, not UTF-8
             runs.problems.append(f"{run_dir}: {e} (skipped).")
     return runs
 

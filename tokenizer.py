@@ -56,6 +56,11 @@ GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
+GPT2_SPLIT_PATTERN = (  # GPT-2's regex (ByteLevel's built-in one in the tokenizers library)
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+# The split patterns a tokenizer file may name. A file's pattern is compiled and run on every
+# text, and a badly nested one can backtrack for hours, so only these exact strings load.
+SPLIT_PATTERNS = {"GPT-4's": GPT4_SPLIT_PATTERN, "GPT-2's": GPT2_SPLIT_PATTERN, "none": ""}
 ENDOFTEXT = "<|endoftext|>"
 CACHE_SIZE = 100_000  # chunk -> ids entries kept; real text repeats " the", "\n" and co. endlessly
 NO_RANK = float("inf")
@@ -261,9 +266,10 @@ class BPETokenizer:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BPETokenizer":
-        """The inverse of to_dict; a dict from elsewhere is checked first (one ValueError)."""
-        pattern, merges, byte_order, special_tokens = read_tokenizer_dict(d)
+    def from_dict(cls, d: dict, patterns: dict[str, str] = SPLIT_PATTERNS) -> "BPETokenizer":
+        """The inverse of to_dict; a dict from elsewhere is checked first (one ValueError),
+        its split pattern one of ``patterns`` (see SPLIT_PATTERNS)."""
+        pattern, merges, byte_order, special_tokens = read_tokenizer_dict(d, patterns)
         tok = cls(pattern)
         tok._set_merges(merges, byte_order)
         tok.special_tokens = special_tokens
@@ -296,4 +302,5 @@ class BPETokenizer:
         merges = [[mergeable_ranks[part] for part in two] for two in parts.values()]
         return cls.from_dict({"version": FORMAT_VERSION, "pattern": pattern, "merges": merges,
                               "byte_order": [token[0] for token in by_rank[:256]],
-                              "special_tokens": dict(special_tokens or {})})
+                              "special_tokens": dict(special_tokens or {})},
+                             patterns={"the caller's": pattern})  # not from a file

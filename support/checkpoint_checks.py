@@ -20,26 +20,82 @@ from support.errors import CheckpointError
 from support.validate import is_number
 
 
-def check_structure(ckpt: Any, path: str | Path, kind: str | None, fmt: str, version: int
-                    ) -> None:
-    """A dict in ``fmt`` at ``version``, of ``kind`` (when given), that holds weights."""
+def check_structure(ckpt: Any, path: str | Path, kind: str | tuple[str, ...] | None, fmt: str,
+                    version: int) -> None:
+    """A dict in ``fmt`` at ``version``, of ``kind`` (when given; or one of several), that
+    holds weights the file backs."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CheckpointError(f"{path} is not an {fmt} checkpoint.")
     if ckpt.get("version") != version:
         raise CheckpointError(f"{path} has format version {ckpt.get('version')}, "
                               f"this code reads version {version}.")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected '{kind}'.")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and ckpt.get("kind") not in kinds:
+        raise CheckpointError(f"{path} holds a '{ckpt.get('kind')}' model, expected "
+                              f"{' or '.join(map(repr, kinds))}.")
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a complete checkpoint: it holds no weights "
                               "('state_dict').")
+    check_weights(ckpt["state_dict"], path, Path(path).stat().st_size)
+
+
+def check_weights(state_dict: Mapping[str, Any], path: str | Path, file_bytes: int) -> None:
+    """Weights are finite floating-point tensors that the file's bytes back.
+
+    An int, bool or complex tensor would be cast silently into a float parameter, and a NaN or
+    inf would only show up as NaN text or a NaN finetune. Tensors may share bytes (a tied
+    embedding is listed twice), so together they may claim twice the file, no more: many
+    names over the same stored bytes would otherwise build a model many times the file.
+    """
+    claimed = 0
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: its weight {name} is not a tensor.")
+        if not tensor.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: its weight {name} holds {tensor.dtype} values; "
+                                  "weights are floating-point numbers.")
+        claimed += tensor.numel() * tensor.element_size()
+        if claimed > 2 * file_bytes:
+            raise CheckpointError(f"{path}: its weights claim more bytes than the file holds "
+                                  f"({file_bytes:,}); they share stored bytes, so it was not "
+                                  "loaded.")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: its weight {name} holds NaN or infinite values; "
+                                  "the model that wrote it had diverged, use an earlier "
+                                  "checkpoint or train again.")
+
+
+GPT_SIZES = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")
+
+
+def check_gpt_config(config: Any, where: str, keys: Mapping[str, str] | None = None,
+                     entry: str = "entry") -> None:
+    """The sizes a file states for a GPTConfig: positive integers, the width divisible by the
+    heads. One sentence names the file (``where``) and its own key: ``keys`` maps GPTConfig's
+    size fields to the file's names (GPT-2's config.json calls context_length n_positions)."""
+    keys = keys or {name: name for name in GPT_SIZES}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} holds no config (a dict of the model's sizes); make "
+                              "the file again with the script that wrote it.")
+    for key in keys.values():
+        value = config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            problem = "is missing" if value is None else f"is {value!r:.40}"
+            raise CheckpointError(f"{where}: its {entry} '{key}' {problem}; it must be a "
+                                  "positive integer.")
+    n_embd, n_head = config[keys["n_embd"]], config[keys["n_head"]]
+    if n_embd % n_head:
+        raise CheckpointError(f"{where}: its {entry} '{keys['n_embd']}' ({n_embd}) is not "
+                              f"divisible by '{keys['n_head']}' ({n_head}).")
 
 
 @contextmanager
-def invalid_config(path: str | Path) -> Iterator[None]:
-    """Turn an error from rebuilding the stored config or tokenizer into one sentence."""
+def invalid_config(path: str | Path, config: Any) -> Iterator[dict]:
+    """The checkpoint's config dict, its sizes checked (``check_gpt_config``); an error from
+    rebuilding the config or tokenizer from it becomes one sentence naming the file."""
+    check_gpt_config(config, str(path), entry="config entry")
     try:
-        yield
+        yield config
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None
 
@@ -47,13 +103,13 @@ def invalid_config(path: str | Path) -> Iterator[None]:
 def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
                               model_vocab: int, tokenizer_vocab: int,
                               shapes: Callable[[], Mapping[str, torch.Size]],
-                              prefix: str = "") -> None:
+                              prefix: str = "", shown: Callable[[str], str] = str) -> None:
     """The config describes the saved tensors, before anything of its size is allocated.
 
     ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
     device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. Every
     layer owns tensors in the file, so a config with more layers than the file has tensors is
-    refused before ``shapes()`` would build them.
+    refused before ``shapes()`` would build them. ``shown`` names a tensor as the file does.
     """
     if tokenizer_vocab > model_vocab:
         raise CheckpointError(f"{path}: its tokenizer has {tokenizer_vocab} tokens but "
@@ -66,8 +122,8 @@ def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n
         if not isinstance(saved, torch.Tensor) or saved.shape != shape:
             found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
             raise CheckpointError(f"{path}: its config does not match its weights "
-                                  f"({prefix + name} should be {tuple(shape)}, the file holds "
-                                  f"{found}).")
+                                  f"({shown(prefix + name)} should be {tuple(shape)}, the file "
+                                  f"holds {found}).")
 
 
 class _SkipInit(TorchFunctionMode):
@@ -103,7 +159,8 @@ def weights_mismatch(path: str | Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------- metadata
 
 
-def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
+def check_metadata(path: str | Path, name: str, value: Any, ok: bool,
+                   remedy: str = "make the file again with the script that wrote it") -> None:
     """One sentence for a metadata entry that a loader cannot use (``ok`` is False).
 
     A hand-edited or foreign file then fails here, naming the entry, rather than with a
@@ -111,8 +168,7 @@ def check_metadata(path: str | Path, name: str, value: Any, ok: bool) -> None:
     """
     if not ok:
         problem = "is missing" if value is None else f"is invalid ({value!r:.60})"
-        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; make the file "
-                              "again with the script that wrote it.")
+        raise CheckpointError(f"{path}: its metadata entry '{name}' {problem}; {remedy}.")
 
 
 def checkpoint_metadata(ckpt: dict, path: str | Path) -> dict:
@@ -158,3 +214,42 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
         base = meta.get("base_path")
         check_metadata(path, "base_path", base, isinstance(base, str))
     return lora, fingerprint, base
+
+
+# ---------------------------------------------------------------------------- resume state
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> Any:
+    """The training settings of a resume state (``build(**saved)``: main.py's TrainConfig),
+    once everything ``TrainingRun.resume`` reads is there with its type; a hand-edited or
+    damaged state file is one sentence naming it and the entry."""
+    training, meta = ckpt.get("training"), checkpoint_metadata(ckpt, path)
+    remedy = "start the run again without --resume"
+    check_metadata(path, "training", training, isinstance(training, dict), remedy)
+    optimizer, rng, best = (training.get(k) for k in ("optimizer", "rng", "best_val"))
+    entries = {
+        "training.step": (training.get("step"), _is_int(training.get("step"), 0)),
+        "training.optimizer": (optimizer, isinstance(optimizer, dict)
+                               and isinstance(optimizer.get("state"), dict)
+                               and isinstance(optimizer.get("param_groups"), list)),
+        "training.rng": (rng, isinstance(rng, dict) and isinstance(rng.get("torch"),
+                                                                   torch.Tensor)
+                         and rng["torch"].dtype == torch.uint8),
+        "training.elapsed": (training.get("elapsed"), is_number(training.get("elapsed", 0.0))),
+        "training.best_val": (best, best is None or (isinstance(best, list | tuple)
+                                                     and len(best) == 2 and is_number(best[0])
+                                                     and _is_int(best[1], 0))),
+        "batch_size": (meta.get("batch_size"), _is_int(meta.get("batch_size"), 1)),
+        "train_config": (meta.get("train_config"), isinstance(meta.get("train_config"), dict)),
+    }
+    for name, (value, ok) in entries.items():
+        check_metadata(path, name, value, ok, remedy)
+    try:
+        return build(**meta["train_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its training settings are invalid ({e}); "
+                              f"{remedy}.") from None

@@ -329,7 +329,7 @@ def _parse_record(line: str) -> dict[str, str] | None:
     """One Dolly-schema record with string fields, or None if the line is not one."""
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested thousands deep
         return None
     if not isinstance(obj, dict):
         return None

@@ -4,7 +4,10 @@
   so a reader (or a crash) sees the old file or the new one, never half of one.
 - ``check_writable``: find out before hours of training that the output cannot be written.
 - ``safe_torch_load``: ``torch.load(..., weights_only=True)``, which refuses pickled code,
-  with one sentence for every way a file can fail to load.
+  with one sentence for every way a file can fail to load. Before torch reads a byte, the zip
+  container is checked to hold only uncompressed members that fit in the file (a compressed
+  one could inflate a thousandfold); after, every tensor must own the bytes its shape needs (a
+  tensor expanded from one number declares any shape it likes and survives the round trip).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +69,67 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def _check_zip_members(path: Path) -> None:
+    """torch.save's zip holds its members uncompressed; each must lie inside the file.
+
+    torch reads a member by allocating the size the zip's directory declares, so a member that
+    is compressed, or declares more bytes than it stores, is refused before torch sees it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path} is corrupted or not a checkpoint (not a zip file as "
+                              "torch.save writes).") from None
+    size = path.stat().st_size
+    for m in members:
+        if m.compress_type != zipfile.ZIP_STORED or m.file_size != m.compress_size:
+            raise CheckpointError(f"{path} was refused: its member {m.filename} is compressed "
+                                  "(torch.save stores members uncompressed), so it was not "
+                                  "unpacked.")
+        if m.header_offset + m.compress_size > size:
+            raise CheckpointError(f"{path} is truncated or corrupted: its member {m.filename} "
+                                  "declares more bytes than the file holds.")
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside ``obj`` (dicts, lists, tuples), each container visited once."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.values() if isinstance(item, dict) else item)
+
+
+def check_tensor_bytes(obj: Any, path: str | Path) -> None:
+    """Every tensor holds the bytes its shape needs: an expanded or overlapping view would
+    make whoever copies it allocate the shape's size from a few stored bytes."""
+    for t in _tensors(obj):
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            raise CheckpointError(f"{path} was refused: it holds a tensor of shape "
+                                  f"{tuple(t.shape)} backed by only "
+                                  f"{t.untyped_storage().nbytes():,} bytes (an expanded view), "
+                                  "so it was not loaded.")
+
+
 def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     """What ``path`` holds, loaded without running any code it may carry.
 
     A missing file says how to make it (``missing_hint``); a file that asks to import and call
-    something, or that is not a readable torch file at all, is one CheckpointError sentence.
+    something, that is not a readable torch file at all, or that declares more bytes than it
+    holds (see the module docstring) is one CheckpointError sentence.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass the .pth file.")
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}: {missing_hint}.")
+    _check_zip_members(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" in str(e).lower():  # the file asks to import and call something
             raise CheckpointError(f"{path} was refused: it contains Python objects that could "
@@ -84,3 +139,5 @@ def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     except Exception as e:  # truncated zip, random bytes, ...
         raise CheckpointError(f"{path} is corrupted or not a checkpoint ({type(e).__name__}).") \
             from None
+    check_tensor_bytes(obj, path)
+    return obj

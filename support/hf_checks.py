@@ -7,11 +7,21 @@ sentence.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from support.checkpoint_checks import check_gpt_config, check_weights
 from support.errors import CheckpointError
 
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # one function, three names
+# GPTConfig's size fields under their config.json names.
+HF_SIZES = {"vocab_size": "vocab_size", "context_length": "n_positions", "n_layer": "n_layer",
+            "n_head": "n_head", "n_embd": "n_embd"}
 
 
 def check_exportable(kind: str | None, kinds: list[str], path: str | Path) -> None:
@@ -19,6 +29,31 @@ def check_exportable(kind: str | None, kinds: list[str], path: str | Path) -> No
     if kind not in kinds:
         raise CheckpointError(f"{path} holds a '{kind}' model; export_hf.py exports "
                               f"{', '.join(kinds)} checkpoints.")
+
+
+def read_gpt2_config(folder: Path) -> dict:
+    """config.json's settings, once they are JSON, sizes we can build and a GPT-2 we compute
+    exactly; else one sentence naming the file and its key."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not a valid JSON file ({e}).") from None
+    check_gpt_config(config, str(path), HF_SIZES)
+    check_gpt2_config(config, folder)
+    return config
+
+
+def read_weights(path: Path, to_ours: Callable[[dict], dict[str, torch.Tensor]]
+                 ) -> dict[str, torch.Tensor]:
+    """The safetensors file's tensors under our names (``to_ours``), checked as our own
+    checkpoints' are (finite floats that the file's bytes back)."""
+    try:
+        state = to_ours(load_file(path))
+    except (SafetensorError, OSError, ValueError) as e:  # truncated, not safetensors, ...
+        raise CheckpointError(f"{path} is corrupted or not a safetensors file ({e}).") from None
+    check_weights({k: v for k, v in state.items() if v is not None}, path, path.stat().st_size)
+    return state
 
 
 def check_gpt2_config(config: dict, folder: Path) -> None:

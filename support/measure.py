@@ -215,15 +215,16 @@ def compared_rows(path: str | Path, base_fingerprint: str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    try:
+    try:  # a file from elsewhere may hold anything, nested any depth
         result = json.loads(path.read_text(encoding="utf-8"))
-        rows = result["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        rows = [{**row, "model": f"{row['model']} [{path.parent.name}]"}
+                for row in result["rows"] if row.get("total")]
+        fingerprint = result.get("base_fingerprint")
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
         print(f"note: {path} is not a finetune_classifier.py result; not compared.")
         return []
-    if result.get("base_fingerprint") != base_fingerprint:
+    if fingerprint != base_fingerprint:
         print(f"note: {path} was trained on a different base model (its base_fingerprint "
               "differs); not compared.")
         return []
-    return [{**row, "model": f"{row['model']} [{path.parent.name}]"}
-            for row in rows if row.get("total")]
+    return rows

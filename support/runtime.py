@@ -205,6 +205,16 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor the optimizer loaded has its parameter's shape (Adam's
+    moments, Muon's momentum); a wrong one would fail mid-step, in the first update."""
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"its optimizer entry {name} has shape {tuple(value.shape)}, "
+                                 f"the parameter {tuple(param.shape)}")
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -249,13 +259,19 @@ class TrainingRun:
     def resume(self, state: dict | None) -> int:
         """Load a state saved by a run that stopped; its step is where the loop goes on."""
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if "scaler" in state:
-                self.scaler.load_state_dict(state["scaler"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                check_optimizer_state(self.optimizer)
+                if "scaler" in state:
+                    self.scaler.load_state_dict(state["scaler"])
+                set_rng_state(state["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"The state to resume from (--resume) does not fit this run "
+                                 f"({str(e).strip().splitlines()[0]:.200}); start a run "
+                                 "without --resume.") from None
             self.step, self.elapsed_before = state["step"], state.get("elapsed", 0.0)
             self.best_val, self.best_step = state.get("best_val", (math.inf, 0))
-            set_rng_state(state["rng"])
         self.elapsed = self.elapsed_before
         return self.step
 

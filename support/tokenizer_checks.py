@@ -3,22 +3,22 @@ dicts and files, which may come from anywhere (a download, a checkpoint, a hand 
 
 Each check raises ValueError (FileNotFoundError for a missing file) with one sentence, or
 returns the cleaned value, so the chapter's functions read as the idea with one call at the top.
-The limits MAX_MERGES and MAX_TOKEN_BYTES bound what a hostile file can make us build.
+The limits MAX_MERGES, MAX_TOKEN_BYTES and MAX_VOCAB_BYTES bound what a hostile file can
+make us build.
 """
 
 from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-
-import regex
 
 FORMAT_VERSION = 1
 MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or broken
 MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long "tokens"
+MAX_VOCAB_BYTES = 64 << 20  # all tokens' bytes together; cl100k's take 0.7 MB, o200k's 1.4 MB
 
 Pair = tuple[int, int]
 
@@ -73,33 +73,51 @@ def check_token_id(token_id: object, vocab: dict[int, bytes], special_tokens: di
 
 
 def check_merges(merges: dict[Pair, int]) -> None:
-    """Refuse merges that would spell a token longer than MAX_TOKEN_BYTES, before any is spelled.
+    """Refuse merges that would spell a token longer than MAX_TOKEN_BYTES, or tokens of more
+    than MAX_VOCAB_BYTES together, before any is spelled.
 
     The lengths add up like the bytes do (a merged token is its two parts side by side), so
     they are known without building a single token.
     """
     length = dict.fromkeys(range(256), 1)
+    total = 256
     for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
         length[new_id] = length[a] + length[b]
+        total += length[new_id]
         if length[new_id] > MAX_TOKEN_BYTES:
             raise ValueError(f"merge {new_id} would spell a token longer than "
                              f"{MAX_TOKEN_BYTES} bytes")
+        if total > MAX_VOCAB_BYTES:  # a thousand long tokens pair up into a million longer ones
+            raise ValueError(f"the merges up to {new_id} would spell more than "
+                             f"{MAX_VOCAB_BYTES >> 20} MiB of tokens")
 
 
-def read_tokenizer_dict(d: object) -> tuple[str, dict[Pair, int], list[int] | None,
-                                             dict[str, int]]:
+def check_split_pattern(pattern: object, known: Mapping[str, str]) -> None:
+    """A split pattern read from a file must be one of the ``known`` ones, by exact string.
+
+    A regex is a program: a pattern with nested quantifiers can backtrack for hours on a line
+    of ordinary text, and no check of the pattern itself can rule that out. The known ones
+    (name -> pattern) use possessive quantifiers that never backtrack."""
+    if pattern not in known.values():
+        raise ValueError(f"its split pattern {pattern!r:.60} is not one this loader runs "
+                         f"({', '.join(known)}): a regex from a file could run for hours on "
+                         "ordinary text, so only these are accepted.")
+
+
+def read_tokenizer_dict(d: object, patterns: Mapping[str, str]
+                        ) -> tuple[str, dict[Pair, int], list[int] | None, dict[str, int]]:
     """(pattern, merges, byte_order, special_tokens) of a version-1 tokenizer dict.
 
-    Checked: the pattern compiles, at most MAX_MERGES merges, each a pair of ids that exist
-    before it (and no pair twice), byte_order a permutation of the 256 bytes, and special ids
-    that are distinct ints after the regular tokens.
+    Checked: the pattern is one of ``patterns`` (name -> regex), at most MAX_MERGES merges,
+    each a pair of ids that exist before it (and no pair twice), byte_order a permutation of
+    the 256 bytes, and special ids that are distinct ints after the regular tokens.
     """
     if not isinstance(d, dict) or d.get("version") != FORMAT_VERSION:
-        raise ValueError(f"not a version-{FORMAT_VERSION} tokenizer dict.")
+        raise ValueError(f"the tokenizer is missing or is not a version-{FORMAT_VERSION} "
+                         "tokenizer dict.")
     try:
         pattern = d["pattern"]
-        if pattern:
-            regex.compile(pattern)
+        check_split_pattern(pattern, patterns)
         if len(d["merges"]) > MAX_MERGES:
             raise ValueError(f"{len(d['merges']):,} merges is more than the {MAX_MERGES:,} "
                              "this loader accepts")
@@ -112,8 +130,10 @@ def read_tokenizer_dict(d: object) -> tuple[str, dict[Pair, int], list[int] | No
         if byte_order is not None and sorted(byte_order) != list(range(256)):
             raise ValueError("byte_order must be a permutation of 0..255")
         special_tokens = {str(s): i for s, i in d["special_tokens"].items()}
-    except (KeyError, TypeError, AttributeError, regex.error) as e:
-        raise ValueError(f"malformed tokenizer dict ({type(e).__name__}: {e}).") from None
+    except KeyError as e:
+        raise ValueError(f"the tokenizer has no '{e.args[0]}' entry.") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"a tokenizer entry has the wrong type ({e}).") from None
     ids, first = list(special_tokens.values()), 256 + len(merges)  # 256 bytes + merges
     if not all(type(i) is int and i >= first for i in ids) or len(set(ids)) != len(ids):
         raise ValueError(f"special token ids must be distinct ints >= {first}, so that they "
@@ -135,6 +155,15 @@ def tokenizer_file(path: str | Path) -> Iterator[object]:
         yield json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"tokenizer file {path} is not a valid tokenizer: {e}") from None
+    except KeyError as e:  # a foreign file's entry that is not there
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: it has no "
+                         f"{e.args[0]!r:.60} entry.") from None
+    except (TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: an entry has the "
+                         f"wrong type ({e}).") from None
+    except RecursionError:
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer: it nests too "
+                         "deeply.") from None
 
 
 def check_rank_table(ranks: dict[bytes, int], by_rank: list[bytes],

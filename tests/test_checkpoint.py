@@ -141,7 +141,7 @@ def test_a_non_integer_size_in_the_config_gets_a_clear_error(tmp_path, model, to
     ckpt = torch.load(path, weights_only=True)
     ckpt["config"][name] = value
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match=f"{name} must be an integer"):
+    with pytest.raises(CheckpointError, match=f"its config entry '{name}' is {value}; it must be"):
         load_checkpoint(path)
 
 

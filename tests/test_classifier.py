@@ -283,7 +283,8 @@ def test_lora_checkpoint_without_its_base_says_pass_base(tmp_path, lora_setup):
 def test_load_classifier_refuses_a_base_model_and_explains_a_missing_file(tmp_path, tokenizer):
     path = tmp_path / "base.pth"
     save_checkpoint(path, GPTModel(CFG), tokenizer)
-    with pytest.raises(CheckpointError, match="not a sentiment classifier"):
+    with pytest.raises(CheckpointError, match="holds a 'gpt' model, expected 'classifier' or "
+                       "'lora-classifier'"):
         load_classifier(path)
     with pytest.raises(FileNotFoundError, match="finetune_classifier.py"):
         load_classifier(tmp_path / "missing.pth")
