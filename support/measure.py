@@ -196,6 +196,8 @@ class PeakMemory:
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self.mb = 0.0
+        self.source = ("torch.cuda.max_memory_allocated" if self.device.type == "cuda"
+                       else "process peak RSS growth")  # what ``mb`` is, in the reports
 
     @staticmethod
     def _maxrss_mb() -> float:
@@ -290,11 +292,26 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.2f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KB"
 
 
+def _step_memory(row: dict) -> str:
+    """The counted bytes of a training step (``training_memory``), all kinds together."""
+    memory = row.get("memory")
+    return _size(memory["total"]) if isinstance(memory, dict) and "total" in memory else "-"
+
+
+def _measured_peak(row: dict) -> str:
+    """``PeakMemory``'s figure and what it is: process RSS on a CPU, allocated on a GPU."""
+    if row.get("peak_mem_mb") is None:
+        return "-"
+    kind = "CUDA" if row.get("peak_mem_source", "").startswith("torch.cuda") else "RSS"
+    return f"{row['peak_mem_mb']:.0f} MB {kind}"
+
+
 COST_COLUMNS: list[Column] = [
     ("trainable", _cell("trainable", lambda n: f"{n:,}")),
     ("share", _share),
     ("train time", _cell("train_time_s", lambda s: f"{s:.0f} s")),
-    ("peak mem", _cell("peak_mem_mb", lambda mb: f"{mb:.0f} MB")),
+    ("step memory", _step_memory),
+    ("measured peak", _measured_peak),
 ]
 CLASSIFIER_COLUMNS: list[Column] = [
     ("model", lambda row: row["model"]),

@@ -47,12 +47,13 @@ def test_table_shows_dashes_for_what_does_not_apply():
     table = format_table([
         {"model": "majority class", "dev_acc": 0.509, "trainable": 0},
         {"model": "full", "dev_acc": 0.8, "val_acc": 0.81, "trainable": 10, "total": 1000,
-         "train_time_s": 12.3, "peak_mem_mb": 50.0, "checkpoint_bytes": 3 * 2**20},
+         "train_time_s": 12.3, "peak_mem_mb": 50.0, "checkpoint_bytes": 3 * 2**20,
+         "memory": {"total": 5 * 2**20}, "peak_mem_source": "process peak RSS growth"},
     ], CLASSIFIER_COLUMNS).splitlines()
     assert table[0].split()[:3] == ["model", "dev", "acc"] and set(table[1]) <= {"-", " "}
     assert table[2].split()[-1] == "-" and "50.9 %" in table[2]
-    assert all(cell in table[3] for cell in ("81.0 %", "10", "1.00 %", "12 s", "50 MB",
-                                              "3.00 MB"))
+    assert all(cell in table[3] for cell in ("81.0 %", "10", "1.00 %", "12 s", "5.00 MB",
+                                              "50 MB RSS", "3.00 MB"))
 
 
 
@@ -60,12 +61,13 @@ def test_the_instruction_table_shows_loss_perplexity_and_cost():
     table = format_table([
         {"model": "base, fp32", "loss": 2.0},
         {"model": "QLoRA r=8 (scratch)", "loss": 1.5, "trainable": 5, "total": 500,
-         "train_time_s": 3.2, "peak_mem_mb": 9.4},
+         "train_time_s": 3.2, "peak_mem_mb": 9.4,
+         "peak_mem_source": "torch.cuda.max_memory_allocated"},
     ], INSTRUCTION_COLUMNS).splitlines()
     assert table[0].split() == ["model", "held-out", "loss", "perplexity", "trainable", "share",
-                                "train", "time", "peak", "mem"]
-    assert table[2].split()[-6:] == ["2.000", "7.4", "-", "-", "-", "-"]
-    assert all(cell in table[3] for cell in ("1.500", "4.5", "1.00 %", "3 s", "9 MB"))
+                                "train", "time", "step", "memory", "measured", "peak"]
+    assert table[2].split()[-7:] == ["2.000", "7.4", "-", "-", "-", "-", "-"]
+    assert all(cell in table[3] for cell in ("1.500", "4.5", "1.00 %", "3 s", "9 MB CUDA"))
 
 
 # ---------------------------------------------------------------------------- memory accounting
