@@ -109,18 +109,26 @@ def resolve(path: str, folder: Path) -> Path:
 MAX_CHOICES = 200  # checkpoints offered per model: a folder full of files stays a short list
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, its links followed, is in ``folder``: a link in the app folder that
+    leads out of it is not offered (only the operator's environment variables reach out)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def checkpoint_choices(spec: ModelSpec, folder: Path) -> list[str]:
     """The files the sidebar offers for ``spec``: its default (or the file its environment
     variable names), then every ``*.pth`` in the app folder and one level below it (for the
     base model also every Hugging Face GPT-2 folder there: one with a model.safetensors).
 
     A visitor picks from this list and never types a path, so the page cannot be made to
-    read, or say anything about, a file the person who started the app did not put there.
+    read, or say anything about, a file the person who started the app did not put there;
+    a symbolic link that leads out of the folder is left out too.
     """
     found = sorted({str(p.relative_to(folder)) for pattern in ("*.pth", "*/*.pth")
-                    for p in folder.glob(pattern) if p.is_file()})
+                    for p in folder.glob(pattern) if p.is_file() and inside(p, folder)})
     if spec.key == "base":
-        found += sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{WEIGHTS}"))
+        found += sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{WEIGHTS}")
+                        if inside(p, folder))
     first = default_path(spec)
     return [first, *(name for name in found if name != first)][:MAX_CHOICES]
 
@@ -316,19 +324,36 @@ PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a
            "#e5e7eb")
 
 
-def token_pieces(tokenizer: BPETokenizer, text: str) -> list[tuple[int, str]]:
-    """(id, the token's text) for every token of ``text``. A token that holds part of a
-    multi-byte character shows U+FFFD: its bytes alone are not a character."""
-    return [(i, tokenizer.token_bytes(i).decode("utf-8", errors="replace"))
-            for i in tokenizer.encode(text)]
+PARTIAL_NOTE = (
+    "A token holds bytes, not characters: one beyond ASCII takes 2-4 bytes in UTF-8, and a "
+    "token can end inside one. Such bytes show as \\xNN (é is \\xc3\\xa9, which may be "
+    "split over two tokens); hover for every token's bytes.")
+EMPTY_SENTENCE = "Type a sentence to classify: an empty one has nothing to read."
+EMPTY_INSTRUCTION = "Type an instruction to answer: an empty one asks nothing."
 
 
-def tokens_html(pieces: list[tuple[int, str]]) -> str:
-    """Each token as a coloured box, its id on hover; newlines and tabs drawn as ↵ and →."""
+def token_pieces(tokenizer: BPETokenizer, text: str) -> list[tuple[int, bytes]]:
+    """(id, the token's bytes) for every token of ``text``."""
+    return [(i, tokenizer.token_bytes(i)) for i in tokenizer.encode(text)]
+
+
+def holds_part_of_a_character(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def tokens_html(pieces: list[tuple[int, bytes]]) -> str:
+    """Each token as a coloured box, its id and bytes on hover; newlines and tabs drawn as ↵
+    and →, and bytes that are part of a character as \\xNN (alone they are no character)."""
     boxes = []
-    for n, (token_id, text) in enumerate(pieces):
+    for n, (token_id, raw) in enumerate(pieces):
+        text = raw.decode("utf-8", errors="backslashreplace")
         shown = html.escape(text).replace("\t", "→").replace("\n", "↵<br>")
-        boxes.append(f'<span title="id {token_id}" style="background:{PALETTE[n % len(PALETTE)]};'
+        boxes.append(f'<span title="id {token_id}, bytes {raw.hex(" ")}" '
+                     f'style="background:{PALETTE[n % len(PALETTE)]};'
                      f'color:#111;border-radius:3px;padding:1px 0;margin-right:1px;'
                      f'white-space:pre-wrap">{shown}</span>')
     return f'<div style="line-height:2;font-family:monospace">{"".join(boxes)}</div>'
@@ -473,6 +498,7 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
             continue
         trainable, total = r.get("trainable"), r["total"]
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
+        source = r.get("peak_mem_source", "process peak RSS growth")  # older files: RSS
         if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
                 and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
@@ -481,9 +507,10 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
             continue
         rows.append({"model": r["model"], "run": r["run"], "trainable": trainable,
                      "total": total, "trainable_share": trainable / total,
-                     "train_time_s": seconds, "peak_mem_mb": mb})
+                     "train_time_s": seconds, "peak_mem_mb": mb,
+                     "peak_mem_source": source if mb is not None else None})
     return pd.DataFrame(rows, columns=["model", "run", "trainable", "total", "trainable_share",
-                                       "train_time_s", "peak_mem_mb"])
+                                       "train_time_s", "peak_mem_mb", "peak_mem_source"])
 
 
 def evaluation_frame(runs: Runs) -> pd.DataFrame:
@@ -677,7 +704,8 @@ FIELD_TITLES = {
     "nats_per_char": "nats per character",
     "accuracy": "dev accuracy", "probability": "probability", "label": "label",
     "trainable": "trainable parameters", "trained parameters": "trained parameters",
-    "train_time_s": "training wall time (s)", "peak_mem_mb": "peak memory (MB)",
+    "train_time_s": "training wall time (s)", "peak_mem_mb": "measured peak (MB)",
+    "total": "parameters",
     "checkpoint KB": "checkpoint size (KB)", "KB": "size (KB)", "model": "model",
     "format": "format", "step": "optimizer step", "loss": "loss (cross-entropy)",
     "split": "split",
