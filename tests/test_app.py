@@ -357,7 +357,9 @@ def test_the_held_out_table_puts_the_answers_where_a_1400_px_window_shows_them(p
     (table,) = at.tabs[4].dataframe
     config = json.loads(table.proto.columns)
     assert list(table.proto.column_order)[:3] == ["instruction", "tuned_answer", "base_answer"]
-    assert sum(column["width"] for column in config.values()) <= 900
+    widths = {name: column.get("width") for name, column in config.items()}
+    assert all(widths.get(name) for name in table.proto.column_order), widths
+    assert sum(widths[name] for name in table.proto.column_order) <= 900
     # Accuracies: one decimal everywhere, as the charts' 71.9%.
     (accuracy,) = at.tabs[3].dataframe
     assert json.loads(accuracy.proto.columns)["accuracy"]["type_config"]["format"] == "%.1f%%"
