@@ -193,3 +193,15 @@ def test_the_summary_shows_the_124m_projection_in_the_lesson_s_order():
     assert "The totals order as the methods imply: full finetune (AdamW)" in text
     # 124,439,808 GPT-2 weights + a 768 x 2 head, 4 bytes each; AdamW: two moments of each
     assert "| full finetune (AdamW) | 8 x 128 | 474.71 MB | 474.71 MB | 949.41 MB |" in text
+
+
+def test_a_missing_data_folder_is_named_by_the_flag_the_user_typed(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        run_all.main(["--data-dir", str(tmp_path / "nowhere")])
+    assert str(err.value).endswith("(from --data-dir) does not exist.")
+    assert "data_dir" not in str(err.value)
+
+
+def test_what_the_walkthrough_writes_is_ignored_by_git():
+    ignored = set((Path(run_all.ROOT) / ".gitignore").read_text().splitlines())
+    assert {"hf-model/", ".venv/", "runs/", "*.pth", "data/"} <= ignored
