@@ -686,12 +686,12 @@ def memory_notes(frame: pd.DataFrame) -> list[str]:
                                        "batch"]))
         notes.append("The totals do not order as the methods imply ("
                      + ", ".join(f"{m.model} {human_bytes(m.total)}" for m in present)
-                     + f"): activations are up to {100 * share:.0f} % of a step's bytes here, "
-                     "and they grow with the batch, the context and the vocabulary, not with "
-                     "the method" + (f"; the runs' batches differ ({', '.join(batches)})"
-                                     if len(batches) > 1 else "")
-                     + ". At GPT-2's 124 M parameters the weights, gradients and optimizer "
-                     "state outweigh them: see the projection.")
+                     + f"): activations are up to {100 * share:.0f} % of a step's bytes here; "
+                     "they grow with the batch, the context and the vocabulary, and a method "
+                     "saves only those of frozen layers, which need not keep their inputs"
+                     + (f"; the runs' batches differ ({', '.join(batches)})"
+                        if len(batches) > 1 else "")
+                     + ". The GPT-2 124 M projection shows the picture at scale.")
     return notes
 
 
