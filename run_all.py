@@ -117,6 +117,13 @@ def number(value, fmt: str, unit: str = "") -> str:
     return format(value, fmt) + unit
 
 
+def measured_peak(row: dict) -> str:
+    """PeakMemory's figure and what it measured: the process's RSS (CPU) or CUDA's."""
+    cuda = str(row.get("peak_mem_source", "")).startswith("torch.cuda")
+    return number(row.get("peak_mem_mb"), ",.0f", " MB CUDA allocated" if cuda else
+                  " MB process RSS")
+
+
 def mb(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:,.2f} MB"
 
@@ -171,10 +178,10 @@ def summary_markdown(runs: sc.Runs, seconds: dict[str, float],
     sentiment = [r for r in rows if sc.is_number(r.get("dev_acc"))]
     if sentiment:
         parts += ["", "## Sentiment (GLUE dev set)", "", table(
-            ["model", "dev accuracy", "trainable", "train time", "process peak RSS"],
+            ["model", "dev accuracy", "trainable", "train time", "measured peak"],
             [[r["model"], number(100 * r["dev_acc"], ".1f", " %"), number(r.get("trainable"), ",d"),
-              number(r.get("train_time_s"), ",.0f", " s"),
-              number(r.get("peak_mem_mb"), ",.0f", " MB")] for r in sentiment])]
+              number(r.get("train_time_s"), ",.0f", " s"), measured_peak(r)]
+             for r in sentiment])]
     instructions = [r for r in rows if sc.is_number(r.get("loss"))]
     if instructions:
         parts += ["", "## Instructions (held-out response tokens)", "", table(
@@ -185,7 +192,7 @@ def summary_markdown(runs: sc.Runs, seconds: dict[str, float],
     if not memory.empty:
         parts += memory_section(memory, "## Memory of one training step, by method", (
             "Counted exactly from the tensors (support/measure.py) at each run's largest batch "
-            "(examples x tokens), float32. The process peak RSS above also holds the "
+            "(examples x tokens), float32. A measured process RSS above also holds the "
             "allocator's slack, the data and the libraries, so it does not show the method."))
     if projection is not None:
         parts += memory_section(projection, "## The same count for GPT-2 124 M", (

@@ -582,10 +582,13 @@ def memory_frame(runs: Runs) -> pd.DataFrame:
             continue
         batch = memory.get("batch")
         shape = " x ".join(map(str, batch)) if isinstance(batch, list) else "?"
+        cuda = memory.get("activations_cuda")  # on a GPU: the forward pass measured
         rows += [{"model": r["model"], "run": r["run"], "kind": kind, "bytes": memory[kind],
-                  "total": sum(memory[k] for k in MEMORY_KINDS), "batch": shape}
+                  "total": sum(memory[k] for k in MEMORY_KINDS), "batch": shape,
+                  "measured": cuda if is_number(cuda) else None}
                  for kind in MEMORY_KINDS]
-    return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch"])
+    return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch",
+                                       "measured"])
 
 
 # The GPT-2 124 M shape, and the classifier scripts' batch on a GPT-2 base (8 x 128 tokens).
@@ -692,6 +695,11 @@ def memory_notes(frame: pd.DataFrame) -> list[str]:
                      + (f"; the runs' batches differ ({', '.join(batches)})"
                         if len(batches) > 1 else "")
                      + ". The GPT-2 124 M projection shows the picture at scale.")
+    measured = frame[frame["kind"] == "activations"].dropna(subset=["measured"]) \
+        if "measured" in frame else frame.iloc[:0]
+    notes += [f"On the GPU, {r.model}'s forward pass took {human_bytes(r.measured)} above its "
+              f"weights (torch.cuda.max_memory_allocated); counted: {human_bytes(r.bytes)} "
+              "saved for backward, the rest short-lived." for r in measured.itertuples()]
     return notes
 
 

@@ -13,7 +13,6 @@ import pytest
 
 import run_all
 
-
 RECORD = json.dumps({"instruction": "Say hi.", "context": "", "response": "Hi.",
                      "category": "open_qa"})
 
@@ -139,7 +138,8 @@ def test_the_summary_holds_every_steps_figures(tmp_path):
     full = {"model": "full finetune (pretrained)", "dev_acc": 0.716, "trainable": 941058,
             "total": 941058, "train_time_s": 57.2, "peak_mem_mb": 1186.0,
             "memory": {"weights": 3 * 2**20, "grads": 3 * 2**20, "optimizer": 6 * 2**20,
-                       "activations": 40 * 2**20, "batch": [32, 128]}}
+                       "activations": 40 * 2**20, "batch": [32, 128],
+                       "activations_cuda": 41 * 2**20}}
     (runs / "classifier" / "metrics.json").write_text(json.dumps({"rows": [
         {"model": "majority class", "dev_acc": 0.509, "trainable": 0},
         {"model": "TF-IDF 1-2gram + logistic regression", "dev_acc": 0.795,
@@ -162,13 +162,16 @@ def test_the_summary_holds_every_steps_figures(tmp_path):
     assert "| trained: model_weights.pth | 47.26 | 1.6797 | 2.4233 |" in text  # nats, bits
     assert "| untrained (random) | 1,000.00 |" in text
     assert "| TF-IDF 1-2gram + logistic regression | 79.5 % | 63,294 | 3 s | - |" in text
-    assert "| full finetune (pretrained) | 71.6 % | 941,058 | 57 s | 1,186 MB |" in text
+    assert "| full finetune (pretrained) | 71.6 % | 941,058 | 57 s | 1,186 MB process RSS |" \
+        in text
     # The memory by kind, with thousands separators, and what it shows of the lesson.
     assert ("| full finetune (pretrained) | 32 x 128 | 3.00 MB | 3.00 MB | 6.00 MB | 40.00 MB "
             "| 52.00 MB |") in text
     assert "| QLoRA r=8 (scratch) | 16 x 128 | 1.00 MB |" in text
     assert "- Weights: QLoRA r=8 (scratch) 1.0 MB < LoRA r=2 (qkv+out_proj) 3.1 MB." in text
     assert "The totals do not order as the methods imply" in text
+    assert ("- On the GPU, full finetune (pretrained)'s forward pass took 41.0 MB above its "
+            "weights (torch.cuda.max_memory_allocated); counted: 40.0 MB saved") in text
     bars = text.split("```")[1].splitlines()[1:]
     assert bars[0].startswith("full finetune (pretrained)") and "█" in bars[0] \
         and "░" in bars[0] and bars[0].endswith("52.00 MB")
