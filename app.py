@@ -318,7 +318,7 @@ def attention_tab(slot: sc.Slot) -> None:
 def metrics_tab(runs: sc.Runs) -> None:
     # The tables first: they skip malformed entries and add them to runs.problems.
     evaluation, accuracy = sc.evaluation_frame(runs), sc.accuracy_frame(runs)
-    methods, nf4 = sc.methods_frame(runs), sc.nf4_frame(runs)
+    methods, nf4, memory = sc.methods_frame(runs), sc.nf4_frame(runs), sc.memory_frame(runs)
     for problem in runs.problems:
         st.warning(problem)
     st.subheader("Training curves")
@@ -354,7 +354,7 @@ def metrics_tab(runs: sc.Runs) -> None:
 
     st.subheader("What each finetuning method costs")
     costs_section(methods)
-    memory_section(sc.memory_frame(runs))
+    memory_section(memory)
 
     st.subheader("NF4: memory of the quantized weights")
     if nf4.empty:

@@ -166,7 +166,8 @@ def test_hand_edited_checkpoints_and_metrics_are_messages_not_crashes(tmp_path, 
     warnings = [w.value for w in at.tabs[6].warning]
     assert len(warnings) == 2 and "runs/a/metrics.json: quantized_bytes" in warnings[1]
     assert "runs/b/metrics.json: row 'm'" in warnings[0]
-    assert chart_titles(at.tabs[6]) == ["Dev accuracy"]  # what is sound still shows
+    assert chart_titles(at.tabs[6]) == [  # what is sound still shows
+        "Dev accuracy", "GPT-2 124 M, batch 8 x 128 (meta device, nothing allocated)"]
 
 
 def test_the_sidebar_offers_only_the_app_folders_checkpoints(tmp_path, monkeypatch):
@@ -583,6 +584,20 @@ def test_metrics_show_each_result_once_and_tell_runs_of_one_model_apart():
     alone = Runs(summaries={"lora-classifier": runs.summaries["lora-classifier"]})
     assert list(accuracy_frame(alone)["model"]) == ["majority class", "TF-IDF", "LoRA r=2",
                                                     "full finetune"]  # its copy, unlabelled
+
+
+def test_malformed_memory_is_skipped_and_named():
+    from showcase import Runs, memory_frame
+
+    good = {"weights": 4, "grads": 4, "optimizer": 8, "activations": 20, "batch": [2, 3]}
+    runs = Runs(summaries={"c": summary(
+        {"model": "full", "trainable": 1, "total": 1, "memory": good},
+        {"model": "odd", "trainable": 1, "total": 1, "memory": {**good, "grads": "4"}},
+        {"model": "none", "trainable": 1, "total": 1, "memory": [1, 2]})})
+    frame = memory_frame(runs)
+    assert set(frame["model"]) == {"full"} and list(frame["total"]) == [36] * 4
+    assert list(frame["batch"]) == ["2 x 3"] * 4
+    assert [p.split(": row ")[1][:6] for p in runs.problems] == ["'odd' ", "'none'"]
 
 
 def test_malformed_metrics_are_skipped_and_named():
