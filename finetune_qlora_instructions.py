@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     facts["quantized_bytes"] = quantized_nbytes(model)
     facts["quantization_error"] = quantization_error(dense, model) if dense else math.nan
     facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
+    # What a step holds, by kind, counted exactly at the largest batch (support/measure.py),
+    # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
+    facts["memory"] = memory_at_full_batch(model, lm_loss, args, ctx, run.device, labelled=False)
     say(quantization_line(args.backend, facts["quantized_bytes"], facts["quantization_error"]))
     say(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
@@ -176,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         facts["shown"] = sample_records(splits["test"], tokenizer, ctx, args.samples)
         facts["base_answers"] = answer_samples(model, tokenizer, facts["shown"], args)
         log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
-    # What a step holds, by kind, counted exactly at the largest batch (support/measure.py).
-    facts["memory"] = memory_at_full_batch(model, lm_loss, args, ctx, run.device, labelled=False)
     warm_up_optimizer()  # a one-time import would count as the run's memory
     with PeakMemory(run.device) as peak:
         summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),

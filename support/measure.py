@@ -27,7 +27,8 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,12 +127,23 @@ def saved_activation_bytes(model: nn.Module, loss_fn: Callable, batch) -> int:
             saved[key] = nbytes
         return tensor
 
-    was_training = model.training
-    model.train()
-    try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _counting_pass(model):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = loss_fn(model, batch)  # noqa: F841 - the graph lives while it is counted
             return sum(saved.values())
+
+
+@contextmanager
+def _counting_pass(model: nn.Module) -> Iterator[None]:
+    """A forward pass that leaves no trace: training mode (dropout keeps its masks), gradients
+    on, and the random state as it was before (the run's own draws stay the same)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.enable_grad():
+            yield
     finally:
         model.train(was_training)
 
@@ -156,15 +168,10 @@ def cuda_activation_bytes(model: nn.Module, loss_fn: Callable, batch) -> int:
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    was_training = model.training
-    model.train()
-    try:
-        with torch.enable_grad():
-            loss = loss_fn(model, batch)  # noqa: F841 - the graph lives until measured
-            torch.cuda.synchronize(device)
-            return torch.cuda.max_memory_allocated(device) - before
-    finally:
-        model.train(was_training)
+    with _counting_pass(model):
+        loss = loss_fn(model, batch)  # noqa: F841 - the graph lives until measured
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
 
 
 def memory_record(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
