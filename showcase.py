@@ -53,7 +53,14 @@ import training
 from classifier import GPTClassifier, classification_loss, load_classifier
 from hf_gpt2 import load_base
 from instructions import load_instruction_model
-from lora import apply_lora, count_parameters, freeze_all_but_lora, lora_layers, lora_state_dict
+from lora import (
+    DEFAULT_TARGETS,
+    apply_lora,
+    count_parameters,
+    freeze_all_but_lora,
+    lora_layers,
+    lora_state_dict,
+)
 from model import GPTConfig, GPTModel
 from quantization import is_quantized, quantize_model, quantized_nbytes
 from support.hub import WEIGHTS
@@ -596,23 +603,30 @@ GPT2_SMALL = GPTConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head
 PROJECTION_BATCH = (8, 128)
 
 
-def _lora(r: float, alpha: float, targets: tuple[str, ...] | None = None, quantized=False):
-    """A method's change to a classifier: optionally 4-bit layers, then LoRA; the head trains."""
-    def adapt(model: GPTClassifier) -> None:
-        if quantized:
-            quantize_model(model.gpt)  # NF4 + double quantization on the LoRA targets
-        apply_lora(model.gpt, r=r, alpha=alpha, **({"targets": targets} if targets else {}))
-        freeze_all_but_lora(model, trainable_extra=("head",))
-    return adapt
+@dataclass(frozen=True)
+class Method:
+    """One way to finetune the classifier: its optimizer and, for (Q)LoRA, its adapters."""
+
+    optimizer: str  # training.TrainConfig's: adamw | muon
+    lora: dict | None = None  # apply_lora's settings; None: every weight trains
+    quantized: bool = False  # the LoRA targets frozen in NF4 + double quantization first
+
+    def apply(self, model: GPTClassifier) -> None:
+        if self.quantized:
+            quantize_model(model.gpt, targets=self.lora["targets"])
+        if self.lora is not None:
+            apply_lora(model.gpt, **self.lora)
+            freeze_all_but_lora(model, trainable_extra=("head",))  # the new head trains too
 
 
-# Method -> (optimizer, how the classifier is changed): finetune_lora_classifier.py's LoRA
-# (r=2 on the attention projections) and finetune_qlora_instructions.py's (r=8, every layer).
-METHODS: dict[str, tuple[str, Callable[[GPTClassifier], None] | None]] = {
-    "full finetune (AdamW)": ("adamw", None),
-    "full finetune (Muon)": ("muon", None),
-    "LoRA r=2 (AdamW)": ("adamw", _lora(2, 4.0, ("qkv", "out_proj"))),
-    "QLoRA r=8 (AdamW)": ("adamw", _lora(8, 16.0, quantized=True)),
+# finetune_lora_classifier.py's LoRA (r=2 on the attention projections) and
+# finetune_qlora_instructions.py's (r=8 on every linear layer); tests/test_app.py checks them.
+METHODS = {
+    "full finetune (AdamW)": Method("adamw"),
+    "full finetune (Muon)": Method("muon"),
+    "LoRA r=2 (AdamW)": Method("adamw", {"r": 2, "alpha": 4.0, "targets": ("qkv", "out_proj")}),
+    "QLoRA r=8 (AdamW)": Method("adamw", {"r": 8, "alpha": 16.0, "targets": DEFAULT_TARGETS},
+                                quantized=True),
 }
 
 
@@ -624,15 +638,14 @@ def projected_memory(config: GPTConfig = GPT2_SMALL, batch: tuple[int, int] = PR
     count needs. There attention runs as plain matmuls and softmax, which save the attention
     weights (B x heads x T x T per layer) that a fused kernel would recompute."""
     rows = []
-    for name, (optimizer, adapt) in METHODS.items():
+    for name, method in METHODS.items():
         torch.manual_seed(0)
         with torch.device(device):
             model = GPTClassifier(GPTModel(config))
-        if adapt is not None:
-            adapt(model)
+        method.apply(model)
         ids = torch.zeros(*batch, dtype=torch.long, device=device)
         step = (ids, torch.full(batch[:1], batch[1], device=device), ids[:, 0])
-        cfg = training.TrainConfig(optimizer=optimizer)
+        cfg = training.TrainConfig(optimizer=method.optimizer)
         memory = training_memory(model, training.configure_optimizer(
             model, cfg, torch.device(device)), classification_loss, step).to_dict()
         rows += [{"model": name, "run": "projection", "kind": kind, "bytes": memory[kind],
