@@ -116,26 +116,21 @@ def resolve(path: str, folder: Path) -> Path:
 MAX_CHOICES = 200  # checkpoints offered per model: a folder full of files stays a short list
 
 
-def inside(path: Path, folder: Path) -> bool:
-    """Whether ``path``, its links followed, is in ``folder``: a link in the app folder that
-    leads out of it is not offered (only the operator's environment variables reach out)."""
-    return path.resolve().is_relative_to(folder.resolve())
-
-
 def checkpoint_choices(spec: ModelSpec, folder: Path) -> list[str]:
     """The files the sidebar offers for ``spec``: its default (or the file its environment
     variable names), then every ``*.pth`` in the app folder and one level below it (for the
     base model also every Hugging Face GPT-2 folder there: one with a model.safetensors).
 
     A visitor picks from this list and never types a path, so the page cannot be made to
-    read, or say anything about, a file the person who started the app did not put there;
-    a symbolic link that leads out of the folder is left out too.
+    read, or say anything about, a file the person who started the app did not put there.
+    A symbolic link in the folder is followed, wherever it leads: only that person can make
+    one, and linking a Hugging Face folder (or a checkpoint kept elsewhere) in is how they
+    offer it; the page never offers the path behind a link, only its name in the folder.
     """
     found = sorted({str(p.relative_to(folder)) for pattern in ("*.pth", "*/*.pth")
-                    for p in folder.glob(pattern) if p.is_file() and inside(p, folder)})
+                    for p in folder.glob(pattern) if p.is_file()})
     if spec.key == "base":
-        found += sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{WEIGHTS}")
-                        if inside(p, folder))
+        found += sorted(str(p.parent.relative_to(folder)) for p in folder.glob(f"*/{WEIGHTS}"))
     first = default_path(spec)
     return [first, *(name for name in found if name != first)][:MAX_CHOICES]
 

@@ -195,10 +195,11 @@ def test_the_sidebar_offers_only_the_app_folders_checkpoints(tmp_path, monkeypat
                for option in at.selectbox(key="path_lora").options)
 
 
-def test_links_out_of_the_app_folder_are_not_offered(tmp_path):
-    """The folder's own files only: a symbolic link in it that leads elsewhere, to a file or a
-    folder, is left out (the operator's $LLM_APP_* variables are the only way out)."""
-    from showcase import SPECS, checkpoint_choices
+def test_the_operator_s_links_are_trusted_and_offered_by_their_name_here(tmp_path):
+    """Decided (issue 22): a symbolic link in $LLM_APP_DIR is the operator's choice, as the
+    $LLM_APP_* variables are, and is followed; a visitor cannot make one, and sees only its
+    name inside the folder, never the path it leads to."""
+    from showcase import SPECS, checkpoint_choices, resolve
 
     folder, outside = tmp_path / "app", tmp_path / "elsewhere"
     (outside / "gpt2").mkdir(parents=True)
@@ -207,10 +208,13 @@ def test_links_out_of_the_app_folder_are_not_offered(tmp_path):
     (outside / "gpt2" / "model.safetensors").write_bytes(b"x")
     (folder / "mine.pth").write_bytes(b"x")
     (folder / "link.pth").symlink_to(outside / "secret.pth")
-    (folder / "out").symlink_to(outside)
-    (folder / "inner.pth").symlink_to(folder / "mine.pth")  # a link inside stays
-    assert checkpoint_choices(SPECS["base"], folder.resolve()) == [
-        "model_weights.pth", "inner.pth", "mine.pth"]
+    (folder / "hf").symlink_to(outside / "gpt2")
+    choices = checkpoint_choices(SPECS["base"], folder.resolve())
+    assert choices == ["model_weights.pth", "link.pth", "mine.pth", "hf"]
+    assert all(str(outside) not in choice for choice in choices)
+    assert resolve("link.pth", folder).read_bytes() == b"x"  # followed when loaded
+    assert "operator's links are trusted" in Path(
+        __file__).parents[1].joinpath("README.md").read_text(encoding="utf-8")
 
 
 def test_bad_devices_are_messages_not_crashes(tmp_path, monkeypatch):
