@@ -125,6 +125,9 @@ def measured_peak(row: dict) -> str:
 
 
 def mb(n_bytes: float) -> str:
+    """MB with two decimals, with thousands separators; under 0.1 MB in KB (not 0.00 MB)."""
+    if n_bytes < 2**20 / 10:
+        return f"{n_bytes / 2**10:,.1f} KB"
     return f"{n_bytes / 2**20:,.2f} MB"
 
 
