@@ -42,6 +42,16 @@ SENTIMENT_LESSON = (
 SCALE_SECTION = "Instruction tuning, and why the answers are poor"  # a README.md heading
 MAX_PROMPT_CHARS = 2000
 TEXT_STYLE = "white-space:pre-wrap;font-family:monospace"  # generated text, whitespace as is
+# The held-out answers: the answers first, and all five columns in 900 px, so that they fit
+# a 1400-pixel window beside the sidebar (a long cell shows whole on hover).
+SAMPLE_COLUMNS = {
+    "column_order": ("instruction", "tuned_answer", "base_answer", "reference", "context"),
+    "column_config": {"instruction": st.column_config.TextColumn("instruction", width=200),
+                      "tuned_answer": st.column_config.TextColumn("tuned answer", width=220),
+                      "base_answer": st.column_config.TextColumn("base answer", width=200),
+                      "reference": st.column_config.TextColumn("reference", width=180),
+                      "context": st.column_config.TextColumn("context", width=100)},
+}
 
 st.set_page_config(page_title="LLM From Scratch", page_icon="🧠", layout="wide")
 
@@ -154,7 +164,9 @@ def overview(slots: dict[str, sc.Slot]) -> None:
     ready = [slot for slot in slots.values() if slot.ready]
     st.markdown(f"**{len(ready)} of {len(slots)} models loaded.** Each card is one checkpoint; "
                 "a missing one switches off only its own tab.")
-    for column, slot in zip(st.columns(len(slots)), slots.values(), strict=True):
+    cards = list(slots.values())
+    columns = [column for _ in range(0, len(cards), 2) for column in st.columns(2)]
+    for column, slot in zip(columns, cards, strict=False):  # two a row: names fit unbroken
         with column, st.container(border=True):
             st.markdown(f"#### {slot.spec.title}")
             st.caption(f"`{slot.path.name}`, made by `{slot.spec.script}`")
@@ -197,7 +209,9 @@ def tokenizer_tab(slots: dict[str, sc.Slot]) -> None:
     ratio.metric("Characters per token", f"{len(text) / max(len(pieces), 1):.2f}")
     st.html(sc.tokens_html(pieces))
     st.caption(f"Each box is one token of the {slot.tokenizer.vocab_size}-token vocabulary in "
-               f"`{slot.path.name}`; hover for its id.")
+               f"`{slot.path.name}`; hover for its id and bytes.")
+    if any(sc.holds_part_of_a_character(raw) for _, raw in pieces):
+        st.caption(sc.PARTIAL_NOTE)
     with st.expander("Token ids"):
         st.code(str([token_id for token_id, _ in pieces]), language=None, wrap_lines=True)
 
@@ -228,11 +242,15 @@ def sentiment_tab(slots: list[sc.Slot], accuracy: pd.DataFrame) -> None:
         text = st.text_input("A sentence", "A gorgeous, witty, seductive movie.", max_chars=500,
                              key="sent_text")
         st.form_submit_button("Classify", type="primary", key="sent_go")
-    st.caption(f"Both read it the way SST-2 is written: `{normalize_text(text)}`")
+    empty = not text.strip()
+    if empty:
+        st.info(sc.EMPTY_SENTENCE)
+    else:
+        st.caption(f"Both read it the way SST-2 is written: `{normalize_text(text)}`")
     for column, slot in zip(st.columns(len(slots)), slots, strict=True):
         with column, st.container(border=True):
             st.markdown(f"#### {slot.spec.title}")
-            if unavailable(slot):
+            if unavailable(slot) or empty:
                 continue
             label, probs = predict(slot.model, slot.tokenizer, text)
             st.metric("Prediction", label, help=f"{slot.facts['trained']:,} trained parameters")
@@ -244,8 +262,10 @@ def sentiment_tab(slots: list[sc.Slot], accuracy: pd.DataFrame) -> None:
         st.info("Run `python finetune_classifier.py` and `python finetune_lora_classifier.py` "
                 "to score both, with the baselines.")
     else:
-        st.dataframe(accuracy[["model", "accuracy"]], hide_index=True, column_config={
-            "accuracy": st.column_config.NumberColumn("dev accuracy", format="percent")})
+        st.dataframe(accuracy.assign(accuracy=100 * accuracy["accuracy"])[["model", "accuracy"]],
+                     hide_index=True, column_config={  # 71.9%, as the charts show it
+                         "accuracy": st.column_config.NumberColumn("dev accuracy",
+                                                                   format="%.1f%%")})
     st.caption(SENTIMENT_LESSON)
 
 
@@ -267,13 +287,15 @@ def instructions_tab(slot: sc.Slot, samples: dict[str, list[dict]]) -> None:
         go = st.form_submit_button("Answer", type="primary", key="inst_go")
     with st.expander("Prompt template: what the model reads"):
         st.code(format_prompt(instruction, context), language=None, wrap_lines=True)
-    if go:
+    if go and not instruction.strip():
+        st.info(sc.EMPTY_INSTRUCTION)
+    elif go:
         show_stream(stream_answer(slot.generator, slot.tokenizer, instruction, context,
                                   max_new_tokens=int(max_new), temperature=float(temp),
                                   seed=int(s)), slot.generator)
     for run, records in samples.items():
         with st.expander(f"Held-out answers from training (runs/{run}/samples.jsonl)"):
-            st.dataframe(pd.DataFrame(records), hide_index=True)
+            st.dataframe(pd.DataFrame(records), hide_index=True, **SAMPLE_COLUMNS)
     with st.expander(f"Why the answers are poor (README.md: {SCALE_SECTION})"):
         st.markdown(sc.readme_section(SCALE_SECTION))
 
@@ -296,7 +318,7 @@ def attention_tab(slot: sc.Slot) -> None:
 def metrics_tab(runs: sc.Runs) -> None:
     # The tables first: they skip malformed entries and add them to runs.problems.
     evaluation, accuracy = sc.evaluation_frame(runs), sc.accuracy_frame(runs)
-    methods, nf4 = sc.methods_frame(runs), sc.nf4_frame(runs)
+    methods, nf4, memory = sc.methods_frame(runs), sc.nf4_frame(runs), sc.memory_frame(runs)
     for problem in runs.problems:
         st.warning(problem)
     st.subheader("Training curves")
@@ -312,14 +334,17 @@ def metrics_tab(runs: sc.Runs) -> None:
 
     st.subheader("Language model on the held-out test split")
     if evaluation.empty:
-        st.info("Run `python evaluate.py` for perplexity and bits per character.")
+        st.info("Run `python evaluate.py` for perplexity and nats per character.")
     else:
         left, right = st.columns(2)
         with left:
             chart(sc.bar_chart(evaluation, "perplexity", "model", "Perplexity per token", ",.1f"))
         with right:
-            chart(sc.bar_chart(evaluation, "bits_per_char", "model", "Bits per character",
-                               ".3f"))
+            chart(sc.bar_chart(evaluation, "nats_per_char", "model",
+                               "Nats per character (bits: / ln 2)", ".4f"))
+        st.caption("Per character, so tokenizers of any size compare: "
+                   + "; ".join(f"{r.model} {r.nats_per_char:.4f} nats = {r.bits_per_char:.4f} bits"
+                               for r in evaluation.itertuples()) + ".")
 
     st.subheader("Sentiment: accuracy on the GLUE dev set")
     if accuracy.empty:
@@ -329,6 +354,7 @@ def metrics_tab(runs: sc.Runs) -> None:
 
     st.subheader("What each finetuning method costs")
     costs_section(methods)
+    memory_section(memory)
 
     st.subheader("NF4: memory of the quantized weights")
     if nf4.empty:
@@ -348,18 +374,45 @@ def costs_section(methods: pd.DataFrame) -> None:
     if methods.empty:
         st.info("The finetuning scripts write these numbers to runs/<name>/metrics.json.")
         return
-    columns = st.columns(3)
+    columns = st.columns(2)
     for column, (field, title, fmt, log) in zip(columns, [
             ("trainable", "Trainable parameters (log scale)", ",d", True),
-            ("train_time_s", "Training wall time (s)", ",.1f", False),
-            ("peak_mem_mb", "Peak memory in training (MB)", ",.0f", False)], strict=True):
+            ("train_time_s", "Training wall time (s)", ",.1f", False)], strict=True):
         with column:
             chart(sc.bar_chart(methods.dropna(subset=[field]), field, "model", title, fmt,
                                log=log))
-    st.dataframe(methods, hide_index=True, column_config={
-        field: st.column_config.NumberColumn(sc.FIELD_TITLES.get(field, field))
-        for field in ("trainable", "train_time_s", "peak_mem_mb")} | {
-        "trainable_share": st.column_config.NumberColumn("trainable share", format="percent")})
+    st.dataframe(methods, hide_index=True, column_config={  # 941,058, as the charts show it
+        field: st.column_config.NumberColumn(sc.FIELD_TITLES.get(field, field),
+                                             format="localized")
+        for field in ("trainable", "total", "train_time_s", "peak_mem_mb")} | {
+        "trainable_share": st.column_config.NumberColumn("trainable share", format="percent"),
+        "peak_mem_source": st.column_config.TextColumn("what the peak measured")})
+
+
+@st.cache_data(show_spinner="Counting GPT-2 124 M's memory on the meta device ...")
+def projection() -> pd.DataFrame:
+    return sc.projected_memory()
+
+
+def memory_section(memory: pd.DataFrame) -> None:
+    """The bytes of one training step by kind, per method: this project's runs and GPT-2
+    124 M, as stacked bars, with what they teach and where the totals do not show it."""
+    st.markdown(f"**Memory of one training step, by kind.** {sc.MEMORY_LESSON} Counted exactly "
+                "from the tensors (support/measure.py), float32, at each run's largest batch.")
+    left, right = st.columns(2)
+    with left:
+        if memory.empty:
+            st.info("The finetuning scripts count these bytes into runs/<name>/metrics.json.")
+        else:
+            chart(sc.memory_chart(memory, "This project's runs (0.94 M parameters)"))
+            for note in sc.memory_notes(memory):
+                st.caption(note)
+    with right:
+        big = projection()
+        chart(sc.memory_chart(big, "GPT-2 124 M, batch 8 x 128 (meta device, nothing "
+                                   "allocated)"))
+        for note in sc.memory_notes(big):
+            st.caption(note)
 
 
 # ---------------------------------------------------------------------------- the page

@@ -42,7 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--show-prompt", action="store_true",
                    help="print the prompt the model reads before its answer")
     add_sampling_args(p, max_new_tokens=100, temperature=0.7, top_k=40)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.instruction.strip():
+        p.error('the instruction is empty: ask.py needs something to answer, e.g. python ask.py '
+                '"Name three primary colours."')
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

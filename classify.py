@@ -40,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: text, normalized text, label, probabilities")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if any(not sentence.strip() for sentence in args.sentences):  # blank stdin lines: skipped
+        p.error("a sentence given on the command line is empty: classify.py needs text to "
+                'classify, e.g. python classify.py "A gorgeous, witty film."')
+    return args
 
 
 def sentences(given: list[str]) -> Iterator[str]:

@@ -33,6 +33,8 @@ from finetuning import (
     SST2Experiment,
     add_classifier_args,
     check_args,
+    example_length,
+    memory_at_full_batch,
     parse_finetune_args,
     sst2_experiment,
     train_config,
@@ -68,12 +70,15 @@ def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Pa
     sst2.fresh_log(log_path)
     model.to(device)
     parameters = count_parameters(model)  # (trainable, total)
+    # What a step holds, by kind, counted exactly at the largest batch (support/measure.py).
+    memory = memory_at_full_batch(model, classification_loss, sst2.args,
+                                  example_length(sst2.args, model.gpt), device, labelled=True)
     warm_up_optimizer()  # a one-time import would count as the run's memory
-    with PeakMemory(device) as memory:
+    with PeakMemory(device) as peak:
         summary = train_model(sst2.run.wrap(model), sst2.loaders["train"], sst2.loaders["val"],
                               train_config(sst2.args), device, loss_fn=classification_loss,
                               log_path=log_path, is_main=sst2.run.is_main, desc=name)
-    return sst2.score(model, name, summary, memory.mb, parameters, log_path)
+    return sst2.score(model, name, summary, peak, memory, parameters, log_path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,8 @@ adapters with ``training.train_model``; score once more, answer a few held-out i
 and save the adapters with the base model's identity.
 
 Reported: held-out response loss and perplexity of the base (fp32 and 4-bit, same template)
-and of the tuned model, trainable parameters, wall time, peak memory, the bytes of the
+and of the tuned model, trainable parameters, wall time, the memory a step holds by kind
+(weights, gradients, optimizer state, activations) and the measured peak, the bytes of the
 quantized weights (fp32 vs NF4 vs NF4 + double quantization) and the quantization error.
 runs/<run-name>/ gets metrics.jsonl (training curve), metrics.json (the summary) and
 samples.jsonl (instruction, reference, base answer, tuned answer).
@@ -38,6 +39,7 @@ from finetuning import (
     check_args,
     example_length,
     load_instruction_splits,
+    memory_at_full_batch,
     parse_finetune_args,
     train_config,
 )
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     facts["quantized_bytes"] = quantized_nbytes(model)
     facts["quantization_error"] = quantization_error(dense, model) if dense else math.nan
     facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
+    # What a step holds, by kind, counted exactly at the largest batch (support/measure.py),
+    # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
+    facts["memory"] = memory_at_full_batch(model, lm_loss, args, ctx, run.device, labelled=False)
     say(quantization_line(args.backend, facts["quantized_bytes"], facts["quantization_error"]))
     say(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
@@ -175,18 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         facts["base_answers"] = answer_samples(model, tokenizer, facts["shown"], args)
         log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
     warm_up_optimizer()  # a one-time import would count as the run's memory
-    with PeakMemory(run.device) as memory:
+    with PeakMemory(run.device) as peak:
         summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),
                               run.device, loss_fn=lm_loss, log_path=log_path,
                               is_main=run.is_main, desc="qlora")
     cleanup_distributed()
     if run.is_main:
-        report(args, model, tokenizer, test_loader, summary, memory.mb, lora, facts, started)
+        report(args, model, tokenizer, test_loader, summary, peak, lora, facts, started)
     return 0
 
 
 def report(args: argparse.Namespace, model: nn.Module, tokenizer, test_loader, summary: dict,
-           peak_mem_mb: float, lora: dict, facts: dict, started: float) -> None:
+           peak: PeakMemory, lora: dict, facts: dict, started: float) -> None:
     """Score and save the tuned model; write metrics.jsonl's last record, samples.jsonl and
     metrics.json; print the table and two answers before and after."""
     if summary["interrupted"]:
@@ -209,7 +214,8 @@ def report(args: argparse.Namespace, model: nn.Module, tokenizer, test_loader, s
         {"model": f"base, NF4+DQ ({args.backend})", "loss": facts["nf4_loss"]},
         {"model": f"QLoRA r={args.rank} ({args.backend})", "loss": tuned_loss,
          "trainable": facts["trainable"], "total": facts["total"],
-         "train_time_s": round(summary["elapsed"], 1), "peak_mem_mb": round(peak_mem_mb, 1),
+         "train_time_s": round(summary["elapsed"], 1), "memory": facts["memory"],
+         "peak_mem_mb": round(peak.mb, 1), "peak_mem_source": peak.source,
          **{key: summary[key] for key in ("steps", "train_loss", "dtype", "interrupted")}},
     ]
     for row in rows:

@@ -16,7 +16,10 @@ here, once, above the chapters it ties together:
   labels), the baseline rows; ``SST2Experiment.score`` makes a trained model's row of the
   results table and ``finish`` prints the table and writes runs/<name>/metrics.json.
 
-Measuring (peak memory, baselines, tables, metric files) is support/measure.py's, batching
+``memory_at_full_batch`` counts a run's training memory by kind (weights, gradients,
+optimizer state, activations) at its largest batch, before it trains.
+
+Measuring (memory, baselines, tables, metric files) is support/measure.py's, batching
 support/batching.py's and the flag checks support/finetune_checks.py's.
 
 All three run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each
@@ -35,6 +38,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
@@ -54,13 +58,15 @@ from support.flags import (
 )
 from support.measure import (
     CLASSIFIER_COLUMNS,
+    PeakMemory,
     append_record,
     baseline_rows,
     format_table,
+    memory_record,
     write_metrics,
 )
 from tokenizer import BPETokenizer
-from training import Launch, TrainConfig, cleanup_distributed
+from training import Launch, TrainConfig, cleanup_distributed, configure_optimizer
 
 DATA_FILE_HINT = ("This script takes such a file as --data-file (a path, or the name of a file "
                   f"in the data folder), e.g. --data-file {INSTRUCTIONS_1100}.")
@@ -159,6 +165,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        dtype=args.dtype, seed=args.seed)
 
 
+def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, length: int,
+                         device: torch.device, labelled: bool) -> dict:
+    """The bytes a training step holds, by kind (``support.measure.memory_record``), at the
+    largest batch the run allows: --batch-size examples of ``length`` tokens, (ids, lengths,
+    labels) if ``labelled``, else (inputs, targets); the optimizer the run will build."""
+    ids = torch.zeros(args.batch_size, length, dtype=torch.long, device=device)
+    batch = (ids, torch.full((args.batch_size,), length, device=device), ids[:, 0]) \
+        if labelled else (ids, ids)
+    optimizer = configure_optimizer(model, train_config(args), device)
+    return memory_record(model, optimizer, loss_fn, batch)
+
+
 # ---------------------------------------------------------------------------- data
 
 
@@ -230,10 +248,11 @@ class SST2Experiment:
         if self.run.is_main:
             log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
 
-    def score(self, model: nn.Module, name: str, summary: dict, peak_mem_mb: float,
-              parameters: tuple[int, int], log_path: Path) -> dict | None:
+    def score(self, model: nn.Module, name: str, summary: dict, peak: PeakMemory,
+              memory: dict, parameters: tuple[int, int], log_path: Path) -> dict | None:
         """A trained model's row: dev (GLUE dev = our "test") and val accuracy, trainable and
-        total ``parameters``, wall time and peak memory of training, the loss summary. Its
+        total ``parameters``, wall time, the ``memory`` by kind and the ``peak`` measured in
+        training (``PeakMemory``: its ``source`` says what it measured), the loss summary. Its
         log gets a final record with the accuracies. Only the main process scores: the
         others return None."""
         if not self.run.is_main:
@@ -241,7 +260,8 @@ class SST2Experiment:
         row = {"model": name, "dev_acc": evaluate_accuracy(model, self.loaders["test"]),
                "val_acc": evaluate_accuracy(model, self.loaders["val"]),
                "trainable": parameters[0], "total": parameters[1],
-               "train_time_s": round(summary["elapsed"], 1), "peak_mem_mb": round(peak_mem_mb, 1),
+               "train_time_s": round(summary["elapsed"], 1), "memory": memory,
+               "peak_mem_mb": round(peak.mb, 1), "peak_mem_source": peak.source,
                **{key: summary[key] for key in ("steps", "train_loss", "val_loss", "dtype")},
                "processes": self.run.world_size, "interrupted": summary["interrupted"]}
         if summary["interrupted"]:

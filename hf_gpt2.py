@@ -209,11 +209,14 @@ def gpt_config(hf: dict, dropout: float = 0.0) -> GPTConfig:
                      dropout=dropout, bias=True)
 
 
-def generation_config(tokenizer: BPETokenizer, vocab_size: int) -> dict:
-    """Our generate_text's defaults (temperature 0.8, top-k 50, stop at <|endoftext|>)."""
+def generation_config(tokenizer: BPETokenizer, vocab_size: int, context_length: int) -> dict:
+    """Our generate_text's defaults (temperature 0.8, top-k 50, stop at <|endoftext|>), and a
+    length transformers can honour: its generate does not slide the window as ours does, so
+    past ``context_length`` tokens, prompt included, it would index a position embedding that
+    is not there (IndexError). ``max_length`` counts the prompt, so it never gets there."""
     eot = tokenizer.special_tokens.get(ENDOFTEXT)
     return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": True,
-            "temperature": 0.8, "top_k": 50, "max_new_tokens": 200,
+            "temperature": 0.8, "top_k": 50, "max_length": context_length,
             "suppress_tokens": list(range(tokenizer.vocab_size, vocab_size)) or None}
 
 
@@ -369,6 +372,10 @@ from transformers import pipeline
 ```
 
 The tokenizer is {vocabulary}, <|endoftext|> included. {note}
+
+The context is {config.context_length} tokens, prompt and answer together: transformers'
+`generate` does not slide a window over a longer text, so `generation_config.json` stops at
+`max_length` {config.context_length}, and a `max_new_tokens` of your own must leave the prompt room.
 """
 
 
@@ -397,7 +404,8 @@ def to_hf(model: GPTModel | GPTClassifier, tokenizer: BPETokenizer, out_dir: str
                    "problem_type": "single_label_classification"}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     files = {"config.json": config,
-             "generation_config.json": generation_config(tokenizer, vocab_size),
+             "generation_config.json": generation_config(tokenizer, vocab_size,
+                                                         cfg.context_length),
              "tokenizer.json": tokenizer_json(tokenizer, classifier, pad_id),
              "tokenizer_config.json": tokenizer_config(tokenizer, cfg.context_length, classifier),
              "README.md": model_card(cfg, tokenizer, tensors, metadata or {}, out, classifier)}

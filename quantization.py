@@ -178,7 +178,8 @@ def _quantize_absmax_8bit(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     code = _table("dynamic", absmax.device)
     midpoints = (code[:-1] + code[1:]) / 2
     codes = torch.bucketize(normed, midpoints).to(torch.uint8)  # ties go to the lower code
-    return codes.reshape(-1)[: absmax.numel()], scales
+    # clone: a slice would keep the padded block's memory alive (and in every checkpoint)
+    return codes.reshape(-1)[: absmax.numel()].clone(), scales
 
 
 def _dequantize_absmax_8bit(q: NF4Tensor) -> torch.Tensor:
@@ -243,6 +244,26 @@ def nf4_nbytes(numel: int, blocksize: int = 64, double_quant: bool = True) -> in
 # A 4-bit linear layer
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """x @ W.T for a 4-bit layer's W, dequantized in the forward pass and again in backward.
+
+    F.linear would save the dense W for the backward pass (the gradient of x is grad @ W), so
+    every 4-bit layer's fp32 weight would stay in memory from forward to backward, and QLoRA
+    would save nothing while training. Dequantizing twice costs a table lookup; it is what
+    bitsandbytes does too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: Linear4bit, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight(), bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad @ ctx.layer.dequantized_weight(grad.dtype), None, None  # bias is frozen
+
+
 class Linear4bit(nn.Module):
     """A frozen nn.Linear whose weight is stored in NF4 and dequantized in every forward.
 
@@ -290,11 +311,10 @@ class Linear4bit(nn.Module):
         return dequantize_nf4(self.quantized_weight, dtype=dtype or self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The dense weight exists only for this matmul; autograd still reaches x (and any
-        # LoRA adapter around this layer) because the weight itself needs no gradient.
-        weight = self.dequantized_weight()
+        # The dense weight exists only for this matmul (_NF4Matmul: and again in backward);
+        # autograd still reaches x, and any LoRA adapter around this layer.
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x.to(self.compute_dtype), weight, bias).to(x.dtype)
+        return _NF4Matmul.apply(x.to(self.compute_dtype), self, bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -15,6 +15,10 @@ use (``checkpoint.load_checkpoint``, ``classifier.load_classifier``,
 - ``attention_grid``   one layer and head of attention as a long table for a heatmap.
 - ``read_runs``        every ``runs/*/metrics.jsonl`` and ``metrics.json``; the ``*_frame``
                        functions turn them into chart-ready tables.
+- ``memory_frame`` / ``projected_memory``   what a training step holds by kind (weights,
+                       gradients, optimizer state, activations): the runs' exact counts, and
+                       the same for GPT-2 124 M, counted on the meta device; ``memory_notes``
+                       says what they teach, and where the totals do not show it.
 - the chart functions  Altair specifications for those tables, titled in words.
 
 Where things are: checkpoints and ``runs/`` are read from ``$LLM_APP_DIR`` (default: the
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shlex
@@ -45,12 +50,21 @@ import torch
 import torch.nn as nn
 
 import training
-from classifier import load_classifier
+from classifier import GPTClassifier, classification_loss, load_classifier
 from hf_gpt2 import load_base
 from instructions import load_instruction_model
-from lora import count_parameters, lora_layers, lora_state_dict
-from quantization import is_quantized, quantized_nbytes
+from lora import (
+    DEFAULT_TARGETS,
+    apply_lora,
+    count_parameters,
+    freeze_all_but_lora,
+    lora_layers,
+    lora_state_dict,
+)
+from model import GPTConfig, GPTModel
+from quantization import is_quantized, quantize_model, quantized_nbytes
 from support.hub import WEIGHTS
+from support.measure import MEMORY_KINDS, training_memory
 from support.validate import is_number
 from tokenizer import BPETokenizer
 
@@ -109,6 +123,9 @@ def checkpoint_choices(spec: ModelSpec, folder: Path) -> list[str]:
 
     A visitor picks from this list and never types a path, so the page cannot be made to
     read, or say anything about, a file the person who started the app did not put there.
+    A symbolic link in the folder is followed, wherever it leads: only that person can make
+    one, and linking a Hugging Face folder (or a checkpoint kept elsewhere) in is how they
+    offer it; the page never offers the path behind a link, only its name in the folder.
     """
     found = sorted({str(p.relative_to(folder)) for pattern in ("*.pth", "*/*.pth")
                     for p in folder.glob(pattern) if p.is_file()})
@@ -309,19 +326,36 @@ PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a
            "#e5e7eb")
 
 
-def token_pieces(tokenizer: BPETokenizer, text: str) -> list[tuple[int, str]]:
-    """(id, the token's text) for every token of ``text``. A token that holds part of a
-    multi-byte character shows U+FFFD: its bytes alone are not a character."""
-    return [(i, tokenizer.token_bytes(i).decode("utf-8", errors="replace"))
-            for i in tokenizer.encode(text)]
+PARTIAL_NOTE = (
+    "A token holds bytes, not characters: one beyond ASCII takes 2-4 bytes in UTF-8, and a "
+    "token can end inside one. Such bytes show as \\xNN (é is \\xc3\\xa9, which may be "
+    "split over two tokens); hover for every token's bytes.")
+EMPTY_SENTENCE = "Type a sentence to classify: an empty one has nothing to read."
+EMPTY_INSTRUCTION = "Type an instruction to answer: an empty one asks nothing."
 
 
-def tokens_html(pieces: list[tuple[int, str]]) -> str:
-    """Each token as a coloured box, its id on hover; newlines and tabs drawn as ↵ and →."""
+def token_pieces(tokenizer: BPETokenizer, text: str) -> list[tuple[int, bytes]]:
+    """(id, the token's bytes) for every token of ``text``."""
+    return [(i, tokenizer.token_bytes(i)) for i in tokenizer.encode(text)]
+
+
+def holds_part_of_a_character(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def tokens_html(pieces: list[tuple[int, bytes]]) -> str:
+    """Each token as a coloured box, its id and bytes on hover; newlines and tabs drawn as ↵
+    and →, and bytes that are part of a character as \\xNN (alone they are no character)."""
     boxes = []
-    for n, (token_id, text) in enumerate(pieces):
+    for n, (token_id, raw) in enumerate(pieces):
+        text = raw.decode("utf-8", errors="backslashreplace")
         shown = html.escape(text).replace("\t", "→").replace("\n", "↵<br>")
-        boxes.append(f'<span title="id {token_id}" style="background:{PALETTE[n % len(PALETTE)]};'
+        boxes.append(f'<span title="id {token_id}, bytes {raw.hex(" ")}" '
+                     f'style="background:{PALETTE[n % len(PALETTE)]};'
                      f'color:#111;border-radius:3px;padding:1px 0;margin-right:1px;'
                      f'white-space:pre-wrap">{shown}</span>')
     return f'<div style="line-height:2;font-family:monospace">{"".join(boxes)}</div>'
@@ -466,6 +500,7 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
             continue
         trainable, total = r.get("trainable"), r["total"]
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
+        source = r.get("peak_mem_source", "process peak RSS growth")  # older files: RSS
         if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
                 and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
@@ -474,9 +509,10 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
             continue
         rows.append({"model": r["model"], "run": r["run"], "trainable": trainable,
                      "total": total, "trainable_share": trainable / total,
-                     "train_time_s": seconds, "peak_mem_mb": mb})
+                     "train_time_s": seconds, "peak_mem_mb": mb,
+                     "peak_mem_source": source if mb is not None else None})
     return pd.DataFrame(rows, columns=["model", "run", "trainable", "total", "trainable_share",
-                                       "train_time_s", "peak_mem_mb"])
+                                       "train_time_s", "peak_mem_mb", "peak_mem_source"])
 
 
 def evaluation_frame(runs: Runs) -> pd.DataFrame:
@@ -487,11 +523,13 @@ def evaluation_frame(runs: Runs) -> pd.DataFrame:
              else "trained model",
              "unigram": "unigram of the training tokens", "untrained": "untrained (random)"}
     rows = [{"model": names[name], "perplexity": summary[name]["perplexity"],
+             # nats per character is the README's unit; bits are the same over ln 2
+             "nats_per_char": summary[name]["bits_per_char"] * math.log(2),
              "bits_per_char": summary[name]["bits_per_char"]}
             for name in names
             if isinstance(summary.get(name), dict)
             and all(is_number(summary[name].get(k)) for k in ("perplexity", "bits_per_char"))]
-    return pd.DataFrame(rows, columns=["model", "perplexity", "bits_per_char"])
+    return pd.DataFrame(rows, columns=["model", "perplexity", "nats_per_char", "bits_per_char"])
 
 
 def nf4_frame(runs: Runs) -> pd.DataFrame:
@@ -516,15 +554,174 @@ def nf4_frame(runs: Runs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "format", "bytes"])
 
 
+# ---------------------------------------------------------------------------- memory by kind
+
+MEMORY_TITLES = {"weights": "weights", "grads": "gradients", "optimizer": "optimizer state",
+                 "activations": "activations (saved for backward)"}
+MEMORY_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#bab0ac")  # one per MEMORY_KINDS
+MEMORY_LESSON = (
+    "What it teaches: full finetuning pays a gradient and two AdamW moments for every weight, "
+    "LoRA pays them only for its small adapters, and QLoRA also stores the frozen weights in "
+    "4 bits instead of 32.")
+
+
+def memory_frame(runs: Runs) -> pd.DataFrame:
+    """One row per finetuned model and memory kind: (model, run, kind, bytes, total, batch),
+    from the ``memory`` field the finetuning scripts write (support.measure.memory_record).
+
+    A row whose ``memory`` lacks a kind, or holds anything but byte counts, is skipped and
+    named in ``runs.problems``.
+    """
+    rows = []
+    for r in result_rows(runs):
+        memory = r.get("memory")
+        if memory is None:
+            continue
+        if not (isinstance(memory, dict)
+                and all(is_number(memory.get(k)) and memory[k] >= 0 for k in MEMORY_KINDS)):
+            runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs byte "
+                                 f"counts for memory {', '.join(MEMORY_KINDS)} (skipped).")
+            continue
+        batch = memory.get("batch")
+        shape = " x ".join(map(str, batch)) if isinstance(batch, list) else "?"
+        cuda = memory.get("activations_cuda")  # on a GPU: the forward pass measured
+        rows += [{"model": r["model"], "run": r["run"], "kind": kind, "bytes": memory[kind],
+                  "total": sum(memory[k] for k in MEMORY_KINDS), "batch": shape,
+                  "measured": cuda if is_number(cuda) else None}
+                 for kind in MEMORY_KINDS]
+    return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch",
+                                       "measured"])
+
+
+# The GPT-2 124 M shape, and the classifier scripts' batch on a GPT-2 base (8 x 128 tokens).
+GPT2_SMALL = GPTConfig(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, n_embd=768)
+PROJECTION_BATCH = (8, 128)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to finetune the classifier: its optimizer and, for (Q)LoRA, its adapters."""
+
+    optimizer: str  # training.TrainConfig's: adamw | muon
+    lora: dict | None = None  # apply_lora's settings; None: every weight trains
+    quantized: bool = False  # the LoRA targets frozen in NF4 + double quantization first
+
+    def apply(self, model: GPTClassifier) -> None:
+        if self.quantized:
+            quantize_model(model.gpt, targets=self.lora["targets"])
+        if self.lora is not None:
+            apply_lora(model.gpt, **self.lora)
+            freeze_all_but_lora(model, trainable_extra=("head",))  # the new head trains too
+
+
+# finetune_lora_classifier.py's LoRA (r=2 on the attention projections) and
+# finetune_qlora_instructions.py's (r=8 on every linear layer); tests/test_app.py checks them.
+METHODS = {
+    "full finetune (AdamW)": Method("adamw"),
+    "full finetune (Muon)": Method("muon"),
+    "LoRA r=2 (AdamW)": Method("adamw", {"r": 2, "alpha": 4.0, "targets": ("qkv", "out_proj")}),
+    "QLoRA r=8 (AdamW)": Method("adamw", {"r": 8, "alpha": 16.0, "targets": DEFAULT_TARGETS},
+                                quantized=True),
+}
+
+
+def projected_memory(config: GPTConfig = GPT2_SMALL, batch: tuple[int, int] = PROJECTION_BATCH,
+                     device: str = "meta") -> pd.DataFrame:
+    """``memory_frame``'s table for the SST-2 classifier on a ``config``-shaped GPT, trained
+    each way of ``METHODS`` on ``batch`` (examples, tokens). On the meta device (the default)
+    nothing is allocated: tensors there have shapes and dtypes but no data, which is all the
+    count needs. There attention runs as plain matmuls and softmax, which save the attention
+    weights (B x heads x T x T per layer) that a fused kernel would recompute."""
+    rows = []
+    for name, method in METHODS.items():
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = GPTClassifier(GPTModel(config))
+        method.apply(model)
+        ids = torch.zeros(*batch, dtype=torch.long, device=device)
+        step = (ids, torch.full(batch[:1], batch[1], device=device), ids[:, 0])
+        cfg = training.TrainConfig(optimizer=method.optimizer)
+        memory = training_memory(model, training.configure_optimizer(
+            model, cfg, torch.device(device)), classification_loss, step).to_dict()
+        rows += [{"model": name, "run": "projection", "kind": kind, "bytes": memory[kind],
+                  "total": memory["total"], "batch": f"{batch[0]} x {batch[1]}"}
+                 for kind in MEMORY_KINDS]
+    return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch"])
+
+
+def memory_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, one column per kind, and the total (``memory_frame``'s rows)."""
+    wide = frame.pivot_table(index="model", columns="kind", values="bytes", aggfunc="first",
+                             sort=False)
+    wide = wide.reindex(columns=list(MEMORY_KINDS))
+    return wide.assign(total=wide.sum(axis=1)).reset_index()
+
+
+def _method(model: str) -> str | None:
+    """'full', 'lora' or 'qlora' from a row's name ("QLoRA r=8 ...", "full finetune ...")."""
+    for prefix, method in (("full finetune", "full"), ("lora", "lora"), ("qlora", "qlora")):
+        if model.lower().startswith(prefix):
+            return method
+    return None
+
+
+def memory_notes(frame: pd.DataFrame) -> list[str]:
+    """What ``frame`` (``memory_frame``'s table) shows of the lesson, sentence by sentence:
+    gradients + optimizer state (full > LoRA), weights (QLoRA < LoRA), and whether the totals
+    order full > LoRA > QLoRA; where they do not, what the activations' share is."""
+    if frame.empty:
+        return []
+    wide = memory_wide(frame)
+    first = {}
+    for row in wide.itertuples():
+        first.setdefault(_method(row.model), row)
+    full, lora, qlora = (first.get(m) for m in ("full", "lora", "qlora"))
+    notes = []
+    if full is not None and lora is not None:
+        paid = [m.grads + m.optimizer for m in (full, lora)]
+        notes.append(f"Gradients + optimizer state: {full.model} {human_bytes(paid[0])} "
+                     f"{'>' if paid[0] > paid[1] else '<='} {lora.model} "
+                     f"{human_bytes(paid[1])}.")
+    if lora is not None and qlora is not None:
+        holds = qlora.weights < lora.weights
+        notes.append(f"Weights: {qlora.model} {human_bytes(qlora.weights)} "
+                     f"{'<' if holds else '>='} {lora.model} {human_bytes(lora.weights)}.")
+    present = [m for m in (full, lora, qlora) if m is not None]
+    totals = [m.total for m in present]
+    if len(present) > 1 and all(a > b for a, b in zip(totals, totals[1:], strict=False)):
+        notes.append("The totals order as the methods imply: "
+                     + " > ".join(f"{m.model} {human_bytes(m.total)}" for m in present) + ".")
+    elif len(present) > 1:
+        share = max(m.activations / m.total for m in present)
+        batches = sorted(set(frame.loc[frame["model"].isin([m.model for m in present]),
+                                       "batch"]))
+        notes.append("The totals do not order as the methods imply ("
+                     + ", ".join(f"{m.model} {human_bytes(m.total)}" for m in present)
+                     + f"): activations are up to {100 * share:.0f} % of a step's bytes here; "
+                     "they grow with the batch, the context and the vocabulary, and a method "
+                     "saves only those of frozen layers, which need not keep their inputs"
+                     + (f"; the runs' batches differ ({', '.join(batches)})"
+                        if len(batches) > 1 else "")
+                     + ". The GPT-2 124 M projection shows the picture at scale.")
+    measured = frame[frame["kind"] == "activations"].dropna(subset=["measured"]) \
+        if "measured" in frame else frame.iloc[:0]
+    notes += [f"On the GPU, {r.model}'s forward pass took {human_bytes(r.measured)} above its "
+              f"weights (torch.cuda.max_memory_allocated); counted: {human_bytes(r.bytes)} "
+              "saved for backward, the rest short-lived." for r in measured.itertuples()]
+    return notes
+
+
 # ---------------------------------------------------------------------------- charts
 
 
 # What each plotted field is called on an axis or in a tooltip: words, not field names.
 FIELD_TITLES = {
     "perplexity": "perplexity per token", "bits_per_char": "bits per character",
+    "nats_per_char": "nats per character",
     "accuracy": "dev accuracy", "probability": "probability", "label": "label",
     "trainable": "trainable parameters", "trained parameters": "trained parameters",
-    "train_time_s": "training wall time (s)", "peak_mem_mb": "peak memory (MB)",
+    "train_time_s": "training wall time (s)", "peak_mem_mb": "measured peak (MB)",
+    "total": "parameters",
     "checkpoint KB": "checkpoint size (KB)", "KB": "size (KB)", "model": "model",
     "format": "format", "step": "optimizer step", "loss": "loss (cross-entropy)",
     "split": "split",
@@ -569,6 +766,24 @@ def bar_chart(frame: pd.DataFrame, x: str, y: str, title: str, fmt: str = ",.3f"
         tooltip=[alt.Tooltip(y, title=title_y), alt.Tooltip(x, format=fmt, title=title_x)])
     labels = base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{x}:Q", format=fmt))
     return alt.layer(base.mark_bar(), labels).properties(title=title)
+
+
+def memory_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """Stacked horizontal bars, one per model: its bytes by kind (``memory_frame``'s table)."""
+    frame = frame.assign(MB=frame["bytes"] / 2**20, total_MB=frame["total"] / 2**20,
+                         order=frame["kind"].map(MEMORY_KINDS.index),
+                         kind=frame["kind"].map(MEMORY_TITLES))
+    kinds = alt.Scale(domain=[MEMORY_TITLES[k] for k in MEMORY_KINDS], range=MEMORY_COLOURS)
+    return alt.Chart(frame, title=title).mark_bar().encode(
+        y=alt.Y("model:N", sort=None, title=None, axis=alt.Axis(labelLimit=260)),
+        x=alt.X("MB:Q", stack="zero", title="MB in one training step"),
+        color=alt.Color("kind:N", scale=kinds, title=None, legend=alt.Legend(orient="bottom")),
+        order=alt.Order("order:Q"),
+        tooltip=["model", alt.Tooltip("kind", title="memory"),
+                 alt.Tooltip("MB", format=",.2f", title="MB"),
+                 alt.Tooltip("bytes", format=",d", title="bytes"),
+                 alt.Tooltip("total_MB", format=",.2f", title="step total (MB)"),
+                 alt.Tooltip("batch", title="batch (examples x tokens)")])
 
 
 def attention_chart(frame: pd.DataFrame, labels: list[str], title: str) -> alt.Chart:

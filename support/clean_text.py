@@ -1,22 +1,28 @@
-"""Which tokens keep generated text clean: valid UTF-8 and no control characters.
+"""Which tokens keep generated text clean: valid UTF-8, no control characters, and no code
+points that no font draws.
 
 A byte-level model can emit any byte sequence: half a character, a stray continuation byte,
-a BEL. Generation asks, before each draw, which tokens could come next so that the text so
-far stays a prefix of valid UTF-8 with no control characters but newline and tab, and masks
-the rest.
+a BEL, a private-use or unassigned code point (U+F421, U+10AA93) that shows as a box.
+Generation asks, before each draw, which tokens could come next so that the text so far
+stays a prefix of valid UTF-8 with no control characters but newline and tab and no
+character of the Unicode categories Co (private use) or Cn (unassigned), and masks the rest.
 
 UTF-8 decoding is a small state machine. Between characters ("at a boundary") a lead byte
 says how many continuation bytes follow (0x80-0xBF), and a few leads narrow the range of
 the next byte (E0: A0-BF, no over-long forms; ED: 80-9F, no surrogates; F0: 90-BF; F4: 80-8F,
 nothing above U+10FFFF). C2 80-9F would spell the C1 controls U+0080-U+009F, so after C2
-only A0-BF is allowed. That gives nine states. For every token and every state we
-precompute, once, whether the token's bytes are a valid continuation and the state after
-them, so a generation step costs one row lookup. Special tokens (``<|endoftext|>``) are
-allowed only at a boundary.
+only A0-BF is allowed: ``byte_step``. Whether a finished character is private or unassigned
+needs its every byte, so the mask's states are the bytes of the character begun and not yet
+finished (none at a boundary); a begun character is allowed only if some clean character
+can still finish it, so generation never reaches a state that no token may leave. For each
+state the mask computes once, when generation first reaches it, which tokens may follow and
+the state after each, so a generation step costs one row lookup. Special tokens
+(``<|endoftext|>``) are allowed only at a boundary.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -64,42 +70,101 @@ def byte_step(state: int, byte: int) -> int:
     return after if low <= byte <= high else REJECT
 
 
+UNDRAWABLE = ("Co", "Cn")  # private use, unassigned: no font has a glyph for them
+
+
+def _finished(pending: bytes, highest: bool) -> int:
+    """The lowest (or highest) code point that ``pending``, the first bytes of a character
+    the machine accepted, can still become."""
+    state = BOUNDARY
+    for byte in pending:
+        state = byte_step(state, byte)
+    while state != BOUNDARY:
+        low, high, state = CONTINUATIONS[state]
+        pending += bytes([high if highest else low])
+    return ord(pending.decode("utf-8"))
+
+
+@lru_cache(maxsize=4096)
+def _still_clean(pending: bytes) -> bool:
+    """Whether a character that a font draws can finish ``pending`` (the code points it can
+    still become are one range)."""
+    return any(unicodedata.category(chr(c)) not in UNDRAWABLE
+               for c in range(_finished(pending, False), _finished(pending, True) + 1))
+
+
+def read_token(pending: bytes, data: bytes) -> bytes | None:
+    """The bytes of the character left unfinished after reading ``data`` on top of
+    ``pending`` (b"" at a boundary), or None if ``data`` breaks the text: invalid UTF-8, a
+    control character, a finished private-use or unassigned character, or a begun one that
+    no clean character can finish."""
+    state = BOUNDARY
+    for byte in pending:
+        state = byte_step(state, byte)
+    for byte in data:
+        state = byte_step(state, byte)
+        if state == REJECT:
+            return None
+        pending += bytes([byte])
+        if state == BOUNDARY:
+            if len(pending) > 1 and unicodedata.category(pending.decode("utf-8")) in UNDRAWABLE:
+                return None
+            pending = b""
+    return pending if not pending or _still_clean(pending) else None
+
+
 class CleanTextMask:
-    """Per decoder state, the tokens that may come next (``banned[state]``) and where they lead.
+    """Per state, the tokens that may come next (``banned(state)``) and where they lead.
 
     ``token_bytes[i]`` is token i's bytes; ``special_ids`` are tokens allowed only at a
-    boundary (their text is not part of a character).
+    boundary (their text is not part of a character). States are small integers: 0 is the
+    boundary, the others are numbered as generation first reaches them.
     """
 
     def __init__(self, token_bytes: Sequence[bytes], special_ids: frozenset[int] = frozenset()):
-        vocab = len(token_bytes)
-        self.banned = torch.ones(N_STATES, vocab, dtype=torch.bool)
-        self.next_state = torch.zeros(N_STATES, vocab, dtype=torch.long)
-        for token, data in enumerate(token_bytes):
-            for start in range(N_STATES):
-                state = start
-                if token in special_ids:
-                    state = BOUNDARY if start == BOUNDARY else REJECT
+        self.token_bytes, self.special_ids = list(token_bytes), special_ids
+        self.pending: list[bytes] = [b""]  # state -> the bytes of the unfinished character
+        self._state_of = {b"": BOUNDARY}
+        self._rows: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        self._banned_on: dict[tuple[torch.device, int], torch.Tensor] = {}  # per device
+        self._row(BOUNDARY)  # the boundary's row is needed first: build it now
+
+    def _state(self, pending: bytes) -> int:
+        if pending not in self._state_of:
+            self._state_of[pending] = len(self.pending)
+            self.pending.append(pending)
+        return self._state_of[pending]
+
+    def _row(self, state: int) -> tuple[torch.Tensor, list[int]]:
+        """(banned tokens, state after each token) for ``state``, computed on first use."""
+        if state not in self._rows:
+            pending = self.pending[state]
+            banned = torch.ones(len(self.token_bytes), dtype=torch.bool)
+            after = [REJECT] * len(self.token_bytes)
+            for token, data in enumerate(self.token_bytes):
+                if token in self.special_ids:
+                    left = b"" if state == BOUNDARY else None
                 else:
-                    for byte in data:
-                        state = byte_step(state, byte)
-                        if state == REJECT:
-                            break
-                if state != REJECT and data:
-                    self.banned[start, token] = False
-                    self.next_state[start, token] = state
-        self._after = self.next_state.tolist()  # python ints: no tensor indexing per step
-        self._banned_on: dict[torch.device, torch.Tensor] = {}  # one copy per device
+                    left = read_token(pending, data) if data else None
+                if left is not None:
+                    banned[token], after[token] = False, self._state(left)
+            self._rows[state] = banned, after
+        return self._rows[state]
+
+    def banned(self, state: int) -> torch.Tensor:
+        """[vocab] booleans: True for each token that would break the text after ``state``."""
+        return self._row(state)[0]
 
     def restrict(self, logits: torch.Tensor, state: int) -> torch.Tensor:
         """``logits`` [1, vocab] with every token that would break the text set to -inf."""
-        if logits.device not in self._banned_on:
-            self._banned_on[logits.device] = self.banned.to(logits.device)
-        return logits.masked_fill(self._banned_on[logits.device][state], float("-inf"))
+        key = (logits.device, state)
+        if key not in self._banned_on:
+            self._banned_on[key] = self.banned(state).to(logits.device)
+        return logits.masked_fill(self._banned_on[key], float("-inf"))
 
     def advance(self, state: int, token: int) -> int:
-        """The decoder state after ``token``."""
-        return self._after[state][token]
+        """The state after ``token``."""
+        return self._row(state)[1][token]
 
 
 @lru_cache(maxsize=8)

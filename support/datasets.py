@@ -104,7 +104,7 @@ def notice(sentence: str) -> None:
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     """The folder to read data from: the argument, else $LLM_DATA_DIR, else None (use cache)."""
-    origin = "data_dir / --data-dir"
+    origin = "--data-dir"  # what the user typed (the argument is the flag's value)
     if not data_dir:
         data_dir, origin = os.environ.get("LLM_DATA_DIR"), "LLM_DATA_DIR"
     if not data_dir:

@@ -1,7 +1,13 @@
 """What the finetuning scripts measure and report, beside the training itself.
 
-- ``PeakMemory``          the most memory a block of code needed (CUDA or the process's RSS);
-                          ``warm_up_optimizer`` keeps a one-time import out of that figure.
+- ``training_memory``     the exact bytes one training step holds, by kind: weights (as
+                          stored, NF4 too), gradients, optimizer state and the activations
+                          autograd saves for backward; counted from the tensors, on any device,
+                          the meta device included (a 124 M projection allocates nothing).
+- ``PeakMemory``          what a block of code measurably needed: ``torch.cuda.max_memory_
+                          allocated`` on a GPU, the growth of the process's peak RSS on a CPU
+                          (allocator, data and caches included); ``warm_up_optimizer`` keeps a
+                          one-time import out of that figure.
 - ``majority_row`` / ``tfidf_row`` / ``baseline_rows``   what a constant and a bag of words
                           reach on the same sentences: the floor a classifier must beat.
 - ``format_table``        one plain-text table formatter; ``CLASSIFIER_COLUMNS`` and
@@ -21,7 +27,9 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +38,152 @@ import torch.nn as nn
 from support.batching import LabelledText
 
 # ---------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """The bytes one training step holds, by kind (``training_memory`` counts them)."""
+
+    weights: int  # every parameter and buffer as stored: fp32, or NF4 codes and scales
+    grads: int  # one gradient per trainable parameter
+    optimizer: int  # AdamW: two moments (and a step counter); Muon: one momentum
+    activations: int  # what autograd keeps from the forward pass for the backward pass
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer + self.activations
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+MEMORY_KINDS = ("weights", "grads", "optimizer", "activations")
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    """(identity, bytes) of the memory block behind ``tensor``: views of one block, such as
+    a tied weight or a transposed copy, are one block, counted once."""
+    storage = tensor.untyped_storage()
+    return storage._cdata, storage.nbytes()
+
+
+def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(dict(_storage(t) for t in tensors).values())
+
+
+def _stored_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer, and the scales a bitsandbytes 4-bit weight keeps beside
+    its packed bytes (in its ``quant_state``, where neither list reaches)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            tensors.append(state.absmax)
+            if getattr(state, "nested", False):
+                tensors += [state.state2.absmax, state.offset]
+    return tensors
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as they are stored for compute (NF4: the packed codes and
+    their double-quantized scales, which quantization.quantized_nbytes calls "stored")."""
+    return _unique_bytes(_stored_tensors(model))
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of the gradients backward writes: one per trainable parameter, same dtype."""
+    return _unique_bytes(p for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the state ``optimizer`` keeps once it has stepped (it creates it lazily, so
+    this counts from the parameter groups and needs no step).
+
+    torch's Adam/AdamW: two moments per parameter (three with amsgrad) and a float32 step
+    counter per tensor. training.Muon: one momentum per matrix in its Muon groups; its other
+    groups are AdamW's two moments with a Python step counter.
+    """
+    torch_adam = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
+    total = 0
+    for group in optimizer.param_groups:
+        copies = 1 if group.get("muon") else 2 + bool(group.get("amsgrad"))
+        for p in group["params"]:
+            if p.requires_grad:
+                total += copies * p.numel() * p.element_size() + 4 * torch_adam
+    return total
+
+
+def saved_activation_bytes(model: nn.Module, loss_fn: Callable, batch) -> int:
+    """Bytes autograd saves for the backward pass in one forward of ``loss_fn(model, batch)``,
+    each memory block once; the weights it saves (a matmul keeps its weight) are counted as
+    weights, not here. Runs the forward in training mode (dropout keeps its masks), in the
+    weights' own dtype (no autocast), and drops the graph unused."""
+    weights = {_storage(t)[0] for t in _stored_tensors(model)}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key, nbytes = _storage(tensor)
+        if key not in weights:
+            saved[key] = nbytes
+        return tensor
+
+    with _counting_pass(model):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = loss_fn(model, batch)  # noqa: F841 - the graph lives while it is counted
+            return sum(saved.values())
+
+
+@contextmanager
+def _counting_pass(model: nn.Module) -> Iterator[None]:
+    """A forward pass that leaves no trace: training mode (dropout keeps its masks), gradients
+    on, and the random state as it was before (the run's own draws stay the same)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.enable_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                    batch) -> TrainingMemory:
+    """The bytes a training step of ``model`` with ``optimizer`` on ``batch`` holds, by kind.
+
+    Counted from the tensors themselves, so it is exact and the same on every machine, and it
+    works on the meta device: a model built there allocates nothing and is counted the same.
+    """
+    return TrainingMemory(weights=weight_bytes(model), grads=gradient_bytes(model),
+                          optimizer=optimizer_state_bytes(optimizer),
+                          activations=saved_activation_bytes(model, loss_fn, batch))
+
+
+def cuda_activation_bytes(model: nn.Module, loss_fn: Callable, batch) -> int:
+    """On a GPU, the same forward measured instead of counted: the most memory allocated
+    while it runs, less what was allocated before (the weights): the saved activations plus
+    the short-lived temporaries between them."""
+    device = next(model.parameters()).device
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with _counting_pass(model):
+        loss = loss_fn(model, batch)  # noqa: F841 - the graph lives until measured
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+
+
+def memory_record(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                  batch) -> dict:
+    """``training_memory`` as a metrics.json field: the bytes by kind, the batch shape they
+    were counted at and, on a GPU, the measured activations beside the counted ones."""
+    record = training_memory(model, optimizer, loss_fn, batch).to_dict()
+    record["batch"] = list(batch[0].shape)
+    record["optimizer_name"] = type(optimizer).__name__
+    if next(model.parameters()).device.type == "cuda":
+        record["activations_cuda"] = cuda_activation_bytes(model, loss_fn, batch)
+    return record
 
 
 class PeakMemory:
@@ -49,6 +203,8 @@ class PeakMemory:
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self.mb = 0.0
+        self.source = ("torch.cuda.max_memory_allocated" if self.device.type == "cuda"
+                       else "process peak RSS growth")  # what ``mb`` is, in the reports
 
     @staticmethod
     def _maxrss_mb() -> float:
@@ -143,11 +299,26 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.2f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KB"
 
 
+def _step_memory(row: dict) -> str:
+    """The counted bytes of a training step (``training_memory``), all kinds together."""
+    memory = row.get("memory")
+    return _size(memory["total"]) if isinstance(memory, dict) and "total" in memory else "-"
+
+
+def _measured_peak(row: dict) -> str:
+    """``PeakMemory``'s figure and what it is: process RSS on a CPU, allocated on a GPU."""
+    if row.get("peak_mem_mb") is None:
+        return "-"
+    kind = "CUDA" if row.get("peak_mem_source", "").startswith("torch.cuda") else "RSS"
+    return f"{row['peak_mem_mb']:.0f} MB {kind}"
+
+
 COST_COLUMNS: list[Column] = [
     ("trainable", _cell("trainable", lambda n: f"{n:,}")),
     ("share", _share),
     ("train time", _cell("train_time_s", lambda s: f"{s:.0f} s")),
-    ("peak mem", _cell("peak_mem_mb", lambda mb: f"{mb:.0f} MB")),
+    ("step memory", _step_memory),
+    ("measured peak", _measured_peak),
 ]
 CLASSIFIER_COLUMNS: list[Column] = [
     ("model", lambda row: row["model"]),

@@ -166,7 +166,8 @@ def test_hand_edited_checkpoints_and_metrics_are_messages_not_crashes(tmp_path, 
     warnings = [w.value for w in at.tabs[6].warning]
     assert len(warnings) == 2 and "runs/a/metrics.json: quantized_bytes" in warnings[1]
     assert "runs/b/metrics.json: row 'm'" in warnings[0]
-    assert chart_titles(at.tabs[6]) == ["Dev accuracy"]  # what is sound still shows
+    assert chart_titles(at.tabs[6]) == [  # what is sound still shows
+        "Dev accuracy", "GPT-2 124 M, batch 8 x 128 (meta device, nothing allocated)"]
 
 
 def test_the_sidebar_offers_only_the_app_folders_checkpoints(tmp_path, monkeypatch):
@@ -192,6 +193,28 @@ def test_the_sidebar_offers_only_the_app_folders_checkpoints(tmp_path, monkeypat
     # What a hand-crafted choice would reach is only ever a listed file of the folder.
     assert all(not Path(option).is_absolute() and ".." not in Path(option).parts
                for option in at.selectbox(key="path_lora").options)
+
+
+def test_the_operator_s_links_are_trusted_and_offered_by_their_name_here(tmp_path):
+    """Decided (issue 22): a symbolic link in $LLM_APP_DIR is the operator's choice, as the
+    $LLM_APP_* variables are, and is followed; a visitor cannot make one, and sees only its
+    name inside the folder, never the path it leads to."""
+    from showcase import SPECS, checkpoint_choices, resolve
+
+    folder, outside = tmp_path / "app", tmp_path / "elsewhere"
+    (outside / "gpt2").mkdir(parents=True)
+    folder.mkdir()
+    (outside / "secret.pth").write_bytes(b"x")
+    (outside / "gpt2" / "model.safetensors").write_bytes(b"x")
+    (folder / "mine.pth").write_bytes(b"x")
+    (folder / "link.pth").symlink_to(outside / "secret.pth")
+    (folder / "hf").symlink_to(outside / "gpt2")
+    choices = checkpoint_choices(SPECS["base"], folder.resolve())
+    assert choices == ["model_weights.pth", "link.pth", "mine.pth", "hf"]
+    assert all(str(outside) not in choice for choice in choices)
+    assert resolve("link.pth", folder).read_bytes() == b"x"  # followed when loaded
+    assert "operator's links are trusted" in Path(
+        __file__).parents[1].joinpath("README.md").read_text(encoding="utf-8")
 
 
 def test_bad_devices_are_messages_not_crashes(tmp_path, monkeypatch):
@@ -316,6 +339,45 @@ def test_sentiment_shows_both_classifiers_probabilities(project, monkeypatch):
 
 
 @needs_data
+def test_empty_inputs_get_one_sentence(project, monkeypatch):
+    from showcase import EMPTY_INSTRUCTION, EMPTY_SENTENCE
+
+    at = run_app(project, monkeypatch)
+    at.text_input(key="sent_text").input("   ")
+    at.button(key="sent_go").click().run(timeout=60)
+    no_trouble(at)
+    assert [i.value for i in at.tabs[3].info] == [EMPTY_SENTENCE]
+    assert not at.tabs[3].metric  # nothing classified
+    at.text_area(key="inst_text").input(" \n ")
+    at.button(key="inst_go").click().run(timeout=60)
+    no_trouble(at)
+    assert EMPTY_INSTRUCTION in [i.value for i in at.tabs[4].info]
+    assert not at.tabs[4].get("html")  # nothing answered
+
+
+@needs_data
+def test_the_held_out_table_puts_the_answers_where_a_1400_px_window_shows_them(project,
+                                                                              monkeypatch):
+    at = run_app(project, monkeypatch)
+    (table,) = at.tabs[4].dataframe
+    config = json.loads(table.proto.columns)
+    assert list(table.proto.column_order)[:3] == ["instruction", "tuned_answer", "base_answer"]
+    widths = {name: column.get("width") for name, column in config.items()}
+    assert all(widths.get(name) for name in table.proto.column_order), widths
+    assert sum(widths[name] for name in table.proto.column_order) <= 900
+    # Accuracies: one decimal everywhere, as the charts' 71.9%.
+    (accuracy,) = at.tabs[3].dataframe
+    assert json.loads(accuracy.proto.columns)["accuracy"]["type_config"]["format"] == "%.1f%%"
+
+
+def test_overview_cards_are_two_a_row_so_script_names_fit(tmp_path, monkeypatch):
+    at = run_app(tmp_path, monkeypatch)
+    rows = [block for block in at.tabs[0].children.values() if block.type != "markdown"]
+    assert len(rows) == 2 and all(len(row.children) == 2 for row in rows)
+    assert len(at.tabs[0].columns) == 4
+
+
+@needs_data
 def test_instruction_model_answers_and_shows_its_template(project, monkeypatch):
     from instructions import answer, format_prompt, load_instruction_model
 
@@ -417,6 +479,28 @@ def test_tokenizer_view_colours_every_token(project, monkeypatch):
     (boxes,) = [h.proto.body for h in tab.get("html")]
     assert boxes.count("<span") == len(ids)
     assert tab.code[0].value == str(ids)
+    assert f'title="id {ids[0]}, bytes {tokenizer.token_bytes(ids[0]).hex(" ")}"' in boxes
+
+
+def test_a_token_that_holds_part_of_a_character_shows_its_bytes():
+    from showcase import holds_part_of_a_character, tokens_html
+
+    boxes = tokens_html([(7, b"na\xc3"), (8, b"\xafve")])  # "naïve" cut inside the ï
+    assert ">na\\xc3<" in boxes and ">\\xafve<" in boxes and "\ufffd" not in boxes
+    assert 'title="id 7, bytes 6e 61 c3"' in boxes
+    assert holds_part_of_a_character(b"na\xc3") and not holds_part_of_a_character("ï".encode())
+
+
+@needs_data
+def test_the_tokenizer_tab_says_why_a_token_shows_bytes(project, monkeypatch):
+    at = run_app(project, monkeypatch)
+    at.text_area(key="tok_text").input("naïve café 🙂").run(timeout=60)
+    no_trouble(at)
+    tab = at.tabs[1]
+    (boxes,) = [h.proto.body for h in tab.get("html")]
+    assert "\ufffd" not in boxes
+    if "\\x" in boxes:  # this tiny vocabulary splits some of these characters
+        assert "A token holds bytes, not characters" in tab.caption[-1].value
 
 
 @needs_data
@@ -443,12 +527,33 @@ def test_metrics_tab_charts_every_run(project, monkeypatch):
     assert not tab.info and not tab.warning
     titles = chart_titles(tab)
     for title in ["runs/pretrain", "runs/classifier", "runs/lora-classifier",
-                  "runs/qlora-instruct", "Perplexity per token", "Bits per character",
-                  "Dev accuracy", "Trainable parameters (log scale)", "Training wall time (s)",
-                  "Peak memory in training (MB)", "Quantized weights (KB)"]:
+                  "runs/qlora-instruct", "Perplexity per token",
+                  "Nats per character (bits: / ln 2)", "Dev accuracy",
+                  "Trainable parameters (log scale)", "Training wall time (s)",
+                  "This project's runs (0.94 M parameters)",
+                  "GPT-2 124 M, batch 8 x 128 (meta device, nothing allocated)",
+                  "Quantized weights (KB)"]:
         assert title in titles
     saving = float(tab.metric[0].value.rstrip("%"))
     assert 80 < saving < 90  # 4-bit codes + 8-bit scales per 64 weights vs 32 bits
+    # The memory by kind: stacked bars per method, the lesson, and what the numbers show.
+    charts = {json.loads(c.proto.spec).get("title"): c for c in tab.get("vega_lite_chart")}
+    ours = chart_data(charts["This project's runs (0.94 M parameters)"])
+    assert {row["kind"] for row in ours} == {"weights", "gradients", "optimizer state",
+                                             "activations (saved for backward)"}
+    assert json.loads(charts["This project's runs (0.94 M parameters)"].proto.spec)[
+        "encoding"]["x"]["stack"] == "zero"
+    captions = [c.value for c in tab.caption]
+    assert any(c.startswith("Weights: QLoRA r=8") and " < LoRA r=" in c for c in captions)
+    assert any(c.startswith("The totals order as the methods imply: full finetune (AdamW)")
+               for c in captions)  # the 124 M projection
+    assert "What it teaches: full finetuning pays" in tab.markdown[-1].value \
+        or any("What it teaches" in m.value for m in tab.markdown)
+    # The costs table prints numbers as the charts do (941,058) and says what its peak is.
+    (costs,) = [d for d in tab.dataframe if "trainable_share" in d.value.columns]
+    config = json.loads(costs.proto.columns)
+    assert config["trainable"]["type_config"]["format"] == "localized"
+    assert set(costs.value["peak_mem_source"]) == {"process peak RSS growth"}
 
 
 def summary(*rows: dict, **extra) -> dict:
@@ -483,6 +588,32 @@ def test_metrics_show_each_result_once_and_tell_runs_of_one_model_apart():
     alone = Runs(summaries={"lora-classifier": runs.summaries["lora-classifier"]})
     assert list(accuracy_frame(alone)["model"]) == ["majority class", "TF-IDF", "LoRA r=2",
                                                     "full finetune"]  # its copy, unlabelled
+
+
+def test_the_projection_trains_each_method_as_its_script_does():
+    import finetune_lora_classifier as lora_script
+    import finetune_qlora_instructions as qlora_script
+    from showcase import METHODS
+
+    lora, qlora = METHODS["LoRA r=2 (AdamW)"].lora, METHODS["QLoRA r=8 (AdamW)"].lora
+    assert (lora["r"], lora["alpha"], lora["targets"]) == (
+        lora_script.DEFAULT_RANK, lora_script.DEFAULT_ALPHA, lora_script.DEFAULT_LORA_TARGETS)
+    defaults = qlora_script.parse_args([])
+    assert (qlora["r"], qlora["alpha"]) == (defaults.rank, defaults.alpha)
+
+
+def test_malformed_memory_is_skipped_and_named():
+    from showcase import Runs, memory_frame
+
+    good = {"weights": 4, "grads": 4, "optimizer": 8, "activations": 20, "batch": [2, 3]}
+    runs = Runs(summaries={"c": summary(
+        {"model": "full", "trainable": 1, "total": 1, "memory": good},
+        {"model": "odd", "trainable": 1, "total": 1, "memory": {**good, "grads": "4"}},
+        {"model": "none", "trainable": 1, "total": 1, "memory": [1, 2]})})
+    frame = memory_frame(runs)
+    assert set(frame["model"]) == {"full"} and list(frame["total"]) == [36] * 4
+    assert list(frame["batch"]) == ["2 x 3"] * 4
+    assert [p.split(": row ")[1][:6] for p in runs.problems] == ["'odd' ", "'none'"]
 
 
 def test_malformed_metrics_are_skipped_and_named():

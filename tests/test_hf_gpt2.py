@@ -126,6 +126,25 @@ def test_greedy_generate_equals_ours_token_for_token(tok, exported):
         assert hf_tok.decode(theirs) == tok.decode(ours)
 
 
+def test_generate_on_the_export_s_own_settings_stays_within_the_context(tok, tmp_path):
+    # export_hf.py's docstring: model.generate(**inputs), nothing else. A short context and a
+    # long prompt: new tokens past n_positions would index a missing position embedding.
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=tok.vocab_size, context_length=24, n_layer=1,
+                               n_head=2, n_embd=16))
+    out = hf_gpt2.to_hf(model, tok, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    for prompt in ("ROMEO:", "First Citizen: Before we proceed"):
+        inputs = hf_tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            ids = hf.generate(**inputs)
+        assert inputs["input_ids"].size(1) < ids.size(1) <= 24
+    assert json.loads((out / "generation_config.json").read_text())["max_length"] == 24
+    assert "max_new_tokens" not in json.loads((out / "generation_config.json").read_text())
+    assert "The context is 24 tokens" in (out / "README.md").read_text(encoding="utf-8")
+
+
 def test_padded_ids_are_suppressed_like_ours(tok, exported):
     _, out = exported
     config = json.loads((out / "generation_config.json").read_text())

@@ -293,6 +293,23 @@ def test_linear4bit_stores_packed_buffers_and_computes_with_the_dequantized_weig
     assert torch.equal(other(x), layer(x))
 
 
+def test_linear4bit_keeps_no_dense_weight_for_backward():
+    # The gradient reaching x is the dense layer's, yet backward dequantizes again instead of
+    # keeping the fp32 weight from forward: only x itself is saved.
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    layer = Linear4bit(linear)
+    x = torch.randn(5, 64, requires_grad=True)
+    dense_x = x.detach().clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    out.square().sum().backward()
+    F.linear(dense_x, layer.dequantized_weight(), linear.bias).square().sum().backward()
+    assert torch.allclose(x.grad, dense_x.grad, atol=1e-6)
+    assert all(t.numel() != 48 * 64 for t in saved)  # no weight, nor its transpose
+
+
 def test_shapes_not_divisible_by_the_block_size():
     torch.manual_seed(0)
     for in_features, out_features in [(33, 7), (5, 3), (100, 1)]:

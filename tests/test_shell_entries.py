@@ -233,6 +233,20 @@ def test_missing_files_name_the_command_that_makes_them(module, args, message, p
     assert exit.value.code == f"error: {message}"  # printed to stderr, exit status 1
 
 
+@pytest.mark.parametrize("module, args, message", [
+    (classify, ["Fine.", "  "], "error: a sentence given on the command line is empty: "
+                                "classify.py needs text to classify"),
+    (classify, [""], "error: a sentence given on the command line is empty"),
+    (ask, [" \n"], "error: the instruction is empty: ask.py needs something to answer"),
+])
+def test_an_empty_input_is_one_sentence_before_any_model_loads(module, args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        module.parse_args(args)
+    assert exit.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(message)
+
+
 @pytest.mark.parametrize("module, defaults", [
     (sample, ["model_weights.pth", "ROMEO:", "(default: 120)", "(default: 0.8)",
               "(default: 50)", "(default: 1337)"]),

@@ -1,10 +1,13 @@
-"""The clean-text mask against Python's own UTF-8 decoder."""
+"""The clean-text mask against Python's own UTF-8 decoder and Unicode database."""
+
+import codecs
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.clean_text import BOUNDARY, REJECT, CleanTextMask, byte_step
+from support.clean_text import BOUNDARY, REJECT, CleanTextMask, byte_step, read_token
 from tokenizer import BPETokenizer
 
 BANNED = {chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} - {"\n", "\t"}
@@ -26,6 +29,29 @@ def clean(data: bytes) -> bool:
         return not BANNED & set(data.decode("utf-8"))
     except UnicodeDecodeError:
         return False
+
+
+def drawable(text: str) -> bool:
+    """No private-use (Co) or unassigned (Cn) character: those show as boxes."""
+    return all(unicodedata.category(c) not in ("Co", "Cn") for c in text)
+
+
+# The first bytes of every character a generated text may hold: Python's own list.
+CLEAN_PREFIXES = {encoded[:n] for c in range(0x80, 0x110000)
+                  if not 0xD800 <= c <= 0xDFFF and chr(c) not in BANNED and drawable(chr(c))
+                  for encoded in [chr(c).encode("utf-8")] for n in range(1, len(encoded))}
+
+
+def can_become_clean(data: bytes) -> bool:
+    """Whether more bytes can make ``data`` clean, drawable text (Python's verdict)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(data)  # strict; an unfinished character waits in the buffer
+    except UnicodeDecodeError:
+        return False
+    pending = decoder.getstate()[0]
+    return not BANNED & set(text) and drawable(text) and (not pending
+                                                          or pending in CLEAN_PREFIXES)
 
 
 def test_every_character_is_read_as_python_reads_it():
@@ -61,7 +87,7 @@ def mask(tokenizer) -> CleanTextMask:
 def test_any_token_sequence_the_mask_allows_decodes_cleanly(tokenizer, mask, choices):
     state, data, boundary_data = BOUNDARY, b"", b""
     for choice in choices:
-        allowed = (~mask.banned[state]).nonzero().flatten().tolist()
+        allowed = (~mask.banned(state)).nonzero().flatten().tolist()
         assert allowed, f"no token may follow state {state}"
         token = allowed[choice % len(allowed)]
         data += tokenizer.token_bytes(token)
@@ -70,13 +96,30 @@ def test_any_token_sequence_the_mask_allows_decodes_cleanly(tokenizer, mask, cho
             boundary_data = data
     assert data.startswith(boundary_data)
     text = boundary_data.decode("utf-8")  # strict: raises on anything invalid
-    assert not BANNED & set(text)
+    assert not BANNED & set(text) and drawable(text)
 
 
 def test_special_tokens_only_between_characters(tokenizer, mask):
     eot = tokenizer.eot_id
-    assert not mask.banned[BOUNDARY, eot]
-    assert all(mask.banned[state, eot] for state in range(1, mask.banned.size(0)))
+    assert not mask.banned(BOUNDARY)[eot]
+    lead = next(i for i in range(tokenizer.vocab_size) if tokenizer.token_bytes(i) == b"\xc3")
+    inside = mask.advance(BOUNDARY, lead)  # half of é, ï, ü ...
+    assert inside != BOUNDARY and mask.banned(inside)[eot]
+
+
+def test_private_use_and_unassigned_code_points_are_never_drawn():
+    # U+F421 (private use) and U+0378 (unassigned), whole or split over tokens; é beside
+    # them; and the leads F4 and EE, whose every character is private use or unassigned
+    # (U+10AA93 is one), so no token may even begin one.
+    vocab = ["\uf421".encode(), "\u0378".encode(), b"\xf4\x8a", b"\xee", b"\xc3", b"\xa9",
+             b"\xef", b"\x90\xa1", b"\xcd", b"\xb8", b"a"]
+    mask = CleanTextMask(vocab)
+    allowed = [vocab[i] for i in (~mask.banned(BOUNDARY)).nonzero().flatten().tolist()]
+    assert allowed == [b"\xc3", b"\xef", b"\xcd", b"a"]  # each can still become clean
+    assert not mask.banned(mask.advance(BOUNDARY, 4))[5]  # C3 + A9 = é
+    assert mask.banned(mask.advance(BOUNDARY, 6))[7]  # EF + 90 A1 = U+F421
+    assert mask.banned(mask.advance(BOUNDARY, 8))[9]  # CD + B8 = U+0378
+    assert read_token(b"", "naïve café 中文 🙂".encode()) == b""
 
 
 @settings(max_examples=200, deadline=None)
@@ -87,13 +130,8 @@ def test_on_any_vocabulary_a_token_is_allowed_exactly_when_python_agrees(vocab, 
     state, text = BOUNDARY, b""
     for token in (t % len(vocab) for t in tokens):
         data = text + vocab[token]
-        # Allowed <=> the bytes so far can still be completed into clean text.
-        completable = any(clean(data + tail) for tail in completions(data))
-        assert (not mask.banned[state, token]) == completable
+        # Allowed <=> the bytes so far can still be completed into clean, drawable text.
+        completable = can_become_clean(data)
+        assert (not mask.banned(state)[token]) == completable
         if completable:
             text, state = data, mask.advance(state, token)
-
-
-def completions(data: bytes) -> list[bytes]:
-    """Candidate endings that finish a character cut off after ``data`` (or nothing)."""
-    return [b""] + [bytes([b]) * n for b in (0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF) for n in (1, 2, 3)]
