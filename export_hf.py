@@ -30,7 +30,7 @@ from hf_gpt2 import to_hf
 from instructions import load_instruction_model
 from support.cli import run
 from support.export_folder import check_export_folder, publish, staged
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg
 from support.hf_checks import check_exportable
 
 # Checkpoint kind -> the loader that rebuilds it as a model (adapters on their base).
@@ -44,12 +44,13 @@ LOADERS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="model_weights.pth",
+    p.add_argument("--checkpoint", type=path_arg, default="model_weights.pth",
                    help="a checkpoint of main.py, finetune_classifier.py, "
                    "finetune_lora_classifier.py or finetune_qlora_instructions.py")
-    p.add_argument("--out", required=True, help="folder to write: a new or empty one, or one an "
-                   "earlier export wrote (other folders are refused: no file of yours is replaced)")
-    p.add_argument("--base", default=None,
+    p.add_argument("--out", type=path_arg, required=True,
+                   help="folder to write: a new or empty one, or one an earlier export wrote "
+                   "(other folders are refused: no file of yours is replaced)")
+    p.add_argument("--base", type=path_arg, default=None,
                    help="base model of a LoRA / QLoRA checkpoint (default: the path it stores)")
     return p.parse_args(argv)
 

@@ -44,11 +44,15 @@ from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, l
 from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
+from support.errors import TrainingStopped
 from support.flags import (
     nonnegative_float,
     nonnegative_int,
+    path_arg,
     positive_float,
     positive_int,
+    run_name_arg,
+    seed_arg,
     train_size_arg,
     whole,
 )
@@ -85,10 +89,11 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
     """The flags every finetuning script takes; each script picks its own defaults and says
     what its --train-size counts (``train_size_help``). --lr, --batch-size and --max-length
     default to ``ours`` or, on a GPT-2 base, ``gpt2`` (``parse_finetune_args`` picks)."""
-    p.add_argument("--base", default="model_weights.pth",
+    p.add_argument("--base", type=path_arg, default="model_weights.pth",
                    help="pretrained model: a checkpoint of main.py, or GPT-2 in Hugging Face "
                    "format (a name such as gpt2 or gpt2-medium, or a folder)")
-    p.add_argument("--out", default=out, help="where to save the finetuned checkpoint")
+    p.add_argument("--out", type=path_arg, default=out,
+                   help="where to save the finetuned checkpoint")
     p.add_argument("--max-steps", type=positive_int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help=f"{train_size_help}; 0 or 'all': every one")
@@ -105,14 +110,16 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                    help="AdamW's, on matrices only")
     p.add_argument("--eval-interval", type=positive_int, default=100,
                    help="log the val loss every N steps")
-    p.add_argument("--seed", type=int, default=1337,
+    p.add_argument("--seed", type=seed_arg, default=1337,
                    help="drives the subsample, batch order and new weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision; auto: bfloat16 where the hardware computes it")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="read datasets from this folder; unset: "
                    "$LLM_DATA_DIR, else download into data/")
-    p.add_argument("--run-name", default=run_name, help="metrics go to runs/<run-name>/")
+    p.add_argument("--run-name", type=run_name_arg, default=run_name,
+                   help="metrics go to runs/<run-name>/")
     p.set_defaults(size_defaults={"ours": ours, "gpt2": gpt2})
     return p
 
@@ -156,6 +163,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        warmup_steps=warmup, weight_decay=args.weight_decay,
                        eval_interval=args.eval_interval, log_interval=10,
                        dtype=args.dtype, seed=args.seed)
+
+
+def stop_if_interrupted(summary: dict, args: argparse.Namespace, name: str,
+                        log_path: Path) -> None:
+    """After Ctrl-C or SIGTERM, end the script as main.py does: exit 130 / 143 and say what was
+    kept. A finetune cannot resume, so its half-trained model is not saved: --out keeps the
+    last run that finished (an early model over it would pass for a trained one)."""
+    if summary["interrupted"]:
+        out = Path(args.out)
+        kept = f"{out} still holds the last finished run" if out.exists() else \
+            f"{out} was not written"
+        raise TrainingStopped(f"{name} stopped early at step {summary['steps']} of "
+                              f"{args.max_steps}; the half-trained model was not saved ({kept})"
+                              f". Its training curve is in {log_path}.", summary["stop_signal"])
 
 
 # ---------------------------------------------------------------------------- data
@@ -234,7 +255,8 @@ class SST2Experiment:
         """A trained model's row: dev (GLUE dev = our "test") and val accuracy, trainable and
         total ``parameters``, wall time and peak memory of training, the loss summary. Its
         log gets a final record with the accuracies. Only the main process scores: the
-        others return None."""
+        others return None. A run stopped by Ctrl-C / SIGTERM ends the script here."""
+        stop_if_interrupted(summary, self.args, name, log_path)
         if not self.run.is_main:
             return None
         row = {"model": name, "dev_acc": evaluate_accuracy(model, self.loaders["test"]),
@@ -243,8 +265,6 @@ class SST2Experiment:
                "train_time_s": round(summary["elapsed"], 1), "peak_mem_mb": round(peak_mem_mb, 1),
                **{key: summary[key] for key in ("steps", "train_loss", "val_loss", "dtype")},
                "processes": self.run.world_size, "interrupted": summary["interrupted"]}
-        if summary["interrupted"]:
-            print(f"note: {name} was stopped early, at step {summary['steps']}.")
         append_record(log_path, {"step": summary["steps"], "val_acc": row["val_acc"],
                                  "dev_acc": row["dev_acc"]})
         return row

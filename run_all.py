@@ -22,7 +22,7 @@ from pathlib import Path
 
 import showcase as sc
 from support.cli import run
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg
 
 ROOT = Path(__file__).resolve().parent
 STEPS = ("main.py", "evaluate.py", "finetune_classifier.py", "finetune_lora_classifier.py",
@@ -45,11 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="toy settings, a few minutes; runs in --work-dir runs/quick")
-    p.add_argument("--work-dir", default=None,
+    p.add_argument("--work-dir", type=path_arg, default=None,
                    help="folder the steps run in and write to; unset: here (--quick: runs/quick)")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
-                   "$LLM_DATA_DIR, else download")
-    p.add_argument("--instruction-file", default=None,
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="read datasets from this folder; unset: $LLM_DATA_DIR, else download")
+    p.add_argument("--instruction-file", type=path_arg, default=None,
                    help="Dolly-schema JSONL for main.py's tokenizer corpus and QLoRA's "
                         "training (--data-file); unset: Dolly-15k")
     return p.parse_args(argv)

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from support.errors import TrainingStopped
+
 # Everything a user can cause and fix: bad flags or files (ValueError, including CheckpointError
 # and DataFileError), missing files (FileNotFoundError, including DataMissingError), and an
 # optional package that is not installed (ImportError). Anything else is a bug: let it show.
@@ -16,8 +18,9 @@ INTERRUPTED = 130  # the shell's exit status after Ctrl-C (128 + SIGINT)
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Run a script's ``main()``: a user error is one line on stderr, Ctrl-C exits 130, and
-    output piped into a reader that stops early (``| head``) ends quietly."""
+    """Run a script's ``main()``: a user error is one line on stderr, Ctrl-C exits 130 (a
+    stopped finetune 130 or 143, saying what it kept), and output piped into a reader that
+    stops early (``| head``) ends quietly."""
     try:
         sys.exit(main())
     except USER_ERRORS as e:
@@ -26,6 +29,9 @@ def run(main: Callable[[], int | None]) -> None:
         # Python flushes stdout once more at exit, which would fail again: point it nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except TrainingStopped as e:  # a finetune stopped by Ctrl-C / SIGTERM: 130 / 143
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signal)
     except KeyboardInterrupt:  # outside training, whose Ctrl-C saves and stops by itself
         print("Interrupted; the files already written are kept.", file=sys.stderr)
         sys.exit(INTERRUPTED)

@@ -255,7 +255,7 @@ class TrainingRun:
             self.step, self.elapsed_before = state["step"], state.get("elapsed", 0.0)
             self.best_val, self.best_step = state.get("best_val", (math.inf, 0))
             set_rng_state(state["rng"])
-        self.elapsed = self.elapsed_before
+        self.elapsed, self.resumed_at = self.elapsed_before, self.step
         return self.step
 
     def __enter__(self) -> TrainingRun:
@@ -291,10 +291,14 @@ class TrainingRun:
         """Log, keep the best model, save a checkpoint and move the bar, as each is due."""
         cfg = self.cfg
         self.step, self.elapsed = step, self.elapsed_before + time.perf_counter() - self.started
+        self.loss_sum = loss_sum
         self.throughput.count(cfg.grad_accum_steps)
         logging = step % cfg.log_interval == 0 or val_loss is not None or step == cfg.max_steps
+        saving = self.save_fn and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 \
+            and step < cfg.max_steps and not self.stop_requested
+        if logging or saving:  # .item() waits for the GPU: only then
+            self.check_finite(val_loss)
         if logging:
-            self.train_loss = loss_sum.item()  # waits for the GPU: only when logging
             record = {"step": step, "train_loss": self.train_loss, "lr": lr,
                       "elapsed": round(self.elapsed, 3), **self.throughput.measure()}
             if val_loss is not None:
@@ -305,9 +309,18 @@ class TrainingRun:
                         self.best_fn(self.state())
             self.log.write(record)
         self.show_progress(step, logging)
-        if self.save_fn and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 \
-                and step < cfg.max_steps and not self.stop_requested:
+        if saving:
             self.save_fn(self.state())
+
+    def check_finite(self, val_loss: float | None = None) -> None:
+        """Stop with one sentence once the loss is not a number: the weights that gave it are
+        not, and no file may receive them (a NaN model otherwise trains on and is saved)."""
+        self.train_loss = self.loss_sum.item()
+        for kind, loss in (("training", self.train_loss), ("val", val_loss)):
+            if loss is not None and not math.isfinite(loss):
+                raise ValueError(f"The {kind} loss became {loss:g} at step {self.step}: the "
+                                 "weights are no longer numbers, so training stopped without "
+                                 "saving them. Lower --lr (or --alpha) and run again.")
 
     def show_progress(self, step: int, new_losses: bool) -> None:
         if self.bar is None:
@@ -325,6 +338,8 @@ class TrainingRun:
     def finish(self) -> dict:
         """Save the last state (also when stopped early) and sum the run up."""
         if self.save_fn:
+            if self.step > self.resumed_at:
+                self.check_finite()
             self.save_fn(self.state())
         return {"steps": self.step, "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "elapsed": self.elapsed, "best_val_loss": self.best_val if self.best_step else None,

@@ -36,7 +36,7 @@ def tiny_base(folder: Path, name: str = "model_weights.pth", nan: bool = False) 
     tokenizer = BPETokenizer()
     tokenizer.train(TEXT, 300)
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=320, context_length=32, n_layer=2, n_head=2,
+    model = GPTModel(GPTConfig(vocab_size=320, context_length=96, n_layer=2, n_head=2,
                                n_embd=32))
     if nan:
         with torch.no_grad():
@@ -132,3 +132,42 @@ def test_export_to_a_folder_it_cannot_write_is_one_sentence(project, tmp_path, m
     assert exit.value.code == f"error: Cannot write --out {tmp_path / 'hf'}: " \
                               "Read-only file system."
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------- Ctrl-C, SIGTERM
+
+FINETUNES = {  # script -> its flags for a run far longer than the test waits
+    "finetune_classifier.py": ["--skip-random-init"],
+    "finetune_lora_classifier.py": [],
+    "finetune_qlora_instructions.py": ["--data-file", "instruction-data-1100.jsonl",
+                                       "--samples", "0"],
+}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").exists(), reason="needs the real SST-2 data")
+def test_a_stopped_finetune_exits_130_or_143_and_keeps_out(tmp_path):
+    """They exited 0 and saved the early model over --out, so run_all.py went on."""
+    base = tiny_base(tmp_path)
+    runs = {}
+    for (script, flags), sig in zip(FINETUNES.items(),
+                                    (signal.SIGTERM, signal.SIGINT, signal.SIGTERM), strict=True):
+        out = tmp_path / f"{script}.pth"
+        out.write_bytes(b"the last finished run")
+        process = start(script, "--base", str(base), "--out", str(out), "--max-steps", "100000",
+                        "--train-size", "64", "--batch-size", "4", "--run-name", script,
+                        "--device", "cpu", *flags, cwd=tmp_path)
+        runs[script] = (process, sig, out)
+    for script, (process, sig, _) in runs.items():  # the first log line: training is under way
+        log = tmp_path / "runs" / script / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not log.exists() or not log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, finish(process)[1]
+            time.sleep(0.2)
+        process.send_signal(sig)
+    for process, sig, out in runs.values():
+        code, err, _ = finish(process)
+        assert code == 128 + sig, err
+        assert "Traceback" not in err, err
+        assert ("stopped early at step " in err and "the half-trained model was not saved "
+                f"({out} still holds the last finished run)") in err, err
+        assert out.read_bytes() == b"the last finished run"
