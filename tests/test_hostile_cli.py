@@ -17,13 +17,22 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, SHARED_DATA
+from test_training import CPU, fresh_model, loaders
 
 import export_hf
+import finetune_classifier
+import finetune_lora_classifier
+import finetune_qlora_instructions
+import main
+import sample
 from checkpoint import save_checkpoint
+from classifier import GPTClassifier, save_classifier
+from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.cli import run
 from support.export_folder import MANIFEST
 from tokenizer import BPETokenizer
+from training import TrainConfig, lm_loss, train_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "LLM_DATA_DIR": str(SHARED_DATA),
        "PYTHONPATH": str(ROOT)}
@@ -31,8 +40,8 @@ TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
         "it 's a charming and often affecting journey . the acting is astounding .\n") * 30
 
 
-def tiny_base(folder: Path, name: str = "model_weights.pth", nan: bool = False) -> Path:
-    """A 2-layer checkpoint (with its tokenizer) in ``folder``; ``nan``: its weights are NaN."""
+def tiny_gpt(nan: bool = False) -> tuple[GPTModel, BPETokenizer]:
+    """A 2-layer model and its tokenizer; ``nan``: every weight is NaN."""
     tokenizer = BPETokenizer()
     tokenizer.train(TEXT, 300)
     torch.manual_seed(0)
@@ -42,7 +51,12 @@ def tiny_base(folder: Path, name: str = "model_weights.pth", nan: bool = False) 
         with torch.no_grad():
             for p in model.parameters():
                 p.fill_(float("nan"))
-    save_checkpoint(folder / name, model, tokenizer)
+    return model, tokenizer
+
+
+def tiny_base(folder: Path, name: str = "model_weights.pth", nan: bool = False) -> Path:
+    """``tiny_gpt`` saved as main.py saves it, in ``folder``."""
+    save_checkpoint(folder / name, *tiny_gpt(nan))
     return folder / name
 
 
@@ -51,6 +65,8 @@ def project(tmp_path_factory) -> Path:
     """A folder like the project's after main.py: model_weights.pth and a user's README.md."""
     folder = tmp_path_factory.mktemp("project")
     tiny_base(folder)
+    tiny_base(folder, "nan_weights.pth", nan=True)
+    save_classifier(folder / "classifier.pth", GPTClassifier(tiny_gpt()[0]), tiny_gpt()[1])
     (folder / "README.md").write_text("my notes\n")
     (folder / "tokenizer.json").write_text('{"mine": true}\n')
     return folder
@@ -96,7 +112,7 @@ def test_export_into_a_users_folder_is_refused_and_writes_nothing(project):
     for out, (code, err, _) in results.items():
         assert code == 1, (out, err)
         assert_one_sentence(err, f"--out {out}".rstrip())
-    assert "did not write (README.md, model_weights.pth" in results["."][1]
+    assert "did not write (README.md, classifier.pth, model_weights.pth" in results["."][1]
     assert "did not write (config.json)" in results["notes"][1]
     assert "is empty" in results[""][1]
     assert "is a file" in results["model_weights.pth"][1]
@@ -171,3 +187,117 @@ def test_a_stopped_finetune_exits_130_or_143_and_keeps_out(tmp_path):
         assert ("stopped early at step " in err and "the half-trained model was not saved "
                 f"({out} still holds the last finished run)") in err, err
         assert out.read_bytes() == b"the last finished run"
+
+
+# ---------------------------------------------------------------------------- NaN in training
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_loss_that_is_not_a_number_stops_training_and_saves_nothing(interrupted):
+    """NaN adapters, --alpha inf or a wild --lr trained on and saved a NaN model."""
+    calls, saved = 0, []
+
+    def poisoned_at_step_3(model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the weights stop being numbers (as after a too large step)
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+            if interrupted:  # Ctrl-C now: the loop ends and would save the last state
+                os.kill(os.getpid(), signal.SIGINT)
+        return lm_loss(model, batch)
+
+    cfg = TrainConfig(max_steps=40, warmup_steps=2, eval_interval=1000, checkpoint_interval=5)
+    train, val = loaders()
+    with pytest.raises(ValueError, match=r"^The training loss became nan at step [35]: the "
+                       r"weights are no longer numbers, so training stopped without saving "
+                       r"them\. Lower --lr \(or --alpha\) and run again\.$"):
+        train_model(fresh_model(), train, val, cfg, CPU, loss_fn=poisoned_at_step_3,
+                    save_fn=lambda state: saved.append(state["step"]),
+                    best_fn=lambda state: saved.append(state["step"]))
+    assert saved == []
+
+
+# ---------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    (main, ["--seed", "18446744073709551616"],  # was "Overflow when unpacking long long"
+     "--seed must be an integer >= 0 and <= 2147483647, got 18446744073709551616"),
+    (finetune_classifier, ["--seed", "-1"], "--seed must be an integer >= 0"),
+    (finetune_lora_classifier, ["--alpha", "inf"], "--alpha must be a finite number > 0, got inf"),
+    (finetune_qlora_instructions, ["--alpha", "nan"],
+     "--alpha must be a finite number > 0, got nan"),
+    (finetune_classifier, ["--base", "b" * 5000],  # was OSError: File name too long
+     "--base must be a path the system can hold (at most 255 bytes per file or folder name, "
+     "4,096 in all), got one of 5,000 characters"),
+    (sample, ["--model", "m/" * 2100], "--model must be a path the system can hold"),
+    (export_hf, ["--out", "o" * 300], "--out must be a path the system can hold"),
+    (main, ["--run-name", "../../x"],  # wrote outside runs/
+     "--run-name must be one folder name inside runs/ (no '/', not '..'), got '../../x'"),
+    (finetune_lora_classifier, ["--run-name", ".."], "--run-name must be one folder name"),
+    (finetune_qlora_instructions, ["--run-name", "a/b"], "--run-name must be one folder name"),
+])
+def test_a_bad_flag_is_one_sentence_before_any_work(module, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        module.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_sampling_settings_that_overflowed_are_one_sentence():
+    model, tokenizer = tiny_gpt()
+    for settings, message in [({"temperature": 1e39}, "--temperature must be a number from 0 "
+                               "to 100 (0 means greedy; above 2 the text is mostly noise), got "
+                               "1e+39."),
+                              ({"max_new_tokens": 10**12}, "--max-new-tokens must be an integer "
+                               "from 0 to 100,000, got 1000000000000.")]:
+        with pytest.raises(ValueError) as error:
+            generate_text(model, tokenizer, "ROMEO:", **{"max_new_tokens": 5, **settings})
+        assert str(error.value) == message
+
+
+def test_a_model_whose_weights_are_nan_cannot_be_sampled_and_says_so():
+    """torch.multinomial raised "probability tensor contains either inf, nan or element < 0"."""
+    model, tokenizer = tiny_gpt(nan=True)
+    with pytest.raises(ValueError, match=r"^The model's next-token scores are NaN or infinite"):
+        generate_text(model, tokenizer, "ROMEO:", max_new_tokens=5, temperature=0.8, seed=0)
+
+
+# ---------------------------------------------------------------------------- the scripts
+
+
+def test_the_scripts_say_one_sentence_and_write_valid_output(project):
+    """Each runs as a process: exit status, stderr and what a program reads from stdout."""
+    bad_utf8 = b"caf\xe9 is good\n\xff\xfe\n"
+    runs = {
+        "temperature": start("sample.py", "--temperature", "1e39", "--device", "cpu",
+                             cwd=project),
+        "tokens": start("sample.py", "--max-new-tokens", "100000000000", "--device", "cpu",
+                        cwd=project),
+        "seed": start("main.py", "--seed", "18446744073709551616", cwd=project),
+        "base": start("finetune_classifier.py", "--base", "b" * 5000, cwd=project),
+        "classify": start("classify.py", "--json", "-", os.fsdecode(b"bad \xff"), cwd=project,
+                          stdin=bad_utf8),
+        "evaluate": start("evaluate.py", "--checkpoint", "nan_weights.pth", "--out",
+                          "nan.json", "--device", "cpu", cwd=project),
+    }
+    results = {name: finish(process) for name, process in runs.items()}
+    for name in ("temperature", "tokens"):
+        assert results[name][0] == 1
+        assert_one_sentence(results[name][1], f"--{name.replace('tokens', 'max-new-tokens')}")
+    for name in ("seed", "base"):
+        assert results[name][0] == 2 and results[name][1].startswith(f"error: --{name} must ")
+    code, err, out = results["classify"]
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # valid UTF-8
+    assert [line["text"] for line in lines] == ["caf\ufffd is good", "\ufffd\ufffd",
+                                                "bad \ufffd"]
+    code, err, out = results["evaluate"]
+    if code == 0:  # scored: NaN figures are null in valid JSON, and the output says why
+        record = json.loads((project / "nan.json").read_text(), parse_constant=pytest.fail)
+        assert record["model"]["perplexity"] is None
+        assert "null stands for what is not a finite number: model.perplexity (nan)" in \
+            out.decode()
+    else:  # or the file is refused when loaded: one sentence naming it
+        assert_one_sentence(err, "nan_weights.pth")
