@@ -51,7 +51,14 @@ from support.flags import (
 )
 from support.metrics import forget_steps_after
 from tokenizer import BPETokenizer
-from training import Launch, TrainConfig, cleanup_distributed, launch, train_model
+from training import (
+    Launch,
+    TrainConfig,
+    check_model_fits,
+    cleanup_distributed,
+    launch,
+    train_model,
+)
 
 # Each preset: model shape, tokenizer size and training schedule. A flag overrides any value
 # (--max-steps 500 and so on); nothing else changes them.
@@ -183,6 +190,7 @@ def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
     train_cfg = TrainConfig(**{name: s[name] for name in TRAIN_FIELDS},
                             checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
                             compile=args.compile, seed=args.seed)
+    check_model_fits(model_cfg, run.device)  # not an allocator's traceback minutes from now
     meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
             "split": "nanogpt" if args.nanogpt_split else "standard",
             "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}

@@ -196,6 +196,11 @@ def cases() -> dict[str, dict]:
             "argv": ["main.py", "--preset", "tiny", "--max-steps", "2", "--sample-tokens", "0",
                      "--run-name", "../../x", "--instruction-file", dolly[1]],
             "cwd": "deep/er", "check": outside_runs},
+        "main --n-embd 65536": {"argv": ["main.py", "--n-embd", "65536", "--n-head", "1"]},
+        "main --tokenizer unwritable (/sys)": {
+            "argv": ["main.py", "--preset", "tiny", "--tokenizer", "/sys/tokenizer.json",
+                     "--instruction-file", dolly[1]]},
+        "evaluate --out a folder": {"argv": ["evaluate.py", "--out", "full", "--device", "cpu"]},
         "finetune_lora --alpha inf": {
             "argv": ["finetune_lora_classifier.py", "--alpha", "inf", "--max-steps", "4", *SMALL,
                      "--out", "o.pth"], "out": "o.pth"},

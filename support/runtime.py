@@ -69,6 +69,25 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_model_fits(config: Any, device: torch.device) -> None:
+    """One sentence, before any allocation, for a model whose training cannot fit in
+    ``device``'s memory (``--n-embd 65536`` ended in an allocator traceback). ``config`` is a
+    GPTConfig: 12 d^2 weights per block plus the token and position tables; training holds
+    four float32 copies of each (weights, gradients, AdamW's two moments)."""
+    d = config.n_embd
+    weights = config.n_layer * 12 * d * d + (config.vocab_size + config.context_length) * d
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * weights > memory:
+        raise ValueError(f"A model of {weights / 1e6:,.0f} M parameters (--n-layer "
+                         f"{config.n_layer}, --n-embd {d}, --vocab-size {config.vocab_size}, "
+                         f"--context-length {config.context_length}) needs about "
+                         f"{16 * weights / 2**30:,.0f} GiB to train, and {device} has "
+                         f"{memory / 2**30:,.0f} GiB; make it smaller.")
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     if dtype == torch.float32 or device.type == "mps":
         return contextlib.nullcontext()

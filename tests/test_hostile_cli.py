@@ -281,6 +281,10 @@ def test_the_scripts_say_one_sentence_and_write_valid_output(project):
                           stdin=bad_utf8),
         "evaluate": start("evaluate.py", "--checkpoint", "nan_weights.pth", "--out",
                           "nan.json", "--device", "cpu", cwd=project),
+        "n-embd": start("main.py", "--n-embd", "65536", "--n-head", "1", cwd=project),
+        "unwritable": start("main.py", "--tokenizer", "/proc/no/tokenizer.json", "--preset",
+                            "tiny", "--instruction-file",
+                            str(SHARED_DATA / "instruction-data-1100.jsonl"), cwd=project),
     }
     results = {name: finish(process) for name, process in runs.items()}
     for name in ("temperature", "tokens"):
@@ -288,6 +292,10 @@ def test_the_scripts_say_one_sentence_and_write_valid_output(project):
         assert_one_sentence(results[name][1], f"--{name.replace('tokens', 'max-new-tokens')}")
     for name in ("seed", "base"):
         assert results[name][0] == 2 and results[name][1].startswith(f"error: --{name} must ")
+    assert results["n-embd"][0] == 1  # was an allocator's traceback (51 GB for one matrix)
+    assert_one_sentence(results["n-embd"][1], "--n-embd 65536", "make it smaller")
+    assert results["unwritable"][0] == 1  # was PermissionError's traceback
+    assert_one_sentence(results["unwritable"][1], "Cannot use /proc/no")
     code, err, out = results["classify"]
     assert code == 0, err
     lines = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # valid UTF-8
