@@ -76,10 +76,11 @@ def check_model_fits(config: Any, device: torch.device) -> None:
     four float32 copies of each (weights, gradients, AdamW's two moments)."""
     d = config.n_embd
     weights = config.n_layer * 12 * d * d + (config.vocab_size + config.context_length) * d
-    if device.type == "cuda":
-        memory = torch.cuda.get_device_properties(device).total_memory
-    else:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        memory = torch.cuda.get_device_properties(device).total_memory \
+            if device.type == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no way to tell
+        return
     if 16 * weights > memory:
         raise ValueError(f"A model of {weights / 1e6:,.0f} M parameters (--n-layer "
                          f"{config.n_layer}, --n-embd {d}, --vocab-size {config.vocab_size}, "
