@@ -196,7 +196,9 @@ def cases() -> dict[str, dict]:
             "argv": ["main.py", "--preset", "tiny", "--max-steps", "2", "--sample-tokens", "0",
                      "--run-name", "../../x", "--instruction-file", dolly[1]],
             "cwd": "deep/er", "check": outside_runs},
-        "main --n-embd 65536": {"argv": ["main.py", "--n-embd", "65536", "--n-head", "1"]},
+        "main --n-embd 65536": {"argv": ["main.py", "--n-embd", "65536", "--n-head", "1",
+                                         "--tokenizer", "fresh.json", "--vocab-size", "300",
+                                         "--instruction-file", dolly[1]]},
         "main --tokenizer unwritable (/sys)": {
             "argv": ["main.py", "--preset", "tiny", "--tokenizer", "/sys/tokenizer.json",
                      "--instruction-file", dolly[1]]},
