@@ -24,14 +24,16 @@ from instructions import format_prompt, load_instruction_model, stream_answer
 from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
 from support.cli import run
-from support.flags import FlagParser, path_arg
+from support.flags import FlagParser, path_arg, text_arg
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("instruction", help="what the model should do, e.g. a question")
-    p.add_argument("--context", default="", help="text the instruction is about (optional)")
+    p.add_argument("instruction", type=text_arg,
+                   help="what the model should do, e.g. a question")
+    p.add_argument("--context", type=text_arg, default="",
+                   help="text the instruction is about (optional)")
     p.add_argument("--adapters", type=path_arg, default="qlora_adapters.pth",
                    help="the QLoRA adapters, written by finetune_qlora_instructions.py")
     p.add_argument("--base", type=path_arg, default=None,

@@ -24,13 +24,13 @@ from collections.abc import Iterator
 
 from classifier import load_classifier, normalize_text, predict
 from support.cli import run
-from support.flags import FlagParser, path_arg
+from support.flags import FlagParser, path_arg, text_arg
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sentences", nargs="*", default=None,
+    p.add_argument("sentences", nargs="*", default=None, type=text_arg,
                    help="sentences to classify; none, or -, reads them from stdin, one a line")
     p.add_argument("--model", type=path_arg, default="classifier.pth",
                    help="classifier.pth (full finetune) or lora_classifier.pth (LoRA)")
@@ -43,24 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def readable(text: str) -> str:
-    """Bytes that are not UTF-8 reach Python as lone surrogates ("surrogateescape"), which
-    would leave as the same invalid bytes: each becomes U+FFFD, so the output is valid UTF-8
-    (and valid JSON)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def sentences(given: list[str]) -> Iterator[str]:
     """The sentences in the order given; ``-`` stands for stdin's non-blank lines."""
     for sentence in given or ["-"]:
         if sentence != "-":
-            yield readable(sentence)
+            yield sentence
             continue
         if sys.stdin.isatty():  # nothing piped in: someone is about to type
             print("Type sentences, one a line; end with Ctrl-D.", file=sys.stderr)
         if hasattr(sys.stdin, "reconfigure"):  # read bytes that are not UTF-8, not fail
             sys.stdin.reconfigure(errors="surrogateescape")
-        yield from (readable(line.rstrip("\r\n")) for line in sys.stdin if line.strip())
+        # bytes that are not UTF-8 become U+FFFD, as in the sentences typed as arguments
+        yield from (text_arg(line.rstrip("\r\n")) for line in sys.stdin if line.strip())
 
 
 def result_line(text: str, label: str, probabilities: dict[str, float], width: int,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from checkpoint import load_checkpoint
 from generation import stream_text
 from support.cli import run
-from support.flags import FlagParser, number, path_arg, seed_arg, whole
+from support.flags import FlagParser, number, path_arg, seed_arg, text_arg, whole
 from training import pick_device
 
 
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=path_arg, default="model_weights.pth",
                    help="a base-model checkpoint, written by main.py")
-    p.add_argument("--prompt", default="ROMEO:",
+    p.add_argument("--prompt", type=text_arg, default="ROMEO:",
                    help="the text to continue; empty: start as a new document does")
     p.add_argument("--num-samples", type=whole(1), default=1, help="how many texts to print")
     add_sampling_args(p, max_new_tokens=120, temperature=0.8, top_k=50)

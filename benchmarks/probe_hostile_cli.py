@@ -148,6 +148,14 @@ def json_lines_valid(project: Path, stdout: bytes) -> list[str]:
     return ["stdout valid JSON"]
 
 
+def stdout_is_utf8(project: Path, stdout: bytes) -> list[str]:
+    try:
+        stdout.decode("utf-8")
+    except ValueError:
+        return ["stdout not valid UTF-8"]
+    return ["stdout valid UTF-8"]
+
+
 def metrics_valid(project: Path, stdout: bytes) -> list[str]:
     path = project / "nan.json"
     if not path.exists():
@@ -212,6 +220,9 @@ def cases() -> dict[str, dict]:
         "evaluate NaN weights -> metrics.json": {
             "argv": ["evaluate.py", "--checkpoint", "nan_weights.pth", "--out", "nan.json",
                      "--device", "cpu"], "check": metrics_valid},
+        "sample --prompt invalid UTF-8": {
+            "argv": ["sample.py", "--prompt", os.fsdecode(b"RO\xffMEO"), "--max-new-tokens", "5"],
+            "check": stdout_is_utf8},
         "classify --json invalid UTF-8": {
             "argv": ["classify.py", "--json", "-", os.fsdecode(b"bad \xff")],
             "stdin": b"caf\xe9 is good\n\xff\xfe\n", "check": json_lines_valid},

@@ -93,6 +93,13 @@ def path_arg(text: str) -> str:
     return text
 
 
+def text_arg(text: str) -> str:
+    """An argparse type for free text (a prompt, a sentence): bytes that are not UTF-8 reach
+    Python as lone surrogates ("surrogateescape") and would be printed back as the same invalid
+    bytes; each becomes U+FFFD instead, so what the model reads and prints is valid UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def run_name_arg(text: str) -> str:
     """--run-name: one folder name under runs/, so that nothing is written outside it."""
     if text in ("", ".", "..") or "/" in text or os.sep in text \

@@ -281,6 +281,8 @@ def test_the_scripts_say_one_sentence_and_write_valid_output(project):
                           stdin=bad_utf8),
         "evaluate": start("evaluate.py", "--checkpoint", "nan_weights.pth", "--out",
                           "nan.json", "--device", "cpu", cwd=project),
+        "prompt": start("sample.py", "--prompt", os.fsdecode(b"RO\xffMEO"), "--max-new-tokens",
+                        "5", "--device", "cpu", cwd=project),
         "n-embd": start("main.py", "--n-embd", "65536", "--n-head", "1", cwd=project),
         "unwritable": start("main.py", "--tokenizer", "/proc/no/tokenizer.json", "--preset",
                             "tiny", "--instruction-file",
@@ -301,6 +303,8 @@ def test_the_scripts_say_one_sentence_and_write_valid_output(project):
     lines = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # valid UTF-8
     assert [line["text"] for line in lines] == ["caf\ufffd is good", "\ufffd\ufffd",
                                                 "bad \ufffd"]
+    code, err, out = results["prompt"]  # the byte came back raw, so the output was not UTF-8
+    assert code == 0 and out.decode("utf-8").startswith("RO\ufffdMEO"), err
     code, err, out = results["evaluate"]
     if code == 0:  # scored: NaN figures are null in valid JSON, and the output says why
         record = json.loads((project / "nan.json").read_text(), parse_constant=pytest.fail)
