@@ -1,11 +1,11 @@
 """Where and how a training run executes, and everything it does around the step.
 
-- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``;
+- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``, ``check_model_fits``;
 - several processes (DDP under torchrun): ``launch``, ``Launch``, ``cleanup_distributed``,
   ``gradient_sync``;
 - the run's bookkeeping (``TrainingRun``): resume from a saved state (model, optimizer, RNG),
   Ctrl-C / SIGTERM as a request to stop and save (``StopRequested``), the metrics log, the
-  progress bar, best-val and interval saves, and the summary;
+  progress bar, best-val and interval saves, a stop at a NaN loss, and the summary;
 - ``check_train_config``: the training settings' one checker.
 
 ``training.train_model`` is the loop these serve; nothing here is part of its idea.
@@ -246,7 +246,8 @@ class TrainingRun:
     and returns its step. Inside ``with run:`` Ctrl-C and SIGTERM set ``stop_requested``.
     ``after_step`` writes a metrics record every ``log_interval`` steps and at evaluations,
     hands the state to ``best_fn`` at each new lowest val loss and to ``save_fn`` every
-    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary.
+    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary. A loss
+    that is not a finite number stops the run (``check_finite``) before anything is saved.
     Only the main process (``is_main``) logs, shows progress and saves.
     """
 
@@ -263,6 +264,7 @@ class TrainingRun:
         self.tokens_per_batch, self.flops_per_token = tokens_per_batch, flops_per_token
         self.step, self.elapsed_before, self.best_val, self.best_step = 0, 0.0, math.inf, 0
         self.elapsed, self.train_loss, self.val_loss = 0.0, float("nan"), None
+        self.resumed_at, self.loss_sum = 0, None  # the step this run began at; its last loss
         self.stop, self.bar = StopRequested(), None
 
     def resume(self, state: dict | None) -> int:
