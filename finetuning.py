@@ -15,6 +15,8 @@ here, once, above the chapters it ties together:
 - ``sst2_experiment``   both SST-2 scripts' set-up: sentences -> batches of (ids, lengths,
   labels), the baseline rows; ``SST2Experiment.score`` makes a trained model's row of the
   results table and ``finish`` prints the table and writes runs/<name>/metrics.json.
+- ``stop_if_interrupted``   Ctrl-C / SIGTERM end a script with 130 / 143, as main.py's do,
+  and leave --out as it was: a finetune cannot resume, so a half-trained model is not saved.
 
 Measuring (peak memory, baselines, tables, metric files) is support/measure.py's, batching
 support/batching.py's and the flag checks support/finetune_checks.py's.
