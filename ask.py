@@ -24,17 +24,19 @@ from instructions import format_prompt, load_instruction_model, stream_answer
 from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
 from support.cli import run
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg, text_arg
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("instruction", help="what the model should do, e.g. a question")
-    p.add_argument("--context", default="", help="text the instruction is about (optional)")
-    p.add_argument("--adapters", default="qlora_adapters.pth",
+    p.add_argument("instruction", type=text_arg,
+                   help="what the model should do, e.g. a question")
+    p.add_argument("--context", type=text_arg, default="",
+                   help="text the instruction is about (optional)")
+    p.add_argument("--adapters", type=path_arg, default="qlora_adapters.pth",
                    help="the QLoRA adapters, written by finetune_qlora_instructions.py")
-    p.add_argument("--base", default=None,
+    p.add_argument("--base", type=path_arg, default=None,
                    help="the base model under the adapters (a .pth, or a GPT-2 name or "
                         "folder); unset: the one they were trained on")
     p.add_argument("--backend", choices=BACKENDS, default=None,

@@ -24,17 +24,17 @@ from collections.abc import Iterator
 
 from classifier import load_classifier, normalize_text, predict
 from support.cli import run
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg, text_arg
 from training import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sentences", nargs="*", default=None,
+    p.add_argument("sentences", nargs="*", default=None, type=text_arg,
                    help="sentences to classify; none, or -, reads them from stdin, one a line")
-    p.add_argument("--model", default="classifier.pth",
+    p.add_argument("--model", type=path_arg, default="classifier.pth",
                    help="classifier.pth (full finetune) or lora_classifier.pth (LoRA)")
-    p.add_argument("--base", default=None,
+    p.add_argument("--base", type=path_arg, default=None,
                    help="the base model under a LoRA classifier (a .pth, or a GPT-2 name or "
                         "folder); unset: the one it was trained on")
     p.add_argument("--json", action="store_true",
@@ -55,7 +55,10 @@ def sentences(given: list[str]) -> Iterator[str]:
             continue
         if sys.stdin.isatty():  # nothing piped in: someone is about to type
             print("Type sentences, one a line; end with Ctrl-D.", file=sys.stderr)
-        yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        if hasattr(sys.stdin, "reconfigure"):  # read bytes that are not UTF-8, not fail
+            sys.stdin.reconfigure(errors="surrogateescape")
+        # bytes that are not UTF-8 become U+FFFD, as in the sentences typed as arguments
+        yield from (text_arg(line.rstrip("\r\n")) for line in sys.stdin if line.strip())
 
 
 def result_line(text: str, label: str, probabilities: dict[str, float], width: int,

@@ -20,11 +20,9 @@ GPT-2 has its own tokenizer, so against it compare bits per character, not perpl
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +31,8 @@ from data_utils import load_tinyshakespeare, split_shakespeare
 from hf_gpt2 import load_base
 from model import GPTModel
 from support.cli import run
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg
+from support.measure import write_json
 from training import pick_device
 
 
@@ -75,19 +74,23 @@ def unigram_nll(train_ids: list[int], test_ids: list[int], vocab_size: int) -> f
 
 
 def scores(nll: float, tokens: int, chars: int) -> dict:
-    return {"perplexity": math.exp(nll / tokens), "nats_per_char": nll / chars,
+    # exp in torch: inf past e^709, where math.exp raises OverflowError
+    perplexity = torch.tensor(nll / tokens, dtype=torch.float64).exp().item()
+    return {"perplexity": perplexity, "nats_per_char": nll / chars,
             "bits_per_char": nll / chars / math.log(2), "tokens": tokens, "chars": chars}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="model_weights.pth", help="model from main.py, or "
+    p.add_argument("--checkpoint", type=path_arg, default="model_weights.pth",
+                   help="model from main.py, or "
                    "GPT-2 in Hugging Face format: a name (gpt2, gpt2-medium) or a folder")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", type=path_arg, default=None,
                    help="read datasets from this folder; unset: $LLM_DATA_DIR, else download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--split", default="test", choices=["val", "test"], help="text to score")
-    p.add_argument("--out", default="runs/evaluate/metrics.json", help="where the figures go")
+    p.add_argument("--out", type=path_arg, default="runs/evaluate/metrics.json",
+                   help="where the figures go")
     return p.parse_args(argv)
 
 
@@ -123,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['bits_per_char']:>12.4f}")
     record = {"checkpoint": str(args.checkpoint), "split": args.split,
               "eval_seconds": round(elapsed, 2), "training": meta, **results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
-    print(f"Wrote {args.out}")
+    not_numbers = write_json(args.out, record)  # valid JSON: NaN and inf become null
+    print(f"Wrote {args.out}" + (f"; null stands for what is not a finite number: "
+                                 f"{', '.join(not_numbers)} (weights that are not all numbers "
+                                 "give a NaN loss)" if not_numbers else ""))
     return 0
 
 

@@ -23,14 +23,14 @@ How each of our tensors and tokenizer tables maps onto GPT-2's is hf_gpt2.py's c
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from checkpoint import load_checkpoint, read_checkpoint
 from classifier import load_classifier
 from hf_gpt2 import to_hf
 from instructions import load_instruction_model
 from support.cli import run
-from support.flags import FlagParser
+from support.export_folder import check_export_folder, publish, staged
+from support.flags import FlagParser, path_arg
 from support.hf_checks import check_exportable
 
 # Checkpoint kind -> the loader that rebuilds it as a model (adapters on their base).
@@ -44,27 +44,28 @@ LOADERS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="model_weights.pth",
+    p.add_argument("--checkpoint", type=path_arg, default="model_weights.pth",
                    help="a checkpoint of main.py, finetune_classifier.py, "
                    "finetune_lora_classifier.py or finetune_qlora_instructions.py")
-    p.add_argument("--out", required=True, help="folder to write (created if missing)")
-    p.add_argument("--base", default=None,
+    p.add_argument("--out", type=path_arg, required=True,
+                   help="folder to write: a new or empty one, or one an earlier export wrote "
+                   "(other folders are refused: no file of yours is replaced)")
+    p.add_argument("--base", type=path_arg, default=None,
                    help="base model of a LoRA / QLoRA checkpoint (default: the path it stores)")
-    args = p.parse_args(argv)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        p.error(f"--out {args.out} is a file; give a folder name.")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = check_export_folder(args.out)  # never a folder with files of the user's in it
     kind = read_checkpoint(args.checkpoint).get("kind")
     check_exportable(kind, list(LOADERS), args.checkpoint)
     model, tokenizer, metadata = LOADERS[kind](args.checkpoint, args.base)
     metadata = {"kind": kind, "exported_from": str(args.checkpoint), **metadata}
-    out = to_hf(model, tokenizer, args.out, metadata)
+    with staged(out) as staging:  # written beside --out, then moved into it
+        written = publish(to_hf(model, tokenizer, staging, metadata, name=out), out)
     print(f"Wrote {out}/ ({kind} checkpoint {args.checkpoint}):")
-    for path in sorted(out.iterdir()):
+    for path in written:
         print(f"  {path.name:24s} {path.stat().st_size:>12,} bytes")
     return 0
 

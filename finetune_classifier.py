@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         train_size=len(sst2.splits["train"]), steps=row["steps"])
         sst2.rows.append(checkpoint_row(row, args.out))
 
-    if row is not None and row["interrupted"]:  # one Ctrl-C stops the script, not one run
-        print("note: the random-init run is skipped.")
-    elif not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
+    if not args.skip_random_init:  # the same recipe from random weights: what pretraining buys
         torch.manual_seed(args.seed)
         scratch = GPTClassifier(GPTModel(base.config))
         row = finetune(scratch, "full finetune (random init)", sst2,

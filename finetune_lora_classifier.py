@@ -34,7 +34,7 @@ from finetuning import (
 from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from support.cli import run
-from support.flags import FlagParser, fraction, positive_int
+from support.flags import FlagParser, fraction, path_arg, positive_float, positive_int
 from support.measure import checkpoint_row, compared_rows
 from training import launch
 
@@ -49,12 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         ours=SizeDefaults(lr=2e-3, batch_size=32),
                         gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=128))
     p.add_argument("--rank", type=positive_int, default=DEFAULT_RANK, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=positive_float, default=DEFAULT_ALPHA,
                    help="LoRA alpha: the update is scaled by alpha / r")
     p.add_argument("--dropout", type=fraction, default=0.0, help="dropout on the adapter input")
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_LORA_TARGETS),
                    choices=DEFAULT_TARGETS, help="linear layers to adapt")
-    p.add_argument("--compare", default="runs/classifier/metrics.json",
+    p.add_argument("--compare", type=path_arg, default="runs/classifier/metrics.json",
                    help="add the model rows of this finetune_classifier.py result if it exists")
     return parse_finetune_args(p, argv)
 

@@ -41,6 +41,7 @@ from finetuning import (
     load_instruction_splits,
     memory_at_full_batch,
     parse_finetune_args,
+    stop_if_interrupted,
     train_config,
 )
 from hf_gpt2 import load_base
@@ -56,7 +57,14 @@ from instructions import (
 from lora import DEFAULT_TARGETS, count_parameters
 from quantization import BACKENDS, dequantized_weight, quantized_nbytes
 from support.cli import run
-from support.flags import FlagParser, fraction, nonnegative_int, positive_int
+from support.flags import (
+    FlagParser,
+    fraction,
+    nonnegative_int,
+    path_arg,
+    positive_float,
+    positive_int,
+)
 from support.measure import (
     INSTRUCTION_COLUMNS,
     PeakMemory,
@@ -77,14 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     max_steps=300, train_size=2000,
                     train_size_help="training instructions, seeded subsample of the data "
                     "file's 95 %% train split")
-    p.add_argument("--data-file", default=None,
+    p.add_argument("--data-file", type=path_arg, default=None,
                    help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
                    f"data folder): a path, or the name of a file in the data folder, e.g. "
                    f"{INSTRUCTIONS_1100}")
     p.add_argument("--backend", choices=BACKENDS, default="scratch",
                    help="NF4 implementation: ours (quantization.py) or bitsandbytes")
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=16.0,
+    p.add_argument("--alpha", type=positive_float, default=16.0,
                    help="LoRA alpha: the update is scaled by alpha / r")
     p.add_argument("--dropout", type=fraction, default=0.05, help="dropout on the adapter input")
     p.add_argument("--samples", type=nonnegative_int, default=5,
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                               run.device, loss_fn=lm_loss, log_path=log_path,
                               is_main=run.is_main, desc="qlora")
     cleanup_distributed()
+    stop_if_interrupted(summary, args, "QLoRA", log_path)  # 130 / 143; --out left as it was
     if run.is_main:
         report(args, model, tokenizer, test_loader, summary, peak, lora, facts, started)
     return 0
@@ -194,8 +203,6 @@ def report(args: argparse.Namespace, model: nn.Module, tokenizer, test_loader, s
            peak: PeakMemory, lora: dict, facts: dict, started: float) -> None:
     """Score and save the tuned model; write metrics.jsonl's last record, samples.jsonl and
     metrics.json; print the table and two answers before and after."""
-    if summary["interrupted"]:
-        print(f"note: QLoRA was stopped early, at step {summary['steps']}.")
     run_dir = Path("runs") / args.run_name
     tuned_loss = response_loss(model, test_loader)
     shown, before = facts["shown"], facts["base_answers"]

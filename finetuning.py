@@ -15,6 +15,8 @@ here, once, above the chapters it ties together:
 - ``sst2_experiment``   both SST-2 scripts' set-up: sentences -> batches of (ids, lengths,
   labels), the baseline rows; ``SST2Experiment.score`` makes a trained model's row of the
   results table and ``finish`` prints the table and writes runs/<name>/metrics.json.
+- ``stop_if_interrupted``   Ctrl-C / SIGTERM end a script with 130 / 143, as main.py's do,
+  and leave --out as it was: a finetune cannot resume, so a half-trained model is not saved.
 
 ``memory_at_full_batch`` counts a run's training memory by kind (weights, gradients,
 optimizer state, activations) at its largest batch, before it trains.
@@ -48,11 +50,15 @@ from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, l
 from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
+from support.errors import TrainingStopped
 from support.flags import (
     nonnegative_float,
     nonnegative_int,
+    path_arg,
     positive_float,
     positive_int,
+    run_name_arg,
+    seed_arg,
     train_size_arg,
     whole,
 )
@@ -91,10 +97,11 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
     """The flags every finetuning script takes; each script picks its own defaults and says
     what its --train-size counts (``train_size_help``). --lr, --batch-size and --max-length
     default to ``ours`` or, on a GPT-2 base, ``gpt2`` (``parse_finetune_args`` picks)."""
-    p.add_argument("--base", default="model_weights.pth",
+    p.add_argument("--base", type=path_arg, default="model_weights.pth",
                    help="pretrained model: a checkpoint of main.py, or GPT-2 in Hugging Face "
                    "format (a name such as gpt2 or gpt2-medium, or a folder)")
-    p.add_argument("--out", default=out, help="where to save the finetuned checkpoint")
+    p.add_argument("--out", type=path_arg, default=out,
+                   help="where to save the finetuned checkpoint")
     p.add_argument("--max-steps", type=positive_int, default=max_steps, help="optimizer steps")
     p.add_argument("--train-size", type=train_size_arg, default=train_size,
                    help=f"{train_size_help}; 0 or 'all': every one")
@@ -111,15 +118,17 @@ def add_common_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                    help="AdamW's, on matrices only")
     p.add_argument("--eval-interval", type=positive_int, default=100,
                    help="log the val loss every N steps")
-    p.add_argument("--seed", type=int, default=1337,
+    p.add_argument("--seed", type=seed_arg, default=1337,
                    help="drives the subsample, batch order and new weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision; auto: bfloat16 on a CUDA GPU that has it, "
                    "else float32")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="read datasets from this folder; unset: "
                    "$LLM_DATA_DIR, else download into data/")
-    p.add_argument("--run-name", default=run_name, help="metrics go to runs/<run-name>/")
+    p.add_argument("--run-name", type=run_name_arg, default=run_name,
+                   help="metrics go to runs/<run-name>/")
     p.set_defaults(size_defaults={"ours": ours, "gpt2": gpt2})
     return p
 
@@ -175,6 +184,20 @@ def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, le
         if labelled else (ids, ids)
     optimizer = configure_optimizer(model, train_config(args), device)
     return memory_record(model, optimizer, loss_fn, batch)
+
+
+def stop_if_interrupted(summary: dict, args: argparse.Namespace, name: str,
+                        log_path: Path) -> None:
+    """After Ctrl-C or SIGTERM, end the script as main.py does: exit 130 / 143 and say what was
+    kept. A finetune cannot resume, so its half-trained model is not saved: --out keeps the
+    last run that finished (an early model over it would pass for a trained one)."""
+    if summary["interrupted"]:
+        out = Path(args.out)
+        kept = f"{out} still holds the last finished run" if out.exists() else \
+            f"{out} was not written"
+        raise TrainingStopped(f"{name} stopped early at step {summary['steps']} of "
+                              f"{args.max_steps}; the half-trained model was not saved ({kept})"
+                              f". Its training curve is in {log_path}.", summary["stop_signal"])
 
 
 # ---------------------------------------------------------------------------- data
@@ -254,7 +277,8 @@ class SST2Experiment:
         total ``parameters``, wall time, the ``memory`` by kind and the ``peak`` measured in
         training (``PeakMemory``: its ``source`` says what it measured), the loss summary. Its
         log gets a final record with the accuracies. Only the main process scores: the
-        others return None."""
+        others return None. A run stopped by Ctrl-C / SIGTERM ends the script here."""
+        stop_if_interrupted(summary, self.args, name, log_path)
         if not self.run.is_main:
             return None
         row = {"model": name, "dev_acc": evaluate_accuracy(model, self.loaders["test"]),
@@ -264,8 +288,6 @@ class SST2Experiment:
                "peak_mem_mb": round(peak.mb, 1), "peak_mem_source": peak.source,
                **{key: summary[key] for key in ("steps", "train_loss", "val_loss", "dtype")},
                "processes": self.run.world_size, "interrupted": summary["interrupted"]}
-        if summary["interrupted"]:
-            print(f"note: {name} was stopped early, at step {summary['steps']}.")
         append_record(log_path, {"step": summary["steps"], "val_acc": row["val_acc"],
                                  "dev_acc": row["dev_acc"]})
         return row

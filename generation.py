@@ -29,7 +29,7 @@ import torch
 
 from model import GPTModel
 from support.clean_text import CleanTextMask, clean_text_mask
-from support.validate import check_prompt, check_sampling
+from support.validate import check_logits, check_prompt, check_sampling
 from tokenizer import ENDOFTEXT, BPETokenizer
 
 MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake
@@ -88,6 +88,7 @@ def generate_ids(model: GPTModel, ids: list[int], max_new_tokens: int, temperatu
         else:
             logits = model(seq[:, start:])
         logits = logits[:, -1, :]
+        check_logits(logits)  # NaN weights give NaN scores: one sentence, not a torch error
         if vocab_size is not None and vocab_size < logits.size(-1):
             logits = logits[:, :vocab_size]  # never sample ids the tokenizer cannot decode
         if clean is not None:  # keep the text clean: ban tokens that would break it

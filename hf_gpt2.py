@@ -380,11 +380,13 @@ The context is {config.context_length} tokens, prompt and answer together: trans
 
 
 def to_hf(model: GPTModel | GPTClassifier, tokenizer: BPETokenizer, out_dir: str | Path,
-          metadata: dict | None = None) -> Path:
+          metadata: dict | None = None, name: str | Path | None = None) -> Path:
     """Write a folder that transformers loads with ``from_pretrained`` and no extra code.
 
     ``model`` is a GPTModel (-> GPT2LMHeadModel) or a GPTClassifier (->
     GPT2ForSequenceClassification), with or without LoRA / QLoRA layers (stored merged).
+    ``name``: the folder the model card tells readers to load (default ``out_dir``; export_hf.py
+    writes into a staging folder and then moves the files there).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +410,8 @@ def to_hf(model: GPTModel | GPTClassifier, tokenizer: BPETokenizer, out_dir: str
                                                          cfg.context_length),
              "tokenizer.json": tokenizer_json(tokenizer, classifier, pad_id),
              "tokenizer_config.json": tokenizer_config(tokenizer, cfg.context_length, classifier),
-             "README.md": model_card(cfg, tokenizer, tensors, metadata or {}, out, classifier)}
+             "README.md": model_card(cfg, tokenizer, tensors, metadata or {}, Path(name or out),
+                                     classifier)}
     for name, content in files.items():
         text = content if isinstance(content, str) else json.dumps(content, indent=1,
                                                                    ensure_ascii=False) + "\n"

@@ -44,12 +44,22 @@ from support.flags import (
     fraction,
     nonnegative_float,
     nonnegative_int,
+    path_arg,
     positive_float,
     positive_int,
+    run_name_arg,
+    seed_arg,
 )
 from support.metrics import forget_steps_after
 from tokenizer import BPETokenizer
-from training import Launch, TrainConfig, cleanup_distributed, launch, train_model
+from training import (
+    Launch,
+    TrainConfig,
+    check_model_fits,
+    cleanup_distributed,
+    launch,
+    train_model,
+)
 
 # Each preset: model shape, tokenizer size and training schedule. A flag overrides any value
 # (--max-steps 500 and so on); nothing else changes them.
@@ -117,22 +127,24 @@ def preset_defaults(name: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=PRESETS, default="cpu", help="model and schedule size")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="where to save the model (default: model_weights.pth, or a resumed "
                         "run's own file)")
-    p.add_argument("--tokenizer", default="tokenizer.json",
+    p.add_argument("--tokenizer", type=path_arg, default="tokenizer.json",
                    help="tokenizer file: reused if it exists with the right vocab size")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder (default: "
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="read datasets from this folder (default: "
                    "$LLM_DATA_DIR, else download into data/)")
-    p.add_argument("--instruction-file", default=None,
+    p.add_argument("--instruction-file", type=path_arg, default=None,
                    help="Dolly-schema JSONL added to the tokenizer corpus (default: Dolly-15k)")
-    p.add_argument("--run-name", default="pretrain", help="metrics go to runs/<run-name>/")
+    p.add_argument("--run-name", type=run_name_arg, default="pretrain",
+                   help="metrics go to runs/<run-name>/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast dtype; auto: bfloat16 on a CUDA GPU that has it, else float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (~30 s)")
     p.add_argument("--resume", action="store_true", help="continue runs/<run-name>/state.pt")
-    p.add_argument("--seed", type=int, default=1337,
+    p.add_argument("--seed", type=seed_arg, default=1337,
                    help="drives the weights, batch order and sample")
     p.add_argument("--nanogpt-split", action="store_true",
                    help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
@@ -179,6 +191,7 @@ def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
     train_cfg = TrainConfig(**{name: s[name] for name in TRAIN_FIELDS},
                             checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
                             compile=args.compile, seed=args.seed)
+    check_model_fits(model_cfg, run.device)  # not an allocator's traceback minutes from now
     meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
             "split": "nanogpt" if args.nanogpt_split else "standard",
             "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}

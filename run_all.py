@@ -34,7 +34,7 @@ from support.datasets import (
     read_instruction_records,
 )
 from support.errors import DataMissingError
-from support.flags import FlagParser
+from support.flags import FlagParser, path_arg
 from support.measure import MEMORY_KINDS
 
 ROOT = Path(__file__).resolve().parent
@@ -58,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="toy settings, a few minutes; runs in --work-dir runs/quick")
-    p.add_argument("--work-dir", default=None,
+    p.add_argument("--work-dir", type=path_arg, default=None,
                    help="folder the steps run in and write to; unset: here (--quick: runs/quick)")
-    p.add_argument("--data-dir", default=None, help="read datasets from this folder; unset: "
-                   "$LLM_DATA_DIR, else download")
-    p.add_argument("--instruction-file", default=None,
+    p.add_argument("--data-dir", type=path_arg, default=None,
+                   help="read datasets from this folder; unset: $LLM_DATA_DIR, else download")
+    p.add_argument("--instruction-file", type=path_arg, default=None,
                    help="Dolly-schema JSONL for main.py's tokenizer corpus and QLoRA's "
                         "training (--data-file); unset: Dolly-15k")
     return p.parse_args(argv)
@@ -210,6 +210,17 @@ def summary_markdown(runs: sc.Runs, seconds: dict[str, float],
 # ---------------------------------------------------------------------------- the run
 
 
+def run_step(argv: list[str], cwd: Path) -> int:
+    """A step's exit status. Ctrl-C reaches the step as well (one process group): wait while it
+    saves and stops (main.py: 130, resumable; a finetune: 130, --out untouched), rather than
+    kill it a quarter of a second later, as subprocess.run would."""
+    with subprocess.Popen(argv, cwd=cwd) as process:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            return process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_inputs(args)
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for script, *flags in commands(args):
         print(f"\n=== python {script} {' '.join(flags)}".rstrip(), flush=True)
         start = time.perf_counter()
-        code = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=work).returncode
+        code = run_step([sys.executable, str(ROOT / script), *flags], work)
         if code != 0:
             print(f"run_all: python {script} failed (exit code {code}); stopping here.")
             return code

@@ -24,10 +24,8 @@ from collections.abc import Iterable
 from checkpoint import load_checkpoint
 from generation import stream_text
 from support.cli import run
-from support.flags import FlagParser, number, whole
+from support.flags import FlagParser, number, path_arg, seed_arg, text_arg, whole
 from training import pick_device
-
-MAX_SEED = 2**31 - 1  # the app's seed range
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
@@ -41,7 +39,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperatu
                    help="draw only from the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=number(above=0, at_most=1), default=1.0,
                    help="draw only from the likeliest tokens that together reach p (1: off)")
-    p.add_argument("--seed", type=whole(0, at_most=MAX_SEED), default=1337,
+    p.add_argument("--seed", type=seed_arg, default=1337,
                    help="the same seed and settings give the same text")
     p.add_argument("--no-stream", action="store_true",
                    help="print the text once it is complete instead of piece by piece")
@@ -66,9 +64,9 @@ def show(pieces: Iterable[str], stream: bool = True) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="model_weights.pth",
+    p.add_argument("--model", type=path_arg, default="model_weights.pth",
                    help="a base-model checkpoint, written by main.py")
-    p.add_argument("--prompt", default="ROMEO:",
+    p.add_argument("--prompt", type=text_arg, default="ROMEO:",
                    help="the text to continue; empty: start as a new document does")
     p.add_argument("--num-samples", type=whole(1), default=1, help="how many texts to print")
     add_sampling_args(p, max_new_tokens=120, temperature=0.8, top_k=50)

@@ -34,6 +34,7 @@ from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts i
     Launch,
     TrainingRun,
     autocast,
+    check_model_fits,
     check_train_config,
     cleanup_distributed,
     gradient_sync,

@@ -11,3 +11,12 @@ class DataMissingError(FileNotFoundError):
 
 class DataFileError(ValueError):
     """A data file exists but is not the expected file (checksum) or holds no usable rows."""
+
+
+class TrainingStopped(Exception):
+    """Ctrl-C or SIGTERM stopped a run that keeps nothing half-done; the sentence says what
+    was kept, and the script exits 128 + ``signal`` (130, 143), as main.py does."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import operator
+import os
 from collections.abc import Callable
 
 
@@ -77,6 +78,38 @@ def train_size_arg(value: str) -> int:
     return size
 
 
+MAX_SEED = 2**31 - 1  # the app's seed range; torch takes at most 2**64 - 1
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file or folder name, and in a whole path
+
+
+def path_arg(text: str) -> str:
+    """An argparse type: a file or folder path the system can hold. A longer one (a name over
+    255 bytes, a path over 4,096) fails at the first stat() with "File name too long"."""
+    encoded = os.fsencode(text)
+    if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise argparse.ArgumentTypeError(
+            f"must be a path the system can hold (at most {NAME_MAX} bytes per file or folder "
+            f"name, {PATH_MAX:,} in all), got one of {len(text):,} characters")
+    return text
+
+
+def text_arg(text: str) -> str:
+    """An argparse type for free text (a prompt, a sentence): bytes that are not UTF-8 reach
+    Python as lone surrogates ("surrogateescape") and would be printed back as the same invalid
+    bytes; each becomes U+FFFD instead, so what the model reads and prints is valid UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def run_name_arg(text: str) -> str:
+    """--run-name: one folder name under runs/, so that nothing is written outside it."""
+    if text in ("", ".", "..") or "/" in text or os.sep in text \
+            or len(os.fsencode(text)) > NAME_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be one folder name inside runs/ (no '/', not '..'), got '{text}'")
+    return text
+
+
+seed_arg = whole(at_least=0, at_most=MAX_SEED)
 positive_int = whole(at_least=1)
 nonnegative_int = whole(at_least=0)
 positive_float = number(above=0)

@@ -362,13 +362,35 @@ def append_record(log_path: str | Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _finite_or_null(value, where: str, replaced: list[str]):
+    """``value`` with every NaN / inf float replaced by None (noting where in ``replaced``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced.append(f"{where} ({value})")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}".lstrip("."), replaced)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v, f"{where}[{i}]", replaced) for i, v in enumerate(value)]
+    return value
+
+
+def write_json(path: str | Path, record: dict) -> list[str]:
+    """``record`` as valid JSON at ``path``: NaN and inf, which JSON has no words for (Python
+    would write the non-standard ``NaN``), become null. Returns where that happened."""
+    replaced: list[str] = []
+    record = _finite_or_null(record, "", replaced)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n",
+                          encoding="utf-8")
+    return replaced
+
+
 def write_metrics(run_dir: str | Path, rows: list[dict], args: argparse.Namespace,
                   **extra) -> Path:
     """runs/<name>/metrics.json: every row, the flags the run used and anything in ``extra``."""
     path = Path(run_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"rows": rows, "args": vars(args), **extra}
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json(path, {"rows": rows, "args": vars(args), **extra})
     return path
 
 

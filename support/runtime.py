@@ -1,11 +1,11 @@
 """Where and how a training run executes, and everything it does around the step.
 
-- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``;
+- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``, ``check_model_fits``;
 - several processes (DDP under torchrun): ``launch``, ``Launch``, ``cleanup_distributed``,
   ``gradient_sync``;
 - the run's bookkeeping (``TrainingRun``): resume from a saved state (model, optimizer, RNG),
   Ctrl-C / SIGTERM as a request to stop and save (``StopRequested``), the metrics log, the
-  progress bar, best-val and interval saves, and the summary;
+  progress bar, best-val and interval saves, a stop at a NaN loss, and the summary;
 - ``check_train_config``: the training settings' one checker.
 
 ``training.train_model`` is the loop these serve; nothing here is part of its idea.
@@ -68,6 +68,26 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     # Not even on an AVX512-BF16 CPU: there bf16 autocast trained main.py slower (0.64 s per
     # step against 0.55 s) and to a worse test loss (1.7143 against 1.6842 nats/char; issue 22).
     return torch.float32
+
+
+def check_model_fits(config: Any, device: torch.device) -> None:
+    """One sentence, before any allocation, for a model whose training cannot fit in
+    ``device``'s memory (``--n-embd 65536`` ended in an allocator traceback). ``config`` is a
+    GPTConfig: 12 d^2 weights per block plus the token and position tables; training holds
+    four float32 copies of each (weights, gradients, AdamW's two moments)."""
+    d = config.n_embd
+    weights = config.n_layer * 12 * d * d + (config.vocab_size + config.context_length) * d
+    try:
+        memory = torch.cuda.get_device_properties(device).total_memory \
+            if device.type == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no way to tell
+        return
+    if 16 * weights > memory:
+        raise ValueError(f"A model of {weights / 1e6:,.0f} M parameters (--n-layer "
+                         f"{config.n_layer}, --n-embd {d}, --vocab-size {config.vocab_size}, "
+                         f"--context-length {config.context_length}) needs about "
+                         f"{16 * weights / 2**30:,.0f} GiB to train, and {device} has "
+                         f"{memory / 2**30:,.0f} GiB; make it smaller.")
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -237,7 +257,8 @@ class TrainingRun:
     and returns its step. Inside ``with run:`` Ctrl-C and SIGTERM set ``stop_requested``.
     ``after_step`` writes a metrics record every ``log_interval`` steps and at evaluations,
     hands the state to ``best_fn`` at each new lowest val loss and to ``save_fn`` every
-    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary.
+    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary. A loss
+    that is not a finite number stops the run (``check_finite``) before anything is saved.
     Only the main process (``is_main``) logs, shows progress and saves.
     """
 
@@ -254,6 +275,7 @@ class TrainingRun:
         self.tokens_per_batch, self.flops_per_token = tokens_per_batch, flops_per_token
         self.step, self.elapsed_before, self.best_val, self.best_step = 0, 0.0, math.inf, 0
         self.elapsed, self.train_loss, self.val_loss = 0.0, float("nan"), None
+        self.resumed_at, self.loss_sum = 0, None  # the step this run began at; its last loss
         self.stop, self.bar = StopRequested(), None
 
     def resume(self, state: dict | None) -> int:
@@ -272,7 +294,7 @@ class TrainingRun:
                                  "without --resume.") from None
             self.step, self.elapsed_before = state["step"], state.get("elapsed", 0.0)
             self.best_val, self.best_step = state.get("best_val", (math.inf, 0))
-        self.elapsed = self.elapsed_before
+        self.elapsed, self.resumed_at = self.elapsed_before, self.step
         return self.step
 
     def __enter__(self) -> TrainingRun:
@@ -308,10 +330,14 @@ class TrainingRun:
         """Log, keep the best model, save a checkpoint and move the bar, as each is due."""
         cfg = self.cfg
         self.step, self.elapsed = step, self.elapsed_before + time.perf_counter() - self.started
+        self.loss_sum = loss_sum
         self.throughput.count(cfg.grad_accum_steps)
         logging = step % cfg.log_interval == 0 or val_loss is not None or step == cfg.max_steps
+        saving = self.save_fn and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 \
+            and step < cfg.max_steps and not self.stop_requested
+        if logging or saving:  # .item() waits for the GPU: only then
+            self.check_finite(val_loss)
         if logging:
-            self.train_loss = loss_sum.item()  # waits for the GPU: only when logging
             record = {"step": step, "train_loss": self.train_loss, "lr": lr,
                       "elapsed": round(self.elapsed, 3), **self.throughput.measure()}
             if val_loss is not None:
@@ -322,9 +348,18 @@ class TrainingRun:
                         self.best_fn(self.state())
             self.log.write(record)
         self.show_progress(step, logging)
-        if self.save_fn and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 \
-                and step < cfg.max_steps and not self.stop_requested:
+        if saving:
             self.save_fn(self.state())
+
+    def check_finite(self, val_loss: float | None = None) -> None:
+        """Stop with one sentence once the loss is not a number: the weights that gave it are
+        not, and no file may receive them (a NaN model otherwise trains on and is saved)."""
+        self.train_loss = self.loss_sum.item()
+        for kind, loss in (("training", self.train_loss), ("val", val_loss)):
+            if loss is not None and not math.isfinite(loss):
+                raise ValueError(f"The {kind} loss became {loss:g} at step {self.step}: the "
+                                 "weights are no longer numbers, so training stopped without "
+                                 "saving them. Lower --lr (or --alpha) and run again.")
 
     def show_progress(self, step: int, new_losses: bool) -> None:
         if self.bar is None:
@@ -342,6 +377,8 @@ class TrainingRun:
     def finish(self) -> dict:
         """Save the last state (also when stopped early) and sum the run up."""
         if self.save_fn:
+            if self.step > self.resumed_at:
+                self.check_finite()
             self.save_fn(self.state())
         return {"steps": self.step, "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "elapsed": self.elapsed, "best_val_loss": self.best_val if self.best_step else None,

@@ -7,7 +7,6 @@ same value can also come from a file or from Python, the field as well.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,22 +24,34 @@ def is_number(value: Any) -> bool:
 
 # ---------------------------------------------------------------------------- generation
 
+MAX_NEW_TOKENS = 100_000  # about an hour on a CPU; the sequence and its cache grow with it
+MAX_TEMPERATURE = 100.0  # far past this, logits / temperature overflow float32 (NaN probabilities)
+
 
 def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any,
                    prompt_tokens: int = 1) -> None:
     """The sampling settings of generation.generate_ids (flags of the same names)."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be a non-negative integer, "
+    if not _is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"--max-new-tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}, "
                          f"got {max_new_tokens!r}.")
-    if not (is_number(temperature) and 0 <= temperature < math.inf):
-        raise ValueError(f"--temperature must be a finite number >= 0 (0 means greedy), "
-                         f"got {temperature!r}.")
+    if not (is_number(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+        raise ValueError(f"--temperature must be a number from 0 to {MAX_TEMPERATURE:g} (0 means "
+                         f"greedy; above 2 the text is mostly noise), got {temperature!r}.")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"--top-k must be an integer >= 1 (or unset), got {top_k!r}.")
     if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"--top-p must be in (0, 1] (or unset), got {top_p!r}.")
     if prompt_tokens < 1:
         raise ValueError("generate_ids needs at least one prompt token.")
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """The model's next-token scores are numbers: NaN or inf weights make them NaN, and there is
+    nothing to sample from (torch.multinomial's "probability tensor contains inf, nan")."""
+    if not torch.isfinite(logits).all():
+        raise ValueError("The model's next-token scores are NaN or infinite, so nothing can be "
+                         "sampled: its weights are not all numbers (a training run that "
+                         "diverged?); use a checkpoint whose training loss stayed finite.")
 
 
 def check_prompt(prompt: Any, max_chars: int, can_start_empty: bool) -> None:
@@ -88,6 +99,10 @@ def check_lora_layer(layer_name: str, in_features: Any, out_features: Any, r: An
                          f"got {layer_name}.")
     if not _is_int(r) or r < 1:
         raise ValueError(f"LoRA rank r (--rank) must be a positive integer, got {r!r}.")
+    if r > min(in_features, out_features):  # B A has rank <= min(in, out): more costs memory
+        raise ValueError(f"LoRA rank r (--rank) must be at most {min(in_features, out_features)}"
+                         f", the smaller side of the {in_features} x {out_features} {layer_name} "
+                         f"it adapts, got {r:,}.")
     if not (is_number(alpha) and alpha > 0):  # 0 would silence the adapters
         raise ValueError(f"LoRA alpha must be positive (--alpha), got {alpha!r}.")
     if not (is_number(dropout) and 0.0 <= dropout < 1.0):

@@ -118,8 +118,8 @@ def test_a_kind_it_cannot_export_gets_one_sentence(base, tok, tmp_path):
     with pytest.raises(CheckpointError, match="holds a 'train-state' model; export_hf.py exports"):
         export(tmp_path / "state.pth", tmp_path / "hf")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit):
-        export_hf.parse_args(["--out", str(tmp_path / "file")])
+    with pytest.raises(ValueError, match="is a file; give a folder name"):
+        export(tmp_path / "state.pth", tmp_path / "file")
 
 
 def test_the_script_says_error_in_one_line(tmp_path):

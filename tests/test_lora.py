@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -57,6 +57,7 @@ def randomize_adapters(model: nn.Module) -> None:
     batch=st.lists(st.integers(1, 3), min_size=0, max_size=2), bias=st.booleans(),
 )
 def test_fresh_adapter_leaves_output_exactly_unchanged(in_features, out_features, r, batch, bias):
+    assume(r <= min(in_features, out_features))  # a higher rank is refused (no more directions)
     torch.manual_seed(0)
     linear = nn.Linear(in_features, out_features, bias=bias)
     x = torch.randn(*batch, in_features)
@@ -196,15 +197,18 @@ def test_adapters_follow_the_base_dtype():
 def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="rank"):
         LoRALayer(nn.Linear(4, 4), r=0)
+    with pytest.raises(ValueError, match=r"rank r \(--rank\) must be at most 4, the smaller "
+                       r"side of the 4 x 6 Linear it adapts, got 100,000,000\."):
+        LoRALayer(nn.Linear(4, 6), r=100_000_000)  # refused before anything is allocated
     with pytest.raises(ValueError, match="dropout"):
-        LoRALayer(nn.Linear(4, 4), dropout=1.0)
+        LoRALayer(nn.Linear(8, 8), dropout=1.0)
     for alpha in (0, -4.0):
         with pytest.raises(ValueError, match="alpha must be positive"):
-            LoRALayer(nn.Linear(4, 4), alpha=alpha)
+            LoRALayer(nn.Linear(8, 8), alpha=alpha)
     with pytest.raises(ValueError, match="in_features"):
         LoRALayer(nn.ReLU())
     with pytest.raises(ValueError, match="twice"):
-        LoRALayer(LoRALayer(nn.Linear(4, 4)))
+        LoRALayer(LoRALayer(nn.Linear(8, 8)))
     with pytest.raises(ValueError, match="no module named"):
         apply_lora(TinyBlock(), targets=("q_proj",))
     with pytest.raises(ValueError, match="apply_lora first"):
