@@ -502,10 +502,11 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
         source = r.get("peak_mem_source", "process peak RSS growth")  # older files: RSS
         if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
-                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
+                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))
+                and isinstance(source, str)):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
-                                 "numbers for trainable, total, train_time_s and peak_mem_mb "
-                                 "(skipped).")
+                                 "numbers for trainable, total, train_time_s and peak_mem_mb, "
+                                 "and words for peak_mem_source (skipped).")
             continue
         rows.append({"model": r["model"], "run": r["run"], "trainable": trainable,
                      "total": total, "trainable_share": trainable / total,

@@ -638,13 +638,15 @@ def test_malformed_metrics_are_skipped_and_named():
         "a": {"quantized_bytes": {"fp32": 100, "nf4": 20}},
         "b": {"quantized_bytes": {"fp32": "100", "nf4": 14, "nf4_dq": 13}},
         "c": summary(good, {"model": "full", "trainable": 9, "total": "9"},
-                     {"model": "odd", "trainable": 9, "total": 9, "train_time_s": "1 min"}),
+                     {"model": "odd", "trainable": 9, "total": 9, "train_time_s": "1 min"},
+                     # what the peak measured is words: a dict would fail Arrow in st.dataframe
+                     {**good, "model": "source", "peak_mem_source": {"x": 1}}),
     })
     assert list(nf4_frame(runs)["run"].unique()) == ["q"]
     assert list(methods_frame(runs)["model"]) == ["LoRA"]
     assert [p.split(":")[0] for p in runs.problems] == [
         "runs/a/metrics.json", "runs/b/metrics.json", "runs/c/metrics.json",
-        "runs/c/metrics.json"]
+        "runs/c/metrics.json", "runs/c/metrics.json"]
     assert all(p.endswith("(skipped).") for p in runs.problems)
 
 
