@@ -105,6 +105,14 @@ def hf_name(name: str) -> tuple[str, bool]:
     return f"h.{layer}.{theirs}.{leaf}", conv1d and leaf == "weight"
 
 
+def file_name(name: str) -> tuple[str, bool]:
+    """Our parameter name -> (its name in a GPT-2 model.safetensors, stored transposed?)."""
+    if name == "lm_head.weight":
+        return "lm_head.weight (tied to wte)", False
+    theirs, transposed = hf_name(name)
+    return f"transformer.{theirs}", transposed
+
+
 def gpt_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A plain GPTModel state dict -> GPT-2's tensors (with zero biases if ours have none)."""
     out = {}
@@ -430,8 +438,7 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
     check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config),
-                              shown=lambda name: "transformer." + hf_name(name)[0]
-                              if name != "lm_head.weight" else "lm_head.weight (tied to wte)")
+                              shown=file_name)
     model = GPTModel(config)
     load_weights(model, state, folder)
     return model.eval(), tokenizer
