@@ -75,6 +75,7 @@ from lora import LoRALayer
 from model import GPTConfig, GPTModel
 from quantization import dequantized_weight, is_quantized
 from support import hf_checks, hub
+from support.files import shown_path
 from tokenizer import ENDOFTEXT, FORMAT_VERSION, GPT2_SPLIT_PATTERN, BPETokenizer, tokenizer_file
 
 PAD = "<|pad|>"  # the classifier export's padding token (an id our tokenizer never produces)
@@ -450,7 +451,10 @@ def is_hf_base(base: str | Path) -> bool:
     Our checkpoints are files (main.py writes ``model_weights.pth``); a missing ``*.pth`` stays
     ours, so it still says to run main.py first."""
     path = Path(base).expanduser()
-    return not (path.is_file() or path.suffix in (".pth", ".pt"))
+    try:
+        return not (path.is_file() or path.suffix in (".pth", ".pt"))
+    except OSError as e:  # a name longer than the filesystem allows, ...
+        raise FileNotFoundError(f"No model at {shown_path(base)}: {e.strerror}.") from None
 
 
 def load_base(base: str | Path, map_location: str | torch.device = "cpu"

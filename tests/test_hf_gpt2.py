@@ -507,3 +507,10 @@ def test_a_weight_of_the_wrong_shape_is_named_with_the_shapes_the_file_stores(gp
     with pytest.raises(CheckpointError, match=re.escape(
             "(transformer.h.1.mlp.c_fc.weight should be (48, 192), the file holds (48, 100))")):
         hf_gpt2.from_hf(folder)
+
+
+@pytest.mark.parametrize("base", ["x" * 5000, "x" * 5000 + ".pth"], ids=["bare", "pth"])
+def test_a_base_name_longer_than_any_file_name_is_one_sentence(base):
+    with pytest.raises((CheckpointError, FileNotFoundError),
+                       match=r"^No (checkpoint|model) at x{20,}… \(5,0\d\d characters\)"):
+        hf_gpt2.load_base(base)
