@@ -49,6 +49,9 @@ def check_weights(state_dict: Mapping[str, Any], path: str | Path, file_bytes: i
     """
     claimed = 0
     for name, tensor in state_dict.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: a weight is named {name!r:.60}, not with text; make "
+                                  "the file again with the script that wrote it.")
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{path}: its weight {name} is not a tensor.")
         if not tensor.dtype.is_floating_point:
