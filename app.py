@@ -354,7 +354,7 @@ def metrics_tab(runs: sc.Runs) -> None:
 
     st.subheader("What each finetuning method costs")
     costs_section(methods)
-    memory_section(memory)
+    memory_section(memory, sc.runs_memory_title(methods))
 
     st.subheader("NF4: memory of the quantized weights")
     if nf4.empty:
@@ -394,7 +394,7 @@ def projection() -> pd.DataFrame:
     return sc.projected_memory()
 
 
-def memory_section(memory: pd.DataFrame) -> None:
+def memory_section(memory: pd.DataFrame, title: str) -> None:
     """The bytes of one training step by kind, per method: this project's runs and GPT-2
     124 M, as stacked bars, with what they teach and where the totals do not show it."""
     st.markdown(f"**Memory of one training step, by kind.** {sc.MEMORY_LESSON} Counted exactly "
@@ -404,7 +404,7 @@ def memory_section(memory: pd.DataFrame) -> None:
         if memory.empty:
             st.info("The finetuning scripts count these bytes into runs/<name>/metrics.json.")
         else:
-            chart(sc.memory_chart(memory, "This project's runs (0.94 M parameters)"))
+            chart(sc.memory_chart(memory, title))
             for note in sc.memory_notes(memory):
                 st.caption(note)
     with right:

@@ -221,7 +221,9 @@ def load_classifier(path: str | Path, base: str | Path | None = None,
     head = ckpt["state_dict"].get("head.weight")  # one row per label: the file backs the head
     check_metadata(path, "labels", labels, isinstance(labels, list | tuple) and len(labels) > 1
                    and all(isinstance(label, str) for label in labels)
-                   and isinstance(head, torch.Tensor) and len(head) == len(labels))
+                   and isinstance(head, torch.Tensor) and head.shape[:1] == (len(labels),),
+                   "its classification head must hold one row per label; make the file again "
+                   "with the script that wrote it")
     if ckpt["kind"] == "classifier":
         config, tokenizer = config_and_tokenizer(ckpt, path, weights_prefix="gpt.")
         model = GPTClassifier(GPTModel(config), tuple(labels))

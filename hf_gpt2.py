@@ -75,6 +75,7 @@ from lora import LoRALayer
 from model import GPTConfig, GPTModel
 from quantization import dequantized_weight, is_quantized
 from support import hf_checks, hub
+from support.files import shown_path
 from tokenizer import ENDOFTEXT, FORMAT_VERSION, GPT2_SPLIT_PATTERN, BPETokenizer, tokenizer_file
 
 PAD = "<|pad|>"  # the classifier export's padding token (an id our tokenizer never produces)
@@ -103,6 +104,14 @@ def hf_name(name: str) -> tuple[str, bool]:
     _, layer, inner = module.split(".", 2)  # "blocks", "3", "attn.qkv"
     theirs, conv1d = BLOCK_NAMES[inner]
     return f"h.{layer}.{theirs}.{leaf}", conv1d and leaf == "weight"
+
+
+def file_name(name: str) -> tuple[str, bool]:
+    """Our parameter name -> (its name in a GPT-2 model.safetensors, stored transposed?)."""
+    if name == "lm_head.weight":
+        return "lm_head.weight (tied to wte)", False
+    theirs, transposed = hf_name(name)
+    return f"transformer.{theirs}", transposed
 
 
 def gpt_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -433,8 +442,7 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
     check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config),
-                              shown=lambda name: "transformer." + hf_name(name)[0]
-                              if name != "lm_head.weight" else "lm_head.weight (tied to wte)")
+                              shown=file_name)
     model = GPTModel(config)
     load_weights(model, state, folder)
     return model.eval(), tokenizer
@@ -446,7 +454,10 @@ def is_hf_base(base: str | Path) -> bool:
     Our checkpoints are files (main.py writes ``model_weights.pth``); a missing ``*.pth`` stays
     ours, so it still says to run main.py first."""
     path = Path(base).expanduser()
-    return not (path.is_file() or path.suffix in (".pth", ".pt"))
+    try:
+        return not (path.is_file() or path.suffix in (".pth", ".pt"))
+    except OSError as e:  # a name longer than the filesystem allows, ...
+        raise FileNotFoundError(f"No model at {shown_path(base)}: {e.strerror}.") from None
 
 
 def load_base(base: str | Path, map_location: str | torch.device = "cpu"

@@ -502,10 +502,11 @@ def methods_frame(runs: Runs) -> pd.DataFrame:
         seconds, mb = r.get("train_time_s"), r.get("peak_mem_mb")
         source = r.get("peak_mem_source", "process peak RSS growth")  # older files: RSS
         if not (is_number(trainable) and is_number(total) and 0 <= trainable <= total
-                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))):
+                and total > 0 and all(v is None or is_number(v) for v in (seconds, mb))
+                and isinstance(source, str)):
             runs.problems.append(f"runs/{r['run']}/metrics.json: row '{r['model']}' needs "
-                                 "numbers for trainable, total, train_time_s and peak_mem_mb "
-                                 "(skipped).")
+                                 "numbers for trainable, total, train_time_s and peak_mem_mb, "
+                                 "and words for peak_mem_source (skipped).")
             continue
         rows.append({"model": r["model"], "run": r["run"], "trainable": trainable,
                      "total": total, "trainable_share": trainable / total,
@@ -665,6 +666,16 @@ def _method(model: str) -> str | None:
     return None
 
 
+def runs_memory_title(methods: pd.DataFrame) -> str:
+    """The runs' memory chart's title, with the sizes of the models they trained
+    (``methods_frame``'s totals): a tiny preset or a GPT-2 base is not the default's 0.94 M."""
+    if methods.empty:
+        return "This project's runs"
+    sizes = dict.fromkeys(human_count(int(n)) for n in (methods["total"].min(),
+                                                         methods["total"].max()))
+    return f"This project's runs ({' to '.join(sizes)} parameters)"
+
+
 def memory_notes(frame: pd.DataFrame) -> list[str]:
     """What ``frame`` (``memory_frame``'s table) shows of the lesson, sentence by sentence:
     gradients + optimizer state (full > LoRA), weights (QLoRA < LoRA), and whether the totals
@@ -698,8 +709,9 @@ def memory_notes(frame: pd.DataFrame) -> list[str]:
         notes.append("The totals do not order as the methods imply ("
                      + ", ".join(f"{m.model} {human_bytes(m.total)}" for m in present)
                      + f"): activations are up to {100 * share:.0f} % of a step's bytes here; "
-                     "they grow with the batch, the context and the vocabulary, and a method "
-                     "saves only those of frozen layers, which need not keep their inputs"
+                     "they grow with the batch, the context and the vocabulary, and LoRA trims "
+                     "them only where a frozen linear layer carries no adapter (it need not "
+                     "keep its input)"
                      + (f"; the runs' batches differ ({', '.join(batches)})"
                         if len(batches) > 1 else "")
                      + ". The GPT-2 124 M projection shows the picture at scale.")

@@ -49,6 +49,9 @@ def check_weights(state_dict: Mapping[str, Any], path: str | Path, file_bytes: i
     """
     claimed = 0
     for name, tensor in state_dict.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: a weight is named {name!r:.60}, not with text; make "
+                                  "the file again with the script that wrote it.")
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{path}: its weight {name} is not a tensor.")
         if not tensor.dtype.is_floating_point:
@@ -103,13 +106,16 @@ def invalid_config(path: str | Path, config: Any) -> Iterator[dict]:
 def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
                               model_vocab: int, tokenizer_vocab: int,
                               shapes: Callable[[], Mapping[str, torch.Size]],
-                              prefix: str = "", shown: Callable[[str], str] = str) -> None:
+                              prefix: str = "",
+                              shown: Callable[[str], tuple[str, bool]] = lambda n: (n, False)
+                              ) -> None:
     """The config describes the saved tensors, before anything of its size is allocated.
 
     ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
     device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. Every
     layer owns tensors in the file, so a config with more layers than the file has tensors is
-    refused before ``shapes()`` would build them. ``shown`` names a tensor as the file does.
+    refused before ``shapes()`` would build them. ``shown`` names a tensor as the file does,
+    and says whether the file stores it transposed (its shapes are then given reversed).
     """
     if tokenizer_vocab > model_vocab:
         raise CheckpointError(f"{path}: its tokenizer has {tokenizer_vocab} tokens but "
@@ -120,10 +126,12 @@ def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n
     for name, shape in shapes().items():
         saved = state_dict.get(prefix + name)
         if not isinstance(saved, torch.Tensor) or saved.shape != shape:
-            found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
+            stored, transposed = shown(prefix + name)
+            as_stored = (lambda s: tuple(s)[::-1]) if transposed else tuple
+            found = as_stored(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
             raise CheckpointError(f"{path}: its config does not match its weights "
-                                  f"({shown(prefix + name)} should be {tuple(shape)}, the file "
-                                  f"holds {found}).")
+                                  f"({stored} should be {as_stored(shape)}, the file holds "
+                                  f"{found}).")
 
 
 class _SkipInit(TorchFunctionMode):

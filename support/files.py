@@ -115,6 +115,12 @@ def check_tensor_bytes(obj: Any, path: str | Path) -> None:
                                   "so it was not loaded.")
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as a sentence shows it: whole, or its start and its length when very long."""
+    text = str(path)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text):,} characters)"
+
+
 def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     """What ``path`` holds, loaded without running any code it may carry.
 
@@ -123,9 +129,13 @@ def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     holds (see the module docstring) is one CheckpointError sentence.
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as e:  # pathlib lets a name longer than the filesystem allows through
+        raise CheckpointError(f"No checkpoint at {shown_path(path)}: {e.strerror}.") from None
+    if is_dir:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass the .pth file.")
-    if not path.is_file():
+    if not is_file:
         raise FileNotFoundError(f"No checkpoint at {path}: {missing_hint}.")
     _check_zip_members(path)
     try:

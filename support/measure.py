@@ -413,6 +413,7 @@ def compared_rows(path: str | Path, base_fingerprint: str) -> list[dict]:
         rows = [{**row, "model": f"{row['model']} [{path.parent.name}]"}
                 for row in result["rows"] if row.get("total")]
         fingerprint = result.get("base_fingerprint")
+        format_table(rows, CLASSIFIER_COLUMNS)  # a hand-edited value would end the run here
     except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
         print(f"note: {path} is not a finetune_classifier.py result; not compared.")
         return []

@@ -530,7 +530,8 @@ def test_metrics_tab_charts_every_run(project, monkeypatch):
                   "runs/qlora-instruct", "Perplexity per token",
                   "Nats per character (bits: / ln 2)", "Dev accuracy",
                   "Trainable parameters (log scale)", "Training wall time (s)",
-                  "This project's runs (0.94 M parameters)",
+                  # the tiny preset's sizes (classifier, LoRA classifier, QLoRA), not 0.94 M
+                  "This project's runs (38.9 K to 47.0 K parameters)",
                   "GPT-2 124 M, batch 8 x 128 (meta device, nothing allocated)",
                   "Quantized weights (KB)"]:
         assert title in titles
@@ -538,11 +539,10 @@ def test_metrics_tab_charts_every_run(project, monkeypatch):
     assert 80 < saving < 90  # 4-bit codes + 8-bit scales per 64 weights vs 32 bits
     # The memory by kind: stacked bars per method, the lesson, and what the numbers show.
     charts = {json.loads(c.proto.spec).get("title"): c for c in tab.get("vega_lite_chart")}
-    ours = chart_data(charts["This project's runs (0.94 M parameters)"])
-    assert {row["kind"] for row in ours} == {"weights", "gradients", "optimizer state",
-                                             "activations (saved for backward)"}
-    assert json.loads(charts["This project's runs (0.94 M parameters)"].proto.spec)[
-        "encoding"]["x"]["stack"] == "zero"
+    runs_chart = charts["This project's runs (38.9 K to 47.0 K parameters)"]
+    assert {row["kind"] for row in chart_data(runs_chart)} == {
+        "weights", "gradients", "optimizer state", "activations (saved for backward)"}
+    assert json.loads(runs_chart.proto.spec)["encoding"]["x"]["stack"] == "zero"
     captions = [c.value for c in tab.caption]
     assert any(c.startswith("Weights: QLoRA r=8") and " < LoRA r=" in c for c in captions)
     assert any(c.startswith("The totals order as the methods imply: full finetune (AdamW)")
@@ -602,6 +602,19 @@ def test_the_projection_trains_each_method_as_its_script_does():
     assert (qlora["r"], qlora["alpha"]) == (defaults.rank, defaults.alpha)
 
 
+def test_the_runs_memory_chart_names_the_sizes_the_runs_trained():
+    from showcase import Runs, methods_frame, runs_memory_title
+
+    def title(*totals: int) -> str:
+        rows = [{"model": f"m{n}", "trainable": 1, "total": n} for n in totals]
+        return runs_memory_title(methods_frame(Runs(summaries={"c": summary(*rows)})))
+
+    assert title(941_058) == "This project's runs (941.1 K parameters)"
+    assert title(47_040, 38_850, 39_618) == "This project's runs (38.9 K to 47.0 K parameters)"
+    assert title(124_439_808) == "This project's runs (124.44 M parameters)"  # a GPT-2 base
+    assert title() == "This project's runs"
+
+
 def test_malformed_memory_is_skipped_and_named():
     from showcase import Runs, memory_frame
 
@@ -625,13 +638,15 @@ def test_malformed_metrics_are_skipped_and_named():
         "a": {"quantized_bytes": {"fp32": 100, "nf4": 20}},
         "b": {"quantized_bytes": {"fp32": "100", "nf4": 14, "nf4_dq": 13}},
         "c": summary(good, {"model": "full", "trainable": 9, "total": "9"},
-                     {"model": "odd", "trainable": 9, "total": 9, "train_time_s": "1 min"}),
+                     {"model": "odd", "trainable": 9, "total": 9, "train_time_s": "1 min"},
+                     # what the peak measured is words: a dict would fail Arrow in st.dataframe
+                     {**good, "model": "source", "peak_mem_source": {"x": 1}}),
     })
     assert list(nf4_frame(runs)["run"].unique()) == ["q"]
     assert list(methods_frame(runs)["model"]) == ["LoRA"]
     assert [p.split(":")[0] for p in runs.problems] == [
         "runs/a/metrics.json", "runs/b/metrics.json", "runs/c/metrics.json",
-        "runs/c/metrics.json"]
+        "runs/c/metrics.json", "runs/c/metrics.json"]
     assert all(p.endswith("(skipped).") for p in runs.problems)
 
 

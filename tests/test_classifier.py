@@ -320,3 +320,22 @@ def test_bad_metadata_is_one_checkpoint_error_naming_the_entry(tmp_path, tokeniz
     edit_metadata(path, edit)
     with pytest.raises(CheckpointError, match=rf"metadata entry '{entry}' is .*\.$"):
         load_classifier(path)
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+@pytest.mark.parametrize("head", [torch.tensor(1.0), None, torch.zeros(3, CFG.n_embd)])
+def test_a_head_without_one_row_per_label_is_one_sentence(tmp_path, tokenizer, lora_setup,
+                                                          kind, head):
+    """A hand-edited head (a single number, none at all, a row too many) is named, never a
+    traceback (len() of a 0-d tensor) and never a model with the wrong number of labels."""
+    _, path, _ = lora_setup
+    if kind == "full":
+        path = tmp_path / "classifier.pth"
+        save_classifier(path, make_classifier(), tokenizer)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"].pop("head.weight")
+    if head is not None:
+        ckpt["state_dict"]["head.weight"] = head
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=rf"^{path}: .*'labels'.*head"):
+        load_classifier(path)

@@ -5,12 +5,15 @@ Everything runs offline on tiny models: transformers' own GPT-2 implementation a
 """
 
 import json
+import re
+import shutil
 
 import pytest
 import tokenizers
 import torch
 import transformers
 from conftest import SHARED_DATA
+from safetensors.torch import load_file, save_file
 
 import evaluate
 import finetune_classifier
@@ -33,6 +36,7 @@ from instructions import answer, load_instruction_model, make_qlora
 from lora import apply_lora
 from model import GPTConfig, GPTModel
 from support import hub
+from support.errors import CheckpointError
 from tokenizer import BPETokenizer
 
 TOL = 1e-5
@@ -489,3 +493,24 @@ def test_the_app_offers_and_loads_a_gpt2_folder_as_its_base(gpt2_folder, tmp_pat
     assert showcase.file_stamp(link) == showcase.file_stamp(link / "model.safetensors")
     model, tok, meta = showcase.load_model("base", link, link, "cpu")
     assert model.config.context_length == 64 and meta["hf_base"] == str(link)
+
+
+def test_a_weight_of_the_wrong_shape_is_named_with_the_shapes_the_file_stores(gpt2_folder,
+                                                                              tmp_path):
+    # GPT-2 stores c_fc.weight as a Conv1D's [in, out] = (48, 192); ours is its transpose. The
+    # sentence must give the shapes as the file has them, or the user edits the wrong axis.
+    folder = tmp_path / "gpt2"
+    shutil.copytree(gpt2_folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(48, 100)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=re.escape(
+            "(transformer.h.1.mlp.c_fc.weight should be (48, 192), the file holds (48, 100))")):
+        hf_gpt2.from_hf(folder)
+
+
+@pytest.mark.parametrize("base", ["x" * 5000, "x" * 5000 + ".pth"], ids=["bare", "pth"])
+def test_a_base_name_longer_than_any_file_name_is_one_sentence(base):
+    with pytest.raises((CheckpointError, FileNotFoundError),
+                       match=r"^No (checkpoint|model) at x{20,}… \(5,0\d\d characters\)"):
+        hf_gpt2.load_base(base)

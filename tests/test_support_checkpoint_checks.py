@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from support.checkpoint_checks import adapter_metadata, check_config_fits_weights, meta_shapes
+from support.checkpoint_checks import (
+    adapter_metadata,
+    check_config_fits_weights,
+    check_weights,
+    meta_shapes,
+)
 from support.errors import CheckpointError
 
 
@@ -44,3 +49,11 @@ def test_meta_shapes_are_the_real_shapes_without_any_storage():
     assert meta_shapes(build) == real
     huge = meta_shapes(lambda: torch.nn.Linear(2**20, 2**20))  # 4 TiB if it were allocated
     assert huge["weight"] == (2**20, 2**20)
+
+
+@pytest.mark.parametrize("name", [5, None, ("blocks", 0)], ids=["int", "none", "tuple"])
+def test_a_weight_whose_name_is_not_text_is_one_sentence(name):
+    # weights_only loading keeps any key: the loaders' name.rsplit / startswith would fail
+    state = {"tok_emb.weight": torch.zeros(4, 2), name: torch.zeros(3)}
+    with pytest.raises(CheckpointError, match=r"^x.pth: a weight is named .+, not with text; "):
+        check_weights(state, "x.pth", 10_000)

@@ -1,5 +1,6 @@
 """support/measure.py: memory accounting, peak memory, the baselines, the one table formatter."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from support.measure import (
     CLASSIFIER_COLUMNS,
     INSTRUCTION_COLUMNS,
     PeakMemory,
+    compared_rows,
     cuda_activation_bytes,
     format_table,
     majority_row,
@@ -174,3 +176,26 @@ def test_cuda_measurement_agrees_with_the_count():
     measured = cuda_activation_bytes(model, lm_loss, batch("cuda", rows=64))
     # The measured peak adds the short-lived temporaries and the allocator's 512-byte rounding.
     assert counted <= measured <= 1.5 * counted
+
+
+GOOD_ROW = {"model": "full finetune", "dev_acc": 0.7, "val_acc": 0.69, "trainable": 9,
+            "total": 9, "train_time_s": 3.0, "peak_mem_mb": 11.0,
+            "peak_mem_source": "process peak RSS growth", "memory": {"total": 3 * 2**20}}
+
+
+@pytest.mark.parametrize("edit", [{"peak_mem_source": 5}, {"memory": {"total": "big"}},
+                                  {"dev_acc": "high"}, {"train_time_s": [3]}])
+def test_an_earlier_result_on_the_same_base_compares_only_rows_the_table_can_print(
+        tmp_path, capsys, edit):
+    """A hand-edited metrics.json on the same base (its fingerprint matches) is a note, not a
+    traceback at the end of finetune_lora_classifier.py's training; an untouched one (an
+    older version's rows have no memory or peak_mem_source) is compared."""
+    path = tmp_path / "classifier" / "metrics.json"
+    path.parent.mkdir()
+    older = {k: v for k, v in GOOD_ROW.items() if k not in ("memory", "peak_mem_source")}
+    for row, compared in (({**GOOD_ROW, **edit}, False), (GOOD_ROW, True), (older, True)):
+        path.write_text(json.dumps({"rows": [row], "base_fingerprint": "same"}))
+        rows = compared_rows(path, "same")
+        assert len(rows) == compared
+        format_table(rows, CLASSIFIER_COLUMNS)
+    assert f"note: {path} is not a finetune_classifier.py result" in capsys.readouterr().out
