@@ -4,11 +4,17 @@ A language model learns to predict the next token. So a training example is a wi
 `context_length` tokens as the input and the same window shifted one token to the right as the
 target: for tokens [t0, t1, t2, t3, t4] and context 4, the input is [t0, t1, t2, t3] and the
 target [t1, t2, t3, t4]. Every position is an example: after t0 comes t1, after t0 t1 comes t2,
-and so on, so one window teaches `context_length` predictions at once. `TokenWindowDataset` cuts
-a token stream into such windows (a new one every `stride` tokens), `create_dataloader` batches
-them with a seeded shuffle and, under DDP, gives every process its own disjoint shard
-(`ShardedSampler`, in support/batching.py beside `pad_batch`, which pads the other kind of data,
-sequences of different lengths, for classification and instruction finetuning).
+and so on, so one window teaches `context_length` predictions at once.
+
+Pretraining draws its windows at random places of one long token array (`get_batch`, as nanoGPT
+does): the array is a file of token ids, memory-mapped, so a gigabyte of text costs no memory,
+and `RandomBatches` seeds batch n by (seed, rank, n) alone, so a resumed run draws the very
+same batches and every DDP process its own. The token files are made once per corpus by
+support/token_files.py (any text files, a Hugging Face dataset, or TinyShakespeare).
+`TokenWindowDataset` cuts a token array into windows in order (a new one every `stride`
+tokens), for measuring the loss on held-out text; `create_dataloader` batches them (shuffled
+and sharded by `ShardedSampler`, in support/batching.py beside `pad_batch`, which pads the
+other kind of data, sequences of different lengths, for classification and instructions).
 
 Splits are fixed and documented, so results compare across runs and with other projects:
 
@@ -19,6 +25,8 @@ Splits are fixed and documented, so results compare across runs and with other p
 - SST-2: the GLUE dev set (872 sentences) is our test set, never used for training or model
   selection; val is a seeded carve-out of GLUE train, train is the rest.
 - Instructions: a seeded 95 / 5 train / test split.
+- Your own text (main.py --text): one file splits by characters as TinyShakespeare does;
+  several documents split by document, seeded (support/token_files.py says how).
 
 The tokenizer is trained on train splits only (`tokenizer_training_corpus`), so no val or test
 text shapes the vocabulary. Where the files come from (folders, downloads, checksums, parsers)
@@ -31,6 +39,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -49,18 +58,51 @@ from support.datasets import (  # noqa: F401 - the file names and resolve_data_d
     read_sst2,
     read_tinyshakespeare,
     resolve_data_dir,
+    tinyshakespeare_file,
 )
 from support.errors import DataFileError, DataMissingError  # noqa: F401 - re-exported
+from support.token_files import Corpus
 
 # ----------------------------------------------------------------------------------------------
 # Next-token batches
 
 
+def get_batch(tokens: np.ndarray, context_length: int, batch_size: int,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` windows at random offsets of `tokens`: inputs and targets, each [B, T]."""
+    # the last start leaves room for context_length inputs plus the final target
+    starts = rng.integers(0, len(tokens) - context_length, size=batch_size)
+    windows = np.stack([tokens[s : s + context_length + 1] for s in starts]).astype(np.int64)
+    windows = torch.from_numpy(windows)
+    return windows[:, :-1], windows[:, 1:]
+
+
+class RandomBatches:
+    """Endless training batches from a token array: batch n is `get_batch` with a generator
+    seeded by (seed, rank, n), so it does not depend on the batches before it."""
+
+    def __init__(self, open_tokens, context_length: int, batch_size: int, seed: int,
+                 rank: int = 0) -> None:
+        self.open_tokens = open_tokens  # () -> the token array, e.g. a fresh np.memmap
+        self.context_length, self.batch_size = context_length, batch_size
+        self.seed, self.rank = seed, rank
+
+    def from_batch(self, n: int):
+        while True:
+            # A fresh memmap per batch, as nanoGPT does: pages read through an old mapping
+            # would stay counted in the process's memory.
+            rng = np.random.default_rng([self.seed, self.rank, n])
+            yield get_batch(self.open_tokens(), self.context_length, self.batch_size, rng)
+            n += 1
+
+
 class TokenWindowDataset(Dataset):
-    """Windows of a token stream: item i is (tokens[s : s+T], tokens[s+1 : s+T+1]), s = i*stride."""
+    """Windows of a token array: item i is (tokens[s : s+T], tokens[s+1 : s+T+1]), s = i*stride."""
 
     def __init__(self, token_ids, context_length: int, stride: int) -> None:
-        self.tokens = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        # an array (a memmap, too) is read window by window, never copied whole
+        self.tokens = token_ids if isinstance(token_ids, np.ndarray) else \
+            torch.as_tensor(token_ids, dtype=torch.long).flatten().numpy()
         self.context_length = context_length
         self.stride = stride
         check_windows(len(self.tokens), context_length, stride)
@@ -74,7 +116,8 @@ class TokenWindowDataset(Dataset):
         if not 0 <= i < self.num_windows:  # also what ends a plain `for x, y in dataset`
             raise IndexError(f"window {i} is out of range for {self.num_windows} windows.")
         start = i * self.stride
-        window = self.tokens[start : start + self.context_length + 1]
+        window = self.tokens[start : start + self.context_length + 1].astype(np.int64)
+        window = torch.from_numpy(window)
         return window[:-1], window[1:]
 
 
@@ -109,6 +152,17 @@ def create_dataloader(
     )
 
 
+def val_loader(tokens: np.ndarray, context_length: int, batch_size: int,
+               max_windows: int = 1024) -> DataLoader:
+    """Held-out windows in order, side by side (stride = context) while at most `max_windows`
+    fit, else `max_windows` spread evenly over the whole split: a large val split is sampled
+    across all its documents, not read from its first one."""
+    room = len(tokens) - context_length - 1
+    stride = max(context_length, room // max(1, max_windows - 1) if room >= 0 else 1)
+    return create_dataloader(tokens, context_length, batch_size, stride=stride, shuffle=False,
+                             drop_last=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # The datasets and their fixed splits
 
@@ -141,6 +195,12 @@ def split_shakespeare(text: str, nanogpt: bool = False) -> dict[str, str]:
     train_end, val_end = n * 85 // 100, n * 90 // 100
     return {"train": text[: val_end if nanogpt else train_end], "val": text[train_end:val_end],
             "test": text[val_end:]}
+
+
+def tinyshakespeare_corpus(data_dir: str | Path | None = None, nanogpt: bool = False) -> Corpus:
+    """TinyShakespeare as a corpus for token files: one text, cut as `split_shakespeare` cuts it."""
+    return Corpus(paths=[str(tinyshakespeare_file(data_dir))], name="tinyshakespeare",
+                  nanogpt=nanogpt)
 
 
 def load_sst2(

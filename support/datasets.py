@@ -309,6 +309,13 @@ def read_sst2(name: str, data_dir: str | Path | None, download: bool, verify: bo
 # TinyShakespeare
 
 
+def tinyshakespeare_file(data_dir: str | Path | None, download: bool = True,
+                         verify: bool = True) -> Path:
+    """Where TinyShakespeare is, once found (downloaded if need be) and verified."""
+    read_tinyshakespeare(data_dir, download, verify)
+    return locate(TINYSHAKESPEARE, data_dir, download=False)
+
+
 def read_tinyshakespeare(data_dir: str | Path | None, download: bool, verify: bool) -> str:
     path = locate(TINYSHAKESPEARE, data_dir, download)
     text, data = read_text(path)
