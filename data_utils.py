@@ -7,10 +7,11 @@ target [t1, t2, t3, t4]. Every position is an example: after t0 comes t1, after 
 and so on, so one window teaches `context_length` predictions at once.
 
 Pretraining draws its windows at random places of one long token array (`get_batch`, as nanoGPT
-does): the array is a file of token ids, memory-mapped, so a gigabyte of text costs no memory,
-and `RandomBatches` seeds batch n by (seed, rank, n) alone, so a resumed run draws the very
-same batches and every DDP process its own. The token files are made once per corpus by
-support/token_files.py (any text files, a Hugging Face dataset, or TinyShakespeare).
+does): the array is a file of token ids, memory-mapped, so a gigabyte of text costs no memory.
+`RandomBatches` seeds batch n by (seed, n) alone, so a resumed run draws the very same
+batches, and each DDP process takes its own rows of the same global batch. The token files
+are made once per corpus by support/token_files.py (text files, a Hugging Face dataset, or
+TinyShakespeare).
 `TokenWindowDataset` cuts a token array into windows in order (a new one every `stride`
 tokens), for measuring the loss on held-out text; `create_dataloader` batches them (shuffled
 and sharded by `ShardedSampler`, in support/batching.py beside `pad_batch`, which pads the
@@ -78,21 +79,26 @@ def get_batch(tokens: np.ndarray, context_length: int, batch_size: int,
 
 
 class RandomBatches:
-    """Endless training batches from a token array: batch n is `get_batch` with a generator
-    seeded by (seed, rank, n), so it does not depend on the batches before it."""
+    """Endless training batches from a token array. Batch n is `get_batch` with a generator
+    seeded by (seed, n) alone, so a resumed run draws the same batches. Under DDP the global
+    batch is drawn the same way and process `rank` takes its own `batch_size` rows of it, so
+    2 processes x 8 rows train exactly as 1 process x 16."""
 
     def __init__(self, open_tokens, context_length: int, batch_size: int, seed: int,
-                 rank: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1) -> None:
         self.open_tokens = open_tokens  # () -> the token array, e.g. a fresh np.memmap
         self.context_length, self.batch_size = context_length, batch_size
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def from_batch(self, n: int):
+        rows = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         while True:
             # A fresh memmap per batch, as nanoGPT does: pages read through an old mapping
             # would stay counted in the process's memory.
-            rng = np.random.default_rng([self.seed, self.rank, n])
-            yield get_batch(self.open_tokens(), self.context_length, self.batch_size, rng)
+            rng = np.random.default_rng([self.seed, n])
+            x, y = get_batch(self.open_tokens(), self.context_length,
+                             self.batch_size * self.world_size, rng)
+            yield x[rows], y[rows]
             n += 1
 
 

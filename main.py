@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
     check_fills_window(tokens, ctx, meta["trained_on"])
     train_batches = RandomBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
-                                  seed, rank=run.rank)
+                                  seed, run.rank, run.world_size)
     val_batches = val_loader(open_tokens(folder, "val", tokens), ctx, batch_size)
 
     model = GPTModel(model_cfg).to(run.device)

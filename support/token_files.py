@@ -8,9 +8,9 @@ those arrays, nanoGPT's ``prepare.py`` for any text:
   JSONL/parquet/CSV file goes through the very same ``load_dataset`` call).
 - Splits. One text (a single file, TinyShakespeare) splits by characters as data_utils'
   ``split_shakespeare`` does. Several documents split by document: each gets a seeded hash
-  u in [0, 1); files in u order give the first 10 % to test and the next 5 % to val (at least
-  one each), a stream's documents go to test when u < 0.10 and to val when u < 0.15. So
-  adding a file never moves another one, and no test text is ever trained on.
+  u in [0, 1) of its name; files in u order give the first 10 % to test and the next 5 % to
+  val (at least one each), a stream's rows go to test when u < 0.10 and to val when u < 0.15.
+  The split is recorded (tokens.json, the checkpoint), and no test text is ever trained on.
 - ``train_corpus_tokenizer``: BPE trained on a bounded sample of train text, drawn evenly at
   random (a reservoir of pieces: a gigabyte is neither needed nor fast to train on).
 - ``prepare_token_files``: every document is encoded on all cores (through a
@@ -208,9 +208,11 @@ def split_rule(corpus: Corpus, n_docs: int) -> str:
 
 def hf_rows(corpus: Corpus) -> Iterator[str]:
     """The text of each row of a Hugging Face dataset, streamed (a local file the same way)."""
-    from support.optional_packages import require
-
-    datasets = require("datasets", "--hf-dataset")
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("--hf-dataset needs the `datasets` package: pip install datasets") \
+            from None
     local = Path(corpus.hf_name)
     builder = HF_SUFFIXES.get(local.suffix) if local.is_file() else None
     source = dict(path=builder, data_files=str(local)) if builder else dict(

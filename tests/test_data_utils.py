@@ -4,6 +4,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
@@ -413,6 +414,49 @@ def test_dataloader_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="not enough for one batch"):
         create_dataloader(list(range(17)), 4, batch_size=8)
     assert len(create_dataloader(list(range(17)), 4, batch_size=8, drop_last=False)) == 1
+
+
+def test_get_batch_draws_windows_of_the_array_shifted_by_one():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    x, y = data_utils.get_batch(tokens, 16, 32, np.random.default_rng(0))
+    assert x.shape == y.shape == (32, 16) and x.dtype == y.dtype == torch.long
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(x, x[:, :1] + torch.arange(16))  # contiguous windows of the array
+    assert len(set(x[:, 0].tolist())) > 1  # at random places
+    # every start leaves room for the final target, and the last possible one is drawn
+    starts = data_utils.get_batch(np.arange(18), 16, 200, np.random.default_rng(1))[0][:, 0]
+    assert set(starts.tolist()) == {0, 1}
+
+
+def test_random_batches_depend_on_the_batch_number_alone_and_ddp_ranks_split_one_batch():
+    tokens = np.arange(5_000, dtype=np.uint16)
+    batches = data_utils.RandomBatches(lambda: tokens, 8, 4, seed=3)
+    first = [next(batches.from_batch(0)) for _ in range(2)]
+    stream = batches.from_batch(0)
+    run = [next(stream) for _ in range(5)]
+    assert torch.equal(first[0][0], first[1][0])  # batch 0 is batch 0, whenever it is drawn
+    assert torch.equal(next(batches.from_batch(3))[0], run[3][0])  # a resume at batch 3
+    assert not torch.equal(run[0][0], run[1][0])
+    other_seed = next(data_utils.RandomBatches(lambda: tokens, 8, 4, seed=4).from_batch(0))
+    assert not torch.equal(other_seed[0], run[0][0])
+    # two processes of 2 rows take the rows of one process's batch of 4
+    ranks = [next(data_utils.RandomBatches(lambda: tokens, 8, 2, 3, rank, 2).from_batch(1))[0]
+             for rank in range(2)]
+    assert torch.equal(torch.cat(ranks), run[1][0])
+
+
+@pytest.mark.parametrize("n_tokens", [300, 5_000, 100_000])
+def test_val_loader_reads_side_by_side_windows_or_spreads_them_over_the_split(n_tokens):
+    tokens = np.arange(n_tokens, dtype=np.uint32)
+    starts = [int(x[0]) for batch, _ in data_utils.val_loader(tokens, 16, 8, max_windows=64)
+              for x in batch]
+    assert len(starts) <= 64 and starts[0] == 0 and starts[-1] + 16 < n_tokens
+    gaps = set(np.diff(starts).tolist())
+    assert len(gaps) == 1 and gaps.pop() >= 16  # evenly spaced, never overlapping
+    if n_tokens <= 64 * 16:
+        assert len(starts) == (n_tokens - 17) // 16 + 1  # every window, side by side
+    else:
+        assert starts[-1] > n_tokens * 0.9  # the whole split, not its beginning
 
 
 def test_pad_batch_pads_right_and_returns_lengths():
