@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The corpus as token files on disk: training draws random windows, val reads in order.
     folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
-    check_fills_window(tokens, ctx, meta["trained_on"])
+    check_fills_window(tokens, ctx)
     train_batches = RandomBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
                                   seed, run.rank, run.world_size)
     val_batches = val_loader(open_tokens(folder, "val", tokens), ctx, batch_size)

@@ -588,8 +588,9 @@ def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | N
     return meta
 
 
-def check_fills_window(meta: dict, context_length: int, label: str) -> None:
+def check_fills_window(meta: dict, context_length: int) -> None:
     """Every split needed for training holds at least one window (context + 1 tokens)."""
+    label = Corpus.from_dict(meta["corpus"]).label()
     for split in ("train", "val"):
         tokens = meta["splits"][split]["tokens"]
         if tokens < context_length + 1:

@@ -256,11 +256,12 @@ def test_too_few_documents_small_splits_and_a_vocabulary_too_large_are_one_sente
     with pytest.raises(DataFileError, match="holds 2 readable documents: too few for train, val "
                                             "and test splits by document"):
         tf.survey(tf.Corpus(paths=[str(two)])).readable()
-    meta = {"splits": {"train": {"tokens": 500}, "val": {"tokens": 20}, "test": {"tokens": 9}}}
+    meta = {"splits": {"train": {"tokens": 500}, "val": {"tokens": 20}, "test": {"tokens": 9}},
+            "corpus": {"paths": ["/home/me/notes"]}}
     with pytest.raises(DataFileError, match=r"^The val split of notes holds 20 tokens, fewer "
                                             r"than one window of 33; use more text or a smaller "
                                             r"--context-length\.$"):
-        tf.check_fills_window(meta, 32, "notes")
+        tf.check_fills_window(meta, 32)
     with pytest.raises(DataFileError, match=r"^The 1,000 characters drawn from notes fill only "
                                             r"300 of the 1024 tokens of --vocab-size; give a "
                                             r"--vocab-size of at most 300, or more text\.$"):
