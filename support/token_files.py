@@ -89,6 +89,7 @@ class Corpus:
 
     paths: list[str] = field(default_factory=list)
     include: str = DEFAULT_INCLUDE
+    exclude: str = ""  # names of files or folders to leave out, e.g. "site-packages,test"
     hf_name: str = ""
     hf_config: str | None = None
     hf_split: str = "train"
@@ -120,21 +121,29 @@ class Corpus:
         return f"{stem}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
-def _matching_files(root: Path, include: list[str]) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()
+def _patterns(flag: str) -> list[str]:
+    return [pattern.strip() for pattern in flag.split(",") if pattern.strip()]
+
+
+def _matching_files(root: Path, include: list[str], exclude: list[str]) -> list[Path]:
+    def left_out(path: Path) -> bool:
+        return any(fnmatch.fnmatch(part, pattern) for part in path.relative_to(root).parts
+                   for pattern in exclude)
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and not left_out(p)
                   and any(fnmatch.fnmatch(p.name, pattern) for pattern in include))
 
 
 def list_documents(corpus: Corpus) -> list[Document]:
     """The corpus's text files, each one document; one sentence if there are none."""
-    include = [p.strip() for p in corpus.include.split(",") if p.strip()]
+    include, exclude = _patterns(corpus.include), _patterns(corpus.exclude)
     docs = []
     for given in corpus.paths:
         root = Path(given).expanduser()
         if not root.exists():
             raise DataMissingError(f"--text {given}: no such file or folder.")
         if root.is_dir():
-            files = _matching_files(root, include)
+            files = _matching_files(root, include, exclude)
             if not files:
                 what = ("is an empty folder" if not any(root.iterdir()) else
                         f"holds no file matching --include {corpus.include}")
@@ -304,7 +313,8 @@ def sources_fingerprint(corpus: Corpus, docs: list[Document]) -> dict:
     if corpus.hf_name:
         return {"hf": hf_fingerprint(corpus), "max_docs": corpus.hf_max_docs}
     return {"paths": [str(Path(p).expanduser().resolve()) for p in corpus.paths],
-            "include": corpus.include, "files": [[d.key, d.size, d.mtime_ns] for d in docs]}
+            "include": corpus.include, "exclude": corpus.exclude,
+            "files": [[d.key, d.size, d.mtime_ns] for d in docs]}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -644,6 +654,8 @@ def add_corpus_args(p, training: bool) -> None:
                    help="text files or folders (searched recursively; each file one document)")
     g.add_argument("--include", default=DEFAULT_INCLUDE,
                    help="which files in a --text folder count, e.g. '*.py' (default: %(default)s)")
+    g.add_argument("--exclude", default="",
+                   help="names of files or folders in --text to leave out, e.g. site-packages")
     g.add_argument("--hf-dataset", metavar="NAME", default=None,
                    help="a Hugging Face dataset streamed with `datasets`, or a local "
                         ".jsonl/.parquet/.csv file read the same way")
@@ -670,6 +682,7 @@ def corpus_from_args(args) -> Corpus | None:
     if not (args.text or args.hf_dataset):
         return None
     return Corpus(paths=[str(Path(t).expanduser().resolve()) for t in args.text or []],
-                  include=args.include, hf_name=args.hf_dataset or "", hf_config=args.hf_config,
-                  hf_split=args.hf_split, hf_field=args.hf_field, hf_max_docs=args.hf_max_docs,
+                  include=args.include, exclude=args.exclude, hf_name=args.hf_dataset or "",
+                  hf_config=args.hf_config, hf_split=args.hf_split, hf_field=args.hf_field,
+                  hf_max_docs=args.hf_max_docs,
                   split_seed=args.split_seed, nanogpt=getattr(args, "nanogpt_split", False))

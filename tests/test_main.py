@@ -84,6 +84,11 @@ def test_evaluate_and_sample_take_the_base_unchanged(trained):
     sample = script("sample.py", workdir, "--prompt", "def ", "--max-new-tokens", "10",
                     "--no-stream").stdout
     assert sample.startswith("def ")
+    import showcase  # the app's overview says what the base read
+
+    model, tokenizer, meta = load_checkpoint(workdir / "model_weights.pth")
+    facts = showcase.model_facts(model, tokenizer, meta, workdir / "model_weights.pth")
+    assert facts["trained_on"] == meta["trained_on"]
 
 
 def final_weights(workdir, run: str = "pretrain") -> dict:

@@ -228,6 +228,12 @@ def test_an_empty_folder_or_no_matching_file_is_one_sentence(tmp_path):
     (tmp_path / "code" / "a.py").write_text("x = 1\n")
     with pytest.raises(DataMissingError, match=r"holds no file matching --include \*\.txt,\*\.md"):
         tf.survey(tf.Corpus(paths=[str(tmp_path / "code")]))
+    (tmp_path / "code" / "notes.md").write_text("# notes\n")
+    (tmp_path / "code" / "site-packages").mkdir()
+    (tmp_path / "code" / "site-packages" / "b.py").write_text("y = 2\n")
+    found = tf.survey(tf.Corpus(paths=[str(tmp_path / "code")], include="*.py,*.md",
+                                exclude="site-packages"))
+    assert [d.key for d in found.docs] == ["a.py", "notes.md"]
     with pytest.raises(DataMissingError, match="--text .*nowhere: no such file or folder"):
         tf.survey(tf.Corpus(paths=[str(tmp_path / "nowhere")]))
 
