@@ -33,7 +33,7 @@ from checkpoint import (
     save_checkpoint,
 )
 from data_utils import (
-    RandomBatches,
+    WindowBatches,
     tinyshakespeare_corpus,
     tokenizer_training_corpus,
     val_loader,
@@ -392,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     # The corpus as token files on disk: training draws random windows, val reads in order.
     folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
     check_fills_window(tokens, ctx)
-    train_batches = RandomBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
-                                  seed, run.rank, run.world_size)
+    train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
+                                  seed, ctx // 2, run.rank, run.world_size)
     val_batches = val_loader(open_tokens(folder, "val", tokens), ctx, batch_size)
 
     model = GPTModel(model_cfg).to(run.device)

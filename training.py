@@ -184,7 +184,7 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
 
 def batches_from(loader, start_batch: int = 0) -> Iterator:
     """Endless batches from number ``start_batch`` on, the same ones a resumed run gets."""
-    if hasattr(loader, "from_batch"):  # data_utils.RandomBatches: batch n depends on n alone
+    if hasattr(loader, "from_batch"):  # data_utils.WindowBatches: batch n depends on n alone
         return loader.from_batch(start_batch)
     return _epochs(loader, start_batch)
 

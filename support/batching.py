@@ -10,6 +10,8 @@ eats. Nothing here is specific to a task: the collate functions say what a batch
                             ignored by the loss.
 - ``ShardedSampler``        a seeded shuffle per epoch, one disjoint share per DDP process.
 - ``LengthGroupedBatches``  random batches of similar-length examples: little padding.
+- ``permuted``              a seeded shuffle of range(n), computed entry by entry (pretraining
+                            windows: support for data_utils.WindowBatches).
 - ``example_loader``        the DataLoader for training (shuffled, sharded, full batches) or
                             evaluation (in order, every example).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -163,3 +166,30 @@ def example_loader(examples: Sequence[Example], batch_size: int, collate: Callab
                              world_size=world_size)
     return DataLoader(examples, batch_size=batch_size, sampler=sampler, drop_last=True,
                       collate_fn=collate)
+
+
+def permuted(positions, n: int, seed) -> np.ndarray:
+    """Entries ``positions`` of a seeded random permutation of range(n), without building it.
+
+    A shuffled order of a billion windows would itself take gigabytes; a Feistel network is a
+    bijection of [0, 4**h) computed one number at a time (6 rounds of a keyed hash), and
+    "cycle-walking" (applying it again while the result is >= n) turns it into a bijection of
+    range(n). ``seed`` may be one int or one per position (e.g. seed + epoch).
+    """
+    bits = max(1, ((n - 1).bit_length() + 1) // 2)  # each half of the Feistel input
+    mask = np.uint64((1 << bits) - 1)
+    keys = np.broadcast_to(np.asarray(seed, dtype=np.uint64), np.shape(positions))
+    out = np.asarray(positions, dtype=np.uint64).copy()
+    todo = np.ones(out.shape, dtype=bool)
+    with np.errstate(over="ignore"):  # the hash multiplies modulo 2**64 on purpose
+        while todo.any():
+            x, key = out[todo], keys[todo]
+            left, right = x >> np.uint64(bits), x & mask
+            for round_ in range(6):
+                z = right + key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(round_ + 1)
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                left, right = right, left ^ ((z ^ (z >> np.uint64(31))) & mask)
+            out[todo] = (left << np.uint64(bits)) | right
+            todo = out >= np.uint64(n)
+    return out.astype(np.int64)

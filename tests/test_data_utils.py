@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import data_utils
 from data_utils import (
@@ -416,33 +418,43 @@ def test_dataloader_bad_arguments_are_clear():
     assert len(create_dataloader(list(range(17)), 4, batch_size=8, drop_last=False)) == 1
 
 
-def test_get_batch_draws_windows_of_the_array_shifted_by_one():
+def test_get_batch_cuts_the_windows_at_the_starts_shifted_by_one():
     tokens = np.arange(10_000, dtype=np.uint16)
-    x, y = data_utils.get_batch(tokens, 16, 32, np.random.default_rng(0))
-    assert x.shape == y.shape == (32, 16) and x.dtype == y.dtype == torch.long
-    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
-    assert torch.equal(x, x[:, :1] + torch.arange(16))  # contiguous windows of the array
-    assert len(set(x[:, 0].tolist())) > 1  # at random places
-    # every start leaves room for the final target, and the last possible one is drawn
-    starts = data_utils.get_batch(np.arange(18), 16, 200, np.random.default_rng(1))[0][:, 0]
-    assert set(starts.tolist()) == {0, 1}
+    x, y = data_utils.get_batch(tokens, np.array([0, 17, 9_983]), 16)
+    assert x.shape == y.shape == (3, 16) and x.dtype == y.dtype == torch.long
+    assert x[:, 0].tolist() == [0, 17, 9_983] and int(y[-1, -1]) == 9_999
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(x, x[:, :1] + torch.arange(16))
 
 
-def test_random_batches_depend_on_the_batch_number_alone_and_ddp_ranks_split_one_batch():
-    tokens = np.arange(5_000, dtype=np.uint16)
-    batches = data_utils.RandomBatches(lambda: tokens, 8, 4, seed=3)
-    first = [next(batches.from_batch(0)) for _ in range(2)]
+def test_window_batches_visit_every_window_once_per_epoch_in_a_seeded_order():
+    tokens = np.arange(8 * 20 + 1, dtype=np.uint16)  # 20 windows of 8 at stride 8
+    batches = data_utils.WindowBatches(lambda: tokens, 8, 4, seed=3)
     stream = batches.from_batch(0)
-    run = [next(stream) for _ in range(5)]
-    assert torch.equal(first[0][0], first[1][0])  # batch 0 is batch 0, whenever it is drawn
-    assert torch.equal(next(batches.from_batch(3))[0], run[3][0])  # a resume at batch 3
-    assert not torch.equal(run[0][0], run[1][0])
-    other_seed = next(data_utils.RandomBatches(lambda: tokens, 8, 4, seed=4).from_batch(0))
-    assert not torch.equal(other_seed[0], run[0][0])
-    # two processes of 2 rows take the rows of one process's batch of 4
-    ranks = [next(data_utils.RandomBatches(lambda: tokens, 8, 2, 3, rank, 2).from_batch(1))[0]
-             for rank in range(2)]
-    assert torch.equal(torch.cat(ranks), run[1][0])
+    starts = [int(s) for _ in range(10) for s in next(stream)[0][:, 0]]  # two epochs
+    assert sorted(starts[:20]) == sorted(starts[20:]) == list(range(0, 160, 8))
+    assert starts[:20] != starts[20:] and starts[:20] != sorted(starts[:20])
+    assert torch.equal(next(batches.from_batch(7))[0][:, 0], torch.tensor(starts[28:32]))
+    other = data_utils.WindowBatches(lambda: tokens, 8, 4, seed=4).from_batch(0)
+    assert [int(s) for _ in range(5) for s in next(other)[0][:, 0]] != starts[:20]
+    half = data_utils.WindowBatches(lambda: tokens, 8, 4, seed=3, stride=4).from_batch(0)
+    drawn = [int(s) for _ in range(10) for s in next(half)[0][:, 0]]
+    assert sorted(drawn[:39]) == list(range(0, 153, 4))  # 39 windows at stride 4
+
+
+def test_ddp_ranks_take_their_rows_of_one_global_batch():
+    tokens = np.arange(5_000, dtype=np.uint16)
+    one = next(data_utils.WindowBatches(lambda: tokens, 8, 4, 3).from_batch(5))[0]
+    ranks = [next(data_utils.WindowBatches(lambda: tokens, 8, 2, 3, None, rank, 2)
+                  .from_batch(5))[0] for rank in range(2)]
+    assert torch.equal(torch.cat(ranks), one)
+
+
+@given(st.integers(1, 5_000), st.integers(0, 2**32))
+@settings(max_examples=50, deadline=None)
+def test_permuted_is_a_permutation_of_range_n(n, seed):
+    order = data_utils.permuted(np.arange(n), n, seed)
+    assert sorted(order.tolist()) == list(range(n))
+    assert data_utils.permuted(np.arange(n), n, seed).tolist() == order.tolist()
 
 
 @pytest.mark.parametrize("n_tokens", [300, 5_000, 100_000])
