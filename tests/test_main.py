@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
 
 from checkpoint import load_checkpoint, read_checkpoint
 
@@ -172,3 +172,20 @@ def test_bad_input_is_one_sentence(tmp_path, make, flags, sentence):
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(sentence, last), result.stderr
     assert not list(tmp_path.glob("*.pth"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(), reason="needs the data")
+def test_an_instruction_file_with_an_existing_tokenizer_is_not_ignored_silently(tmp_path):
+    from tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer()
+    tokenizer.train((STDLIB / "json" / "decoder.py").read_text(encoding="utf-8"), 320)
+    assert tokenizer.vocab_size == 320
+    tokenizer.save(tmp_path / "tokenizer.json")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *TINY, "--max-steps", "1", "--instruction-file",
+         str(SHARED_DATA / "instruction-data-1100.jsonl")], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env={**ENV, "LLM_DATA_DIR": str(SHARED_DATA)})
+    assert result.returncode == 0, result.stderr
+    assert ("Note: --instruction-file is not used: tokenizer.json exists already; delete it to "
+            "train a tokenizer that includes that file.") in result.stdout
