@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, train_cfg, tokenizer, meta = start_run(args, run, run_dir)
     batch_size, ctx, seed = meta["batch_size"], model_cfg.context_length, train_cfg.seed
 
-    # The corpus as token files on disk: training draws random windows, val reads in order.
+    # The corpus as token files on disk: training visits every window once per epoch in a
+    # seeded order; val reads its windows in order.
     folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
     check_fills_window(tokens, ctx)
     train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,

@@ -260,6 +260,7 @@ def train_model(model: nn.Module, train_loader, val_loader: DataLoader | None,
     caller can keep the best model (small data overfits: val loss turns back up);
     ``resume_state`` is such a state, and training continues exactly where it left off.
     ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
+    ``train_loader`` is a DataLoader, or pretraining's ``data_utils.WindowBatches``.
     """
     dtype = pick_dtype(cfg.dtype, device)
     raw_model = getattr(model, "module", model)  # the model inside DistributedDataParallel
