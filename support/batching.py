@@ -193,3 +193,27 @@ def permuted(positions, n: int, seed) -> np.ndarray:
             out[todo] = (left << np.uint64(bits)) | right
             todo = out >= np.uint64(n)
     return out.astype(np.int64)
+
+
+SMALL_EPOCH = 1 << 21  # windows; up to here an epoch's order is a stored torch.randperm (16 MB)
+
+
+class EpochOrder:
+    """Which window comes at each position of epoch e: a shuffle seeded with seed + e.
+
+    Up to SMALL_EPOCH windows this is torch.randperm, stored for the epoch: the very order
+    ShardedSampler gives, so TinyShakespeare trains on the same batches as before token files.
+    Beyond, storing it would grow with the corpus, so ``permuted`` computes each entry alone.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.table = None, None
+
+    def __call__(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        if self.n > SMALL_EPOCH:
+            return permuted(positions, self.n, self.seed + epoch)
+        if self.epoch != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self.epoch, self.table = epoch, torch.randperm(self.n, generator=generator).numpy()
+        return self.table[positions]
