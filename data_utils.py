@@ -173,15 +173,20 @@ def create_dataloader(
     )
 
 
-def val_loader(tokens: np.ndarray, context_length: int, batch_size: int,
+def val_loader(open_tokens, context_length: int, batch_size: int,
                max_windows: int = 1024) -> DataLoader:
     """Held-out windows in order, side by side (stride = context) while at most `max_windows`
     fit, else `max_windows` spread evenly over the whole split: a large val split is sampled
-    across all its documents, not read from its first one."""
-    room = len(tokens) - context_length - 1
+    across all its documents, not read from its first one. The windows are copied out one by
+    one, each through a fresh `open_tokens()` mapping, so the pages the system maps around
+    them are let go and memory does not grow with the split."""
+    room = len(open_tokens()) - context_length - 1
     stride = max(context_length, room // max(1, max_windows - 1) if room >= 0 else 1)
-    return create_dataloader(tokens, context_length, batch_size, stride=stride, shuffle=False,
-                             drop_last=False)
+    windows = [np.array(open_tokens()[s : s + context_length + 1])
+               for s in range(0, room + 1, stride)]
+    tokens = np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)
+    return create_dataloader(tokens, context_length, batch_size, stride=context_length + 1,
+                             shuffle=False, drop_last=False)
 
 
 # ----------------------------------------------------------------------------------------------

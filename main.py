@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     check_fills_window(tokens, ctx)
     train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
                                   seed, ctx // 2, run.rank, run.world_size)
-    val_batches = val_loader(open_tokens(folder, "val", tokens), ctx, batch_size)
+    val_batches = val_loader(lambda: open_tokens(folder, "val", tokens), ctx, batch_size)
 
     model = GPTModel(model_cfg).to(run.device)
     if run.is_main:

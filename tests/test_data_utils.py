@@ -486,8 +486,10 @@ def test_permuted_is_a_permutation_of_range_n(n, seed):
 @pytest.mark.parametrize("n_tokens", [300, 5_000, 100_000])
 def test_val_loader_reads_side_by_side_windows_or_spreads_them_over_the_split(n_tokens):
     tokens = np.arange(n_tokens, dtype=np.uint32)
-    starts = [int(x[0]) for batch, _ in data_utils.val_loader(tokens, 16, 8, max_windows=64)
-              for x in batch]
+    loader = data_utils.val_loader(lambda: tokens, 16, 8, max_windows=64)
+    starts = [int(x[0]) for batch, _ in loader for x in batch]
+    assert all(torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+               for x, y in loader)
     assert len(starts) <= 64 and starts[0] == 0 and starts[-1] + 16 < n_tokens
     gaps = set(np.diff(starts).tolist())
     assert len(gaps) == 1 and gaps.pop() >= 16  # evenly spaced, never overlapping
