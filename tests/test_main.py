@@ -189,3 +189,16 @@ def test_an_instruction_file_with_an_existing_tokenizer_is_not_ignored_silently(
     assert result.returncode == 0, result.stderr
     assert ("Note: --instruction-file is not used: tokenizer.json exists already; delete it to "
             "train a tokenizer that includes that file.") in result.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2" / "train.tsv").exists(), reason="needs SST-2")
+def test_finetuning_takes_an_own_text_base_unchanged(trained):
+    workdir, _ = trained
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "finetune_classifier.py"), "--base", "model_weights.pth",
+         "--max-steps", "2", "--train-size", "64", "--batch-size", "8", "--eval-interval",
+         "1000", "--device", "cpu", "--dtype", "float32", "--skip-random-init"],
+        cwd=workdir, capture_output=True, text=True, timeout=300,
+        env={**ENV, "LLM_DATA_DIR": str(SHARED_DATA)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (workdir / "classifier.pth").exists()
