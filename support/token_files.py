@@ -190,6 +190,9 @@ def assign_splits(docs: list[Document], corpus: Corpus) -> list[Document]:
         return [Document(**{**asdict(doc), "split": split, "start": a, "stop": b})
                 for split, a, b in (("train", 0, val_end if corpus.nanogpt else train_end),
                                     ("val", train_end, val_end), ("test", val_end, n))]
+    if corpus.nanogpt:
+        raise DataFileError(f"--nanogpt-split cuts one text by characters, and "
+                            f"{corpus.label()} holds {len(docs)} documents; leave it out.")
     order = sorted(docs, key=lambda d: _unit_hash(corpus.split_seed, d.key))
     n_test = max(1, round(len(docs) * TEST_FRACTION))
     n_val = max(1, round(len(docs) * VAL_FRACTION))

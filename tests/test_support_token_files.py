@@ -274,6 +274,13 @@ def test_too_few_documents_small_splits_and_a_vocabulary_too_large_are_one_sente
         tf.check_vocab_filled(300, 1024, "notes", 1000)
 
 
+def test_nanogpt_split_of_several_documents_is_one_sentence(tmp_path):
+    text = make_corpus(tmp_path / "text", n_files=4)
+    with pytest.raises(DataFileError, match="^--nanogpt-split cuts one text by characters, and "
+                                            "text holds 4 documents; leave it out\\.$"):
+        tf.survey(tf.Corpus(paths=[str(text)], nanogpt=True)).readable()
+
+
 def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
     path = tmp_path / "few.jsonl"
     path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(3)))
