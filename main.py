@@ -8,8 +8,8 @@
     python main.py --hf-dataset roneneldan/TinyStories   # a Hugging Face dataset, streamed
 
 Steps: train (or reuse) the BPE tokenizer, encode the corpus once into token files (reused by
-later runs), train the model with ``training.train_model`` on random windows of those files,
-save a self-describing checkpoint, and print a sample.
+later runs), train the model with ``training.train_model`` on windows of those files (each
+once per epoch, in a seeded order), save a self-describing checkpoint, and print a sample.
 Ctrl-C (or SIGTERM) stops cleanly: it saves, says what it saved where, and exits 130 (143);
 ``--resume`` continues exactly where it stopped.
 """
