@@ -179,6 +179,8 @@ def overview(slots: dict[str, sc.Slot]) -> None:
             st.metric("Checkpoint file", sc.human_bytes(facts["checkpoint_bytes"]))
             st.metric("In memory", sc.human_bytes(facts["memory_bytes"]))
             st.caption(facts["shape"])
+            if "trained_on" in facts:
+                st.caption(f"Trained on {facts['trained_on']}")
             if "quantized" in facts:
                 q = facts["quantized"]
                 st.caption(f"{q['layers']} linear layers in NF4: {sc.human_bytes(q['stored'])} "

@@ -1,12 +1,15 @@
-"""Pretrain the base GPT model on TinyShakespeare and save it to ``model_weights.pth``.
+"""Pretrain the base GPT model on TinyShakespeare or your own text; save it to model_weights.pth.
 
     python main.py                       # CPU preset: a few minutes on a laptop
     python main.py --preset gpu          # a bigger model for one GPU
     torchrun --nproc_per_node=4 main.py --preset gpu   # several GPUs (DDP)
     python main.py --resume              # continue an interrupted run
+    python main.py --text notes.txt docs/ --include '*.md'   # your own text files
+    python main.py --hf-dataset roneneldan/TinyStories   # a Hugging Face dataset, streamed
 
-Steps: train (or reuse) the BPE tokenizer, encode the train/val splits, train the model with
-``training.train_model``, save a self-describing checkpoint, and print a sample.
+Steps: train (or reuse) the BPE tokenizer, encode the corpus once into token files (reused by
+later runs), train the model with ``training.train_model`` on windows of those files (each
+once per epoch, in a seeded order), save a self-describing checkpoint, and print a sample.
 Ctrl-C (or SIGTERM) stops cleanly: it saves, says what it saved where, and exits 130 (143);
 ``--resume`` continues exactly where it stopped.
 """
@@ -30,10 +33,10 @@ from checkpoint import (
     save_checkpoint,
 )
 from data_utils import (
-    create_dataloader,
-    load_tinyshakespeare,
-    split_shakespeare,
+    WindowBatches,
+    tinyshakespeare_corpus,
     tokenizer_training_corpus,
+    val_loader,
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
@@ -51,6 +54,21 @@ from support.flags import (
     seed_arg,
 )
 from support.metrics import forget_steps_after
+from support.token_files import (
+    DEFAULT_ROOT,
+    Corpus,
+    Survey,
+    add_corpus_args,
+    check_fills_window,
+    check_vocab_filled,
+    corpus_from_args,
+    describe,
+    draw_sample,
+    open_tokens,
+    read_token_meta,
+    ready_token_files,
+    survey,
+)
 from tokenizer import BPETokenizer
 from training import (
     Launch,
@@ -130,8 +148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=path_arg, default=None,
                    help="where to save the model (default: model_weights.pth, or a resumed "
                         "run's own file)")
-    p.add_argument("--tokenizer", type=path_arg, default="tokenizer.json",
-                   help="tokenizer file: reused if it exists with the right vocab size")
+    p.add_argument("--tokenizer", type=path_arg, default=None,
+                   help="tokenizer file: reused if it exists with the right vocab size "
+                        "(default: tokenizer.json; for --text/--hf-dataset: beside the token "
+                        "files)")
     p.add_argument("--data-dir", type=path_arg, default=None,
                    help="read datasets from this folder (default: "
                    "$LLM_DATA_DIR, else download into data/)")
@@ -153,12 +173,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sample length after training (0: no sample)")
     p.add_argument("--checkpoint-interval", type=nonnegative_int, default=500,
                    help="save weights and training state every N steps (0: only at the end)")
+    add_corpus_args(p, training=True)
     values = p.add_argument_group("preset values", "each flag overrides one value of --preset")
     for name, (kind, meaning) in PRESET_FLAGS.items():
         values.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             choices=["adamw", "muon"] if name == "optimizer" else None,
                             help=f"{meaning} (default: {preset_defaults(name)})")
     return p.parse_args(argv)
+
+
+def corpus_of(args: argparse.Namespace) -> tuple[Corpus, Path]:
+    """The corpus the flags name (TinyShakespeare without any), and its token files' folder."""
+    corpus = corpus_from_args(args) or tinyshakespeare_corpus(args.data_dir, args.nanogpt_split)
+    return corpus, Path(args.prepared_dir or DEFAULT_ROOT / corpus.folder_name())
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -173,13 +200,71 @@ def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BP
         tokenizer = BPETokenizer.load(path)
         if tokenizer.vocab_size == vocab_size:
             print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
+            if instruction_file:
+                print(f"Note: --instruction-file is not used: {path} exists already; delete it "
+                      "to train a tokenizer that includes that file.")
             return tokenizer
     corpus = tokenizer_training_corpus(data_dir, instruction_file=instruction_file)
     print(f"Training a {vocab_size}-token BPE tokenizer on {len(corpus):,} characters ...")
     tokenizer = BPETokenizer()
     tokenizer.train(corpus, vocab_size)
-    tokenizer.save(path)
+    save_tokenizer(tokenizer, path)
     return tokenizer
+
+
+def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: int
+                     ) -> BPETokenizer:
+    """Your own text's tokenizer: reused if it has the requested size, else trained on at
+    most ``sample_chars`` characters of train text drawn evenly from the whole corpus."""
+    if path.exists():
+        tokenizer = BPETokenizer.load(path)
+        if tokenizer.vocab_size == vocab_size:
+            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
+            return tokenizer
+    sample = draw_sample(found.train_texts(), sample_chars, found.corpus.split_seed)
+    print(f"Training a {vocab_size}-token BPE tokenizer on {len(sample):,} characters drawn "
+          f"evenly from {found.corpus.label()} ...")
+    tokenizer = BPETokenizer()
+    tokenizer.train(sample, vocab_size)
+    check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
+    save_tokenizer(tokenizer, path)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: BPETokenizer, path: Path) -> None:
+    """Saved whole or not at all: written beside, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    tokenizer.save(part)
+    part.replace(path)
+
+
+def prepare_corpus(args: argparse.Namespace, run: Launch, vocab_size: int
+                   ) -> tuple[BPETokenizer, dict]:
+    """Rank 0 trains (or reuses) the tokenizer and makes (or reuses) the token files; the
+    other ranks wait, then read them. Returns the tokenizer and the checkpoints' corpus facts."""
+    corpus, folder = corpus_of(args)
+    own_text = corpus.name != "tinyshakespeare"
+    tokenizer_path = Path(args.tokenizer or (folder / "tokenizer.json" if own_text
+                                             else "tokenizer.json"))
+    if run.is_main:
+        found = survey(corpus)
+        tokenizer = (corpus_tokenizer(tokenizer_path, vocab_size, found, args.tokenizer_sample)
+                     if own_text else get_tokenizer(tokenizer_path, vocab_size, args.data_dir,
+                                                    args.instruction_file))
+        ready_token_files(found, tokenizer, folder, args.workers)
+    if run.world_size > 1:  # the other ranks wait for rank 0's files
+        torch.distributed.barrier()
+        tokenizer = BPETokenizer.load(tokenizer_path)
+    return tokenizer, corpus_facts(corpus, folder)
+
+
+def corpus_facts(corpus: Corpus, folder: Path) -> dict:
+    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
+    token_meta = read_token_meta(folder)
+    return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
+            "corpus": corpus.to_dict(), "prepared": str(folder),
+            "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
 
 
 def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
@@ -192,16 +277,12 @@ def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
                             checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
                             compile=args.compile, seed=args.seed)
     check_model_fits(model_cfg, run.device)  # not an allocator's traceback minutes from now
-    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name, "preset": args.preset,
+    meta = {"run_name": args.run_name, "preset": args.preset,
             "split": "nanogpt" if args.nanogpt_split else "standard",
             "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}
     check_writable(meta["out"])
-    if run.is_main:
-        tokenizer = get_tokenizer(Path(args.tokenizer), s["vocab_size"], args.data_dir,
-                                  args.instruction_file)
-    if run.world_size > 1:  # the other ranks wait for rank 0's tokenizer file
-        torch.distributed.barrier()
-        tokenizer = BPETokenizer.load(args.tokenizer)
+    tokenizer, facts = prepare_corpus(args, run, s["vocab_size"])
+    meta.update(facts)
     # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
     model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
     if run.is_main:
@@ -209,10 +290,10 @@ def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
     return model_cfg, train_cfg, tokenizer, meta
 
 
-def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
+def resume_run(args: argparse.Namespace, state_path: Path, run: Launch
                ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict, dict]:
     """The run saved in ``state_path``, to go on exactly as it started: its settings, seed,
-    split and --out (unless given again). Only --max-steps can change."""
+    corpus, split and --out (unless given again). Only --max-steps can change."""
     ckpt = read_checkpoint(state_path, kind="train-state",
                            missing_hint="start a run without --resume first")
     model_cfg, tokenizer = config_and_tokenizer(ckpt, state_path)
@@ -224,8 +305,7 @@ def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
     if train_cfg.max_steps <= resume_state["step"]:
         raise ValueError(f"The run in {state_path} is already at step {resume_state['step']} "
                          f"of {train_cfg.max_steps}; give a larger --max-steps to go on.")
-    meta = {"dataset": "tinyshakespeare", "run_name": args.run_name,
-            "preset": started.get("preset", args.preset),
+    meta = {"run_name": args.run_name, "preset": started.get("preset", args.preset),
             "split": "nanogpt" if started.get("split") == "nanogpt" else "standard",
             "out": args.out or started.get("out", "model_weights.pth"),
             "batch_size": started["batch_size"]}
@@ -233,7 +313,9 @@ def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
     ignored = [name for name in PRESET_FLAGS if name != "max_steps"
                and getattr(args, name) is not None]
     ignored += ["nanogpt_split"] if args.nanogpt_split and meta["split"] != "nanogpt" else []
-    if is_main:
+    ignored += [name for name in ("text", "hf_dataset") if getattr(args, name)]
+    meta.update(resumed_corpus(args, started, tokenizer, run))
+    if run.is_main:
         if ignored:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             print(f"Note: {flags} ignored: a resumed run keeps the settings it started with "
@@ -242,6 +324,21 @@ def resume_run(args: argparse.Namespace, state_path: Path, is_main: bool
         # Log lines written after that checkpoint are about to be redone: drop them.
         forget_steps_after(state_path.parent / "metrics.jsonl", resume_state["step"])
     return model_cfg, train_cfg, tokenizer, meta, resume_state
+
+
+def resumed_corpus(args: argparse.Namespace, started: dict, tokenizer: BPETokenizer,
+                   run: Launch) -> dict:
+    """The token files of the corpus a run started on (rebuilt if they changed since)."""
+    if "corpus" in started:
+        corpus, folder = Corpus.from_dict(started["corpus"]), Path(started["prepared"])
+    else:  # a run from before token files: TinyShakespeare
+        args.nanogpt_split = started.get("split") == "nanogpt"
+        corpus, folder = corpus_of(args)
+    if run.is_main:
+        ready_token_files(survey(corpus), tokenizer, folder, args.workers)
+    if run.world_size > 1:
+        torch.distributed.barrier()
+    return corpus_facts(corpus, folder)
 
 
 def checkpoint_savers(model: GPTModel, tokenizer: BPETokenizer, model_cfg: GPTConfig,
@@ -301,30 +398,29 @@ def main(argv: list[str] | None = None) -> int:
     state_path = run_dir / "state.pt"
     resume_state = None
     if args.resume:
-        model_cfg, train_cfg, tokenizer, meta, resume_state = resume_run(args, state_path,
-                                                                         run.is_main)
+        model_cfg, train_cfg, tokenizer, meta, resume_state = resume_run(args, state_path, run)
     else:
         model_cfg, train_cfg, tokenizer, meta = start_run(args, run, run_dir)
     batch_size, ctx, seed = meta["batch_size"], model_cfg.context_length, train_cfg.seed
 
-    text = load_tinyshakespeare(args.data_dir)
-    splits = split_shakespeare(text, nanogpt=meta["split"] == "nanogpt")
-    train_ids = tokenizer.encode(splits["train"])
-    val_ids = tokenizer.encode(splits["val"])
-    train_loader = create_dataloader(train_ids, ctx, batch_size, stride=ctx // 2, shuffle=True,
-                                     seed=seed, rank=run.rank, world_size=run.world_size)
-    val_loader = create_dataloader(val_ids, ctx, batch_size, shuffle=False, drop_last=False)
+    # The corpus as token files on disk: training visits every window once per epoch in a
+    # seeded order; val reads its windows in order.
+    folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
+    check_fills_window(tokens, ctx)
+    train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
+                                  seed, ctx // 2, run.rank, run.world_size)
+    val_batches = val_loader(lambda: open_tokens(folder, "val", tokens), ctx, batch_size)
 
     model = GPTModel(model_cfg).to(run.device)
     if run.is_main:
         print(f"Model: {model.num_parameters() / 1e6:.2f} M parameters "
-              f"({json.dumps(model_cfg.to_dict())}); {len(train_ids):,} train tokens "
-              f"({len(splits['train']) / len(train_ids):.2f} chars/token); device {run.device}; "
+              f"({json.dumps(model_cfg.to_dict())}); {meta['trained_on']}; "
+              f"device {run.device}; "
               f"global batch {batch_size * train_cfg.grad_accum_steps * run.world_size} x {ctx}")
     save, save_best = checkpoint_savers(model, tokenizer, model_cfg, meta, state_path,
                                         resume_state)
     summary = train_model(
-        run.wrap(model), train_loader, val_loader, train_cfg, run.device,
+        run.wrap(model), train_batches, val_batches, train_cfg, run.device,
         log_path=run_dir / "metrics.jsonl", save_fn=save, best_fn=save_best,
         resume_state=resume_state, tokens_per_batch=batch_size * ctx * run.world_size,
         flops_per_token=model.flops_per_token(), is_main=run.is_main, desc="pretrain")
@@ -336,9 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + summary["stop_signal"]
     if args.sample_tokens:
         best_model, _, _ = load_checkpoint(meta["out"])
-        sample = generate_text(best_model, tokenizer, "ROMEO:", max_new_tokens=args.sample_tokens,
+        prompt = "ROMEO:" if meta["dataset"] == "tinyshakespeare" else tokenizer.decode(
+            open_tokens(folder, "test", tokens)[:8].tolist())  # how a test document begins
+        sample = generate_text(best_model, tokenizer, prompt, max_new_tokens=args.sample_tokens,
                                temperature=0.8, top_k=50, seed=seed)
-        print("\n--- sample ---\nROMEO:" + sample)
+        print("\n--- sample ---\n" + prompt + sample)
     return 0
 
 

@@ -246,6 +246,8 @@ def model_facts(model: nn.Module, tokenizer: BPETokenizer, meta: dict, path: Pat
     for name in ("step", "steps", "dev_acc", "heldout_loss"):
         if isinstance(meta.get(name), int | float):
             facts[name] = meta[name]
+    if isinstance(meta.get("trained_on"), str):  # main.py: what the base model read
+        facts["trained_on"] = meta["trained_on"]
     return facts
 
 

@@ -183,8 +183,15 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
-def batches_from(loader: DataLoader, start_batch: int = 0) -> Iterator:
-    """Endless batches; epoch e is shuffled with seed + e, so batch n is the same on resume."""
+def batches_from(loader, start_batch: int = 0) -> Iterator:
+    """Endless batches from number ``start_batch`` on, the same ones a resumed run gets."""
+    if hasattr(loader, "from_batch"):  # data_utils.WindowBatches: batch n depends on n alone
+        return loader.from_batch(start_batch)
+    return _epochs(loader, start_batch)
+
+
+def _epochs(loader: DataLoader, start_batch: int) -> Iterator:
+    """A DataLoader's batches, epoch after epoch; epoch e is shuffled with seed + e."""
     per_epoch = len(loader)
     if per_epoch == 0:
         raise ValueError("The training data yields no batches; use more data or a smaller batch.")
@@ -234,7 +241,7 @@ def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, devic
 
 # ---------------------------------------------------------------------------- the loop
 
-def train_model(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None,
+def train_model(model: nn.Module, train_loader, val_loader: DataLoader | None,
                 cfg: TrainConfig, device: torch.device, loss_fn: Callable = lm_loss,
                 log_path: str | Path | None = None, save_fn: Callable[[dict], None] | None = None,
                 best_fn: Callable[[dict], None] | None = None, resume_state: dict | None = None,
@@ -254,6 +261,7 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: DataLoad
     caller can keep the best model (small data overfits: val loss turns back up);
     ``resume_state`` is such a state, and training continues exactly where it left off.
     ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
+    ``train_loader`` is a DataLoader, or pretraining's ``data_utils.WindowBatches``.
     """
     dtype = pick_dtype(cfg.dtype, device)
     raw_model = getattr(model, "module", model)  # the model inside DistributedDataParallel

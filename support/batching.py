@@ -10,6 +10,8 @@ eats. Nothing here is specific to a task: the collate functions say what a batch
                             ignored by the loss.
 - ``ShardedSampler``        a seeded shuffle per epoch, one disjoint share per DDP process.
 - ``LengthGroupedBatches``  random batches of similar-length examples: little padding.
+- ``permuted``              a seeded shuffle of range(n), computed entry by entry (pretraining
+                            windows: support for data_utils.WindowBatches).
 - ``example_loader``        the DataLoader for training (shuffled, sharded, full batches) or
                             evaluation (in order, every example).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -163,3 +166,54 @@ def example_loader(examples: Sequence[Example], batch_size: int, collate: Callab
                              world_size=world_size)
     return DataLoader(examples, batch_size=batch_size, sampler=sampler, drop_last=True,
                       collate_fn=collate)
+
+
+def permuted(positions, n: int, seed) -> np.ndarray:
+    """Entries ``positions`` of a seeded random permutation of range(n), without building it.
+
+    A shuffled order of a billion windows would itself take gigabytes; a Feistel network is a
+    bijection of [0, 4**h) computed one number at a time (6 rounds of a keyed hash), and
+    "cycle-walking" (applying it again while the result is >= n) turns it into a bijection of
+    range(n). ``seed`` may be one int or one per position (e.g. seed + epoch).
+    """
+    bits = max(1, ((n - 1).bit_length() + 1) // 2)  # each half of the Feistel input
+    mask = np.uint64((1 << bits) - 1)
+    keys = np.broadcast_to(np.asarray(seed, dtype=np.uint64), np.shape(positions))
+    out = np.asarray(positions, dtype=np.uint64).copy()
+    todo = np.ones(out.shape, dtype=bool)
+    with np.errstate(over="ignore"):  # the hash multiplies modulo 2**64 on purpose
+        while todo.any():
+            x, key = out[todo], keys[todo]
+            left, right = x >> np.uint64(bits), x & mask
+            for round_ in range(6):
+                z = right + key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(round_ + 1)
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                left, right = right, left ^ ((z ^ (z >> np.uint64(31))) & mask)
+            out[todo] = (left << np.uint64(bits)) | right
+            todo = out >= np.uint64(n)
+    return out.astype(np.int64)
+
+
+SMALL_EPOCH = 1 << 21  # windows; up to here an epoch's order is a stored torch.randperm (16 MB)
+
+
+class EpochOrder:
+    """Which window comes at each position of epoch e: a shuffle seeded with seed + e.
+
+    Up to SMALL_EPOCH windows this is torch.randperm, stored for the epoch: the very order
+    ShardedSampler gives, so TinyShakespeare trains on the same batches as before token files.
+    Beyond, storing it would grow with the corpus, so ``permuted`` computes each entry alone.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.table = None, None
+
+    def __call__(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        if self.n > SMALL_EPOCH:
+            return permuted(positions, self.n, self.seed + epoch)
+        if self.epoch != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self.epoch, self.table = epoch, torch.randperm(self.n, generator=generator).numpy()
+        return self.table[positions]

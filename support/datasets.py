@@ -309,6 +309,13 @@ def read_sst2(name: str, data_dir: str | Path | None, download: bool, verify: bo
 # TinyShakespeare
 
 
+def tinyshakespeare_file(data_dir: str | Path | None, download: bool = True,
+                         verify: bool = True) -> Path:
+    """Where TinyShakespeare is, once found (downloaded if need be) and verified."""
+    read_tinyshakespeare(data_dir, download, verify)
+    return locate(TINYSHAKESPEARE, data_dir, download=False)
+
+
 def read_tinyshakespeare(data_dir: str | Path | None, download: bool, verify: bool) -> str:
     path = locate(TINYSHAKESPEARE, data_dir, download)
     text, data = read_text(path)
@@ -467,3 +474,10 @@ def check_loader(n_tokens: int, sampler, batch_size: object, num_workers: object
             f"of {batch_size}{' with drop_last=True' if drop_last else ''}: use fewer ranks, a "
             "smaller batch_size, context_length or stride, or more tokens."
         )
+
+
+def check_batches(per_epoch: int, n_windows: int, batch_size: int, world_size: int) -> None:
+    if per_epoch < 1:
+        raise ValueError(f"The training split holds {n_windows} windows, not enough for one "
+                         f"batch of {batch_size} per process ({world_size} processes); use "
+                         "more text or a smaller --batch-size or --context-length.")

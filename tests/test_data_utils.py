@@ -4,9 +4,12 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import data_utils
 from data_utils import (
@@ -413,6 +416,87 @@ def test_dataloader_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="not enough for one batch"):
         create_dataloader(list(range(17)), 4, batch_size=8)
     assert len(create_dataloader(list(range(17)), 4, batch_size=8, drop_last=False)) == 1
+
+
+def test_get_batch_cuts_the_windows_at_the_starts_shifted_by_one():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    x, y = data_utils.get_batch(tokens, np.array([0, 17, 9_983]), 16)
+    assert x.shape == y.shape == (3, 16) and x.dtype == y.dtype == torch.long
+    assert x[:, 0].tolist() == [0, 17, 9_983] and int(y[-1, -1]) == 9_999
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(x, x[:, :1] + torch.arange(16))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_window_batches_are_the_shuffled_dataloaders_batches(world_size):
+    """Up to SMALL_EPOCH windows, the batches of the DataLoader that trained before token files
+    (ShardedSampler: torch.randperm per epoch, drop_last), epoch after epoch, on every rank."""
+    from training import batches_from
+
+    tokens = np.arange(3_000, dtype=np.uint16)
+    for rank in range(world_size):
+        old = batches_from(create_dataloader(tokens, 16, 4, stride=8, shuffle=True, seed=5,
+                                             rank=rank, world_size=world_size))
+        new = data_utils.WindowBatches(lambda: tokens, 16, 4, 5, 8, rank, world_size)
+        stream, drawn = new.from_batch(0), []
+        for n in range(300):  # a few epochs
+            x, y = next(stream)
+            x_old, y_old = next(old)
+            assert torch.equal(x, x_old) and torch.equal(y, y_old), (rank, n)
+            drawn.append(x)
+        assert torch.equal(next(new.from_batch(123))[0], drawn[123])  # as a resumed run
+
+
+def test_large_epochs_visit_every_window_once_without_storing_the_order(monkeypatch):
+    import support.batching
+
+    monkeypatch.setattr(support.batching, "SMALL_EPOCH", 10)
+    tokens = np.arange(8 * 20 + 1, dtype=np.uint16)  # 20 windows of 8 at stride 8
+    batches = data_utils.WindowBatches(lambda: tokens, 8, 4, seed=3)
+    stream = batches.from_batch(0)
+    starts = [int(s) for _ in range(10) for s in next(stream)[0][:, 0]]  # two epochs
+    assert sorted(starts[:20]) == sorted(starts[20:]) == list(range(0, 160, 8))
+    assert starts[:20] != starts[20:] and starts[:20] != sorted(starts[:20])
+    assert torch.equal(next(batches.from_batch(7))[0][:, 0], torch.tensor(starts[28:32]))
+    other = data_utils.WindowBatches(lambda: tokens, 8, 4, seed=4).from_batch(0)
+    assert [int(s) for _ in range(5) for s in next(other)[0][:, 0]] != starts[:20]
+
+
+def test_a_split_too_small_for_one_batch_is_one_sentence():
+    with pytest.raises(ValueError, match="holds 5 windows, not enough for one batch of 4 per "
+                                         "process \\(2 processes\\)"):
+        next(data_utils.WindowBatches(lambda: np.arange(41), 8, 4, 0, 8, 0, 2).from_batch(0))
+
+
+def test_ddp_ranks_together_take_one_processes_batch():
+    tokens = np.arange(5_000, dtype=np.uint16)
+    one = next(data_utils.WindowBatches(lambda: tokens, 8, 4, 3).from_batch(5))[0]
+    ranks = [next(data_utils.WindowBatches(lambda: tokens, 8, 2, 3, None, rank, 2)
+                  .from_batch(5))[0] for rank in range(2)]
+    assert sorted(torch.cat(ranks)[:, 0].tolist()) == sorted(one[:, 0].tolist())
+
+
+@given(st.integers(1, 5_000), st.integers(0, 2**32))
+@settings(max_examples=50, deadline=None)
+def test_permuted_is_a_permutation_of_range_n(n, seed):
+    order = data_utils.permuted(np.arange(n), n, seed)
+    assert sorted(order.tolist()) == list(range(n))
+    assert data_utils.permuted(np.arange(n), n, seed).tolist() == order.tolist()
+
+
+@pytest.mark.parametrize("n_tokens", [300, 5_000, 100_000])
+def test_val_loader_reads_side_by_side_windows_or_spreads_them_over_the_split(n_tokens):
+    tokens = np.arange(n_tokens, dtype=np.uint32)
+    loader = data_utils.val_loader(lambda: tokens, 16, 8, max_windows=64)
+    starts = [int(x[0]) for batch, _ in loader for x in batch]
+    assert all(torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+               for x, y in loader)
+    assert len(starts) <= 64 and starts[0] == 0 and starts[-1] + 16 < n_tokens
+    gaps = set(np.diff(starts).tolist())
+    assert len(gaps) == 1 and gaps.pop() >= 16  # evenly spaced, never overlapping
+    if n_tokens <= 64 * 16:
+        assert len(starts) == (n_tokens - 17) // 16 + 1  # every window, side by side
+    else:
+        assert starts[-1] > n_tokens * 0.9  # the whole split, not its beginning
 
 
 def test_pad_batch_pads_right_and_returns_lengths():
