@@ -46,7 +46,7 @@ import regex
 from tqdm import tqdm
 
 from support.errors import DataFileError, DataMissingError
-from support.flags import nonnegative_int, positive_int
+from support.flags import nonnegative_int, path_arg, positive_int
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
 SPLITS = ("train", "val", "test")
@@ -658,7 +658,7 @@ def describe(meta: dict) -> str:
 def add_corpus_args(p, training: bool) -> None:
     """What to read: TinyShakespeare (no flag), text files, or a Hugging Face dataset."""
     g = p.add_argument_group("your own text", "default: TinyShakespeare")
-    g.add_argument("--text", nargs="+", metavar="PATH", default=None,
+    g.add_argument("--text", nargs="+", metavar="PATH", type=path_arg, default=None,
                    help="text files or folders (searched recursively; each file one document)")
     g.add_argument("--include", default=DEFAULT_INCLUDE,
                    help="which files in a --text folder count, e.g. '*.py' (default: %(default)s)")
@@ -674,7 +674,7 @@ def add_corpus_args(p, training: bool) -> None:
                    help="read at most this many rows of the dataset")
     g.add_argument("--split-seed", type=nonnegative_int, default=0,
                    help="seeds which documents go to val and test")
-    g.add_argument("--prepared-dir", default=None,
+    g.add_argument("--prepared-dir", type=path_arg, default=None,
                    help=f"folder of the token files (default: {DEFAULT_ROOT}/<corpus>-<hash>)")
     g.add_argument("--workers", type=positive_int, default=None,
                    help="processes that encode the corpus (default: every core)")
