@@ -277,6 +277,18 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
+# Linux carries a process's peak RSS across fork and exec, so a script started straight from a
+# big process (a test run) would report that process's peak as its own. A small launcher in
+# between starts the script from a fresh process and reports the script's own peak and status.
+LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def run_case(repo: Path, argv: list[str], cwd: Path, timeout: float) -> dict:
     """Run ``python repo/argv[0] ...`` in ``cwd``: exit code, peak RSS (MB), seconds, stderr."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -286,23 +298,26 @@ def run_case(repo: Path, argv: list[str], cwd: Path, timeout: float) -> dict:
         os.setsid()
 
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(repo / argv[0]), *argv[1:]], cwd=cwd,
-                                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+    with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "report"
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), sys.executable,
+                                 str(repo / argv[0]), *argv[1:]], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 preexec_fn=cap)
         timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
         timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+        proc.wait()
         killed = not timer.is_alive()
         timer.cancel()
         seconds = time.perf_counter() - start
+        rc, peak_kb = report.read_text().split() if report.exists() else ("timeout", "0")
         err.seek(0)
         lines = [line for line in err.read().splitlines() if line.strip()]
     first = lines[0] if lines else ""
     if first.startswith("Traceback"):
         first = "Traceback: " + lines[-1]
-    return {"rc": "timeout" if killed else os.waitstatus_to_exitcode(status),
-            "peak_mb": usage.ru_maxrss / 1024, "s": seconds, "stderr": first}
+    return {"rc": "timeout" if killed else int(rc), "peak_mb": int(peak_kb) / 1024,
+            "s": seconds, "stderr": first}
 
 
 def main() -> None:
