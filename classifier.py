@@ -61,6 +61,7 @@ from checkpoint import (
     read_checkpoint,
     weights_fingerprint,
 )
+from hf_gpt2 import load_base
 from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from support.finetune_checks import check_adapter_names, check_adapters_fit, check_text
@@ -256,8 +257,6 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
     trained), check the file holds those tensors, and load them on top: the base weights stay.
     A different base or other tensors are one CheckpointError.
     """
-    from hf_gpt2 import load_base  # hf_gpt2 exports classifiers, so it imports this module
-
     stored_base = base is None
     lora, _, base = adapter_metadata(ckpt, path, base)
     try:

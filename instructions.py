@@ -52,10 +52,9 @@ from torch.utils.data import DataLoader
 from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
 from classifier import load_adapters
 from generation import stream_text
-from hf_gpt2 import dense_state_dict
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
-from quantization import BACKENDS, quantize_model
+from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.batching import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from support.finetune_checks import check_text
 from tokenizer import BPETokenizer
@@ -263,7 +262,7 @@ def inference_model(model: GPTModel) -> GPTModel:
     to multiply it with the one new token of a generation step: that made answering about
     five times slower than the base model (benchmarks/bench_app_generation.py). NF4 saves
     memory for *training*; to answer, the dequantized weights plus the merged LoRA update
-    (``hf_gpt2.dense_state_dict``, the weights the export writes too) are plain ``nn.Linear``
+    (``quantization.dense_state_dict``, the weights the export writes too) are plain ``nn.Linear``
     weights, computed once. The outputs are those of ``model`` up to float rounding
     (W x + B(A x) versus (W + BA) x), the sampled tokens the same in practice (tested); it
     holds fp32 weights, about 8x the 4-bit layers' memory, and cannot be trained as QLoRA.

@@ -22,7 +22,8 @@ against `bitsandbytes.functional.quantize_4bit` bit for bit (see _quantize_absma
 one documented difference in double quantization).
 
 `quantize_model(model, backend="scratch" | "bitsandbytes")` swaps a model's target linears
-for 4-bit ones; apply LoRA (lora.py) afterwards to get QLoRA.
+for 4-bit ones; apply LoRA (lora.py) afterwards to get QLoRA. ``dense_state_dict`` turns
+such a model back into plain weights (each NF4 one dequantized, each LoRA update merged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora import DEFAULT_TARGETS, LoRALayer, find_targets
+from model import GPTModel
 from support.optional_packages import import_bitsandbytes
 from support.validate import check_quantizable, check_quantize_request
 
@@ -415,6 +417,34 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
                              "dequantize it before its first eval-mode forward")
         return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
     raise ValueError(f"{type(module).__name__} is not a 4-bit layer")
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The dense [out, in] weight a layer computes with: LoRA's update and NF4 included."""
+    if isinstance(layer, LoRALayer):
+        base = effective_weight(layer.linear)
+        return base if layer.merged else base + layer.delta_weight().to(base.dtype)
+    if is_quantized(layer):
+        return dequantized_weight(layer)
+    return layer.weight
+
+
+def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
+    """The state dict of a plain GPTModel that computes what ``gpt`` (LoRA, QLoRA) computes:
+    each LoRA weight merged (W + B A alpha / r, ``merge_lora``'s sum), each 4-bit one
+    dequantized. instructions.py answers with it; export_hf.py writes it."""
+    with torch.device("meta"):  # only the names and shapes, no memory
+        names = list(GPTModel(gpt.config).state_dict())
+    state = {}
+    for name in names:
+        module_name, leaf = name.rsplit(".", 1)
+        module = gpt.get_submodule(module_name)
+        if leaf == "weight":
+            tensor = effective_weight(module)
+        else:  # a bias stays where the adapter found it
+            tensor = (module.linear if isinstance(module, LoRALayer) else module).bias
+        state[name] = tensor.detach().float().cpu()
+    return state
 
 
 def _stored_nbytes(module: nn.Module) -> int:

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from checkpoint import make_checkpoint, model_shapes, save_checkpoint, weights_fingerprint  # noqa: E402,E501
 from classifier import GPTClassifier, save_lora_classifier  # noqa: E402
-from hf_gpt2 import to_hf  # noqa: E402
+from export_hf import to_hf  # noqa: E402
 from lora import apply_lora, freeze_all_but_lora  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
 from tokenizer import BPETokenizer  # noqa: E402

@@ -30,6 +30,7 @@ from classifier import (
     predict,
 )
 from data_utils import pad_batch
+from export_hf import to_hf
 from finetuning import load_sst2_splits, sst2_loaders
 from generation import generate_ids
 from instructions import answer, load_instruction_model, make_qlora
@@ -78,7 +79,7 @@ def tok():
 @pytest.fixture(scope="module")
 def exported(tok, tmp_path_factory):
     model = tiny_model((tok.vocab_size + 63) // 64 * 64)  # main.py's padded table
-    out = hf_gpt2.to_hf(model, tok, tmp_path_factory.mktemp("hf"), {"dataset": "test text"})
+    out = to_hf(model, tok, tmp_path_factory.mktemp("hf"), {"dataset": "test text"})
     return model, out
 
 
@@ -107,7 +108,7 @@ def test_exported_base_has_identical_logits(tok, exported):
 
 def test_a_model_without_biases_exports_zero_biases(tok, tmp_path):
     model = tiny_model(tok.vocab_size, bias=False)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2.to_hf(model, tok, tmp_path)).eval()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(to_hf(model, tok, tmp_path)).eval()
     ids = torch.randint(0, tok.vocab_size, (2, 30))
     with torch.no_grad():
         assert max_diff(hf(ids).logits, model(ids)) <= TOL
@@ -136,7 +137,7 @@ def test_generate_on_the_export_s_own_settings_stays_within_the_context(tok, tmp
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(vocab_size=tok.vocab_size, context_length=24, n_layer=1,
                                n_head=2, n_embd=16))
-    out = hf_gpt2.to_hf(model, tok, tmp_path)
+    out = to_hf(model, tok, tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     for prompt in ("ROMEO:", "First Citizen: Before we proceed"):
@@ -199,7 +200,7 @@ def test_tokenizer_ids_equal_on_held_out_shakespeare_and_sst2(tmp_path):
 
     parts = split_shakespeare(load_tinyshakespeare(SHARED_DATA))
     tok = tiny_tokenizer(parts["train"][:200_000], vocab_size=1024)
-    out = hf_gpt2.to_hf(tiny_model(1024), tok, tmp_path)
+    out = to_hf(tiny_model(1024), tok, tmp_path)
     lines = parts["test"].split("\n\n")
     texts = [parts["test"], *lines]
     if (SHARED_DATA / "sst2" / "dev.tsv").is_file():
@@ -245,7 +246,7 @@ def random_head(model: GPTClassifier) -> GPTClassifier:
 
 def test_full_classifier_exports_as_sequence_classification(tok, tmp_path):
     model = random_head(GPTClassifier(tiny_model(tok.vocab_size)))  # no spare row: one is added
-    out = hf_gpt2.to_hf(model, tok, tmp_path)
+    out = to_hf(model, tok, tmp_path)
     assert json.loads((out / "config.json").read_text())["pad_token_id"] == tok.vocab_size
     assert_classifier_equal(model, tok, out)
 
@@ -257,7 +258,7 @@ def test_lora_classifier_exports_merged(tok, tmp_path):
         for name, p in model.named_parameters():
             if name.endswith("lora_B"):
                 p.normal_(0, 0.1)
-    assert_classifier_equal(random_head(model), tok, hf_gpt2.to_hf(model, tok, tmp_path))
+    assert_classifier_equal(random_head(model), tok, to_hf(model, tok, tmp_path))
 
 
 def test_qlora_model_exports_as_its_dequantized_base_plus_update(tok, tmp_path):
@@ -267,7 +268,7 @@ def test_qlora_model_exports_as_its_dequantized_base_plus_update(tok, tmp_path):
             if name.endswith("lora_B"):
                 p.normal_(0, 0.1)
     model.eval()
-    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2.to_hf(model, tok, tmp_path))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(to_hf(model, tok, tmp_path))
     ids = torch.randint(0, 320, (2, 40))
     with torch.no_grad():
         assert max_diff(hf.eval()(ids).logits, model(ids)) <= TOL
