@@ -93,7 +93,6 @@ def file_name(name: str) -> tuple[str, bool]:
     return f"transformer.{theirs}", transposed
 
 
-
 def hf_to_gpt_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """GPT-2's tensors (with or without the ``transformer.`` prefix) -> our state dict."""
     ours_by_theirs = {}
@@ -118,9 +117,7 @@ def hf_to_gpt_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return state
 
 
-
 # ---------------------------------------------------------------------------- config
-
 
 
 def gpt_config(hf: dict, dropout: float = 0.0) -> GPTConfig:
@@ -128,7 +125,6 @@ def gpt_config(hf: dict, dropout: float = 0.0) -> GPTConfig:
     return GPTConfig(vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
                      n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                      dropout=dropout, bias=True)
-
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -143,7 +139,6 @@ def bytes_to_unicode() -> dict[int, str]:
         if b not in table:
             table[b] = chr(256 + len(table) - len(printable))
     return table
-
 
 
 def split_pattern(pre_tokenizer: dict | None) -> str:
