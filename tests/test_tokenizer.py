@@ -252,9 +252,11 @@ def naive_train(text: str, pattern: str, num_merges: int) -> dict[tuple[int, int
 @given(text=st.text(alphabet="ab c\n'", min_size=1, max_size=80),
        pattern=st.sampled_from(["", GPT4_SPLIT_PATTERN]), num_merges=st.integers(1, 40))
 def test_incremental_training_matches_naive_recount(text, pattern, num_merges):
-    t = BPETokenizer(pattern)
-    t.train(text, 256 + num_merges, special_tokens=())
-    assert t.merges == naive_train(text, pattern, num_merges)
+    for max_work in (10**9, -1):  # train's plain trainer, then its incremental one
+        with mock.patch.object(tokenizer_module, "PLAIN_TRAINING_MAX_WORK", max_work):
+            t = BPETokenizer(pattern)
+            t.train(text, 256 + num_merges, special_tokens=())
+        assert t.merges == naive_train(text, pattern, num_merges)
 
 
 def weighted_words(text: str, pattern: str) -> tuple[list[list[int]], list[int]]:
@@ -294,11 +296,13 @@ def test_train_runs_the_plain_trainer_on_small_inputs(text, trainer, capsys):
     assert len(lines) == len(t.merges) and lines[0].startswith("merge 1/43: (")
 
 
-def test_plain_and_fast_trainers_agree_on_real_text():
+def test_plain_and_fast_trainers_agree_on_real_text(capsys):
     words, counts = weighted_words(corpus()[:30_000], GPT4_SPLIT_PATTERN)
-    plain = train_merges_plain(words, counts, 200)
+    plain = train_merges_plain(words, counts, 200, verbose=True)
+    plain_lines = capsys.readouterr().out
     assert len(plain) == 200
-    assert fast_bpe.train_merges(words, counts, 200, merge) == plain
+    assert fast_bpe.train_merges(words, counts, 200, merge, verbose=True) == plain
+    assert capsys.readouterr().out == plain_lines  # verbose says the same, whichever runs
 
 
 def test_merge_replaces_left_to_right_without_overlap():
