@@ -20,8 +20,9 @@ Why this shape:
   their shapes need, in a file that holds them uncompressed. What a file can make us
   allocate is bounded by the file itself.
 
-The mechanics live one step away: ``support/files.py`` (the atomic write, the safe load) and
-``support/checkpoint_checks.py`` (every way a file can be wrong, one sentence each).
+The meta-device shape check is ``check_config_fits_weights`` below. The mechanics live one step
+away: ``support/files.py`` (the atomic write, the safe load) and ``support/checkpoint_checks.py``
+(every other way a file can be wrong, one sentence each).
 
 Adapter checkpoints (LoRA / QLoRA) store only their small tensors plus the base model's
 ``weights_fingerprint`` so they can refuse to load on top of the wrong base model;
@@ -32,21 +33,22 @@ hand-edited one fails with one sentence.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from model import GPTConfig, GPTModel
 from support.checkpoint_checks import (  # noqa: F401  (adapter loaders import them from here)
     adapter_metadata,
-    check_config_fits_weights,
+    check_config_sizes,
     check_metadata,
     check_structure,
     checkpoint_metadata,
     invalid_config,
-    meta_shapes,
     weights_mismatch,
 )
 from support.errors import CheckpointError  # noqa: F401  (re-exported: loaders catch it here)
@@ -91,9 +93,55 @@ def read_checkpoint(
     return ckpt
 
 
+class _SkipInit(TorchFunctionMode):
+    """``torch.nn.init`` does nothing: a meta tensor has no values to fill. (On the meta
+    device ``normal_`` would import torch's compiler stack, seconds, for nothing.)"""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")
+        if getattr(func, "__module__", None) == "torch.nn.init" and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
+def meta_shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Size]:
+    """The shape of every tensor in ``build()``'s state dict, built on the meta device: the
+    module gets its real shapes but no storage, however large it claims to be."""
+    with torch.device("meta"), _SkipInit():
+        return {name: t.shape for name, t in build().state_dict().items()}
+
+
 def model_shapes(config: GPTConfig) -> dict[str, torch.Size]:
     """The shape of every tensor a GPTModel of ``config`` holds, without allocating it."""
     return meta_shapes(lambda: GPTModel(config))
+
+
+def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
+                              model_vocab: int, tokenizer_vocab: int,
+                              shapes: Callable[[], Mapping[str, torch.Size]],
+                              prefix: str = "",
+                              shown: Callable[[str], tuple[str, bool]] = lambda n: (n, False)
+                              ) -> None:
+    """The config describes the saved tensors, before anything of its size is allocated.
+
+    ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
+    device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. The
+    sizes are checked first (``check_config_sizes``: a config with more layers than the file
+    has tensors is refused before ``shapes()`` would build them). ``shown`` names a tensor as
+    the file does, and says whether the file stores it transposed (its shapes are then given
+    reversed).
+    """
+    check_config_sizes(path, state_dict, n_layer, model_vocab, tokenizer_vocab)
+    for name, shape in shapes().items():
+        saved = state_dict.get(prefix + name)
+        if not isinstance(saved, torch.Tensor) or saved.shape != shape:
+            stored, transposed = shown(prefix + name)
+            as_stored = (lambda s: tuple(s)[::-1]) if transposed else tuple
+            found = as_stored(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
+            raise CheckpointError(f"{path}: its config does not match its weights "
+                                  f"({stored} should be {as_stored(shape)}, the file holds "
+                                  f"{found}).")
 
 
 def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""

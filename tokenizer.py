@@ -23,10 +23,11 @@ Special tokens like <|endoftext|> get ids after the merges; user text only becom
 when `encode` is told to allow it, so text can never inject a control token.
 
 Read it in order: `get_stats`, `merge` and `train_merges_plain` are the whole training idea
-(count the pairs, merge the most frequent, repeat); `BPETokenizer.train` gets exactly the same
-merges from support/fast_bpe.py, which updates the counts instead of recounting (about 1 s
-instead of 100 s on TinyShakespeare). `_bpe` is the whole encoding idea. What a tokenizer file
-from elsewhere must satisfy is checked in support/tokenizer_checks.py.
+(count the pairs, merge the most frequent, repeat), and `BPETokenizer.train` runs them on small
+inputs. On larger ones it runs the named optimisation, support/fast_bpe.py's `train_merges`: the
+same merges (the tests check), with the counts updated instead of recounted (about 1 s instead
+of 100 s on TinyShakespeare). `_bpe` is the whole encoding idea. The file format is `to_dict` /
+`_read_format`; the limits a file from elsewhere must keep are in support/tokenizer_checks.py.
 """
 
 import codecs
@@ -39,16 +40,13 @@ from pathlib import Path
 import regex
 
 from support import fast_bpe
-from support.tokenizer_checks import (  # noqa: F401 - the limits are re-exported
-    FORMAT_VERSION,
-    MAX_MERGES,
-    MAX_TOKEN_BYTES,
+from support.tokenizer_checks import (
     check_encode_args,
     check_merges,
     check_rank_table,
     check_token_id,
+    check_tokenizer_dict,
     check_training_args,
-    read_tokenizer_dict,
     tokenizer_file,
 )
 
@@ -65,6 +63,11 @@ ENDOFTEXT = "<|endoftext|>"
 CACHE_SIZE = 100_000  # chunk -> ids entries kept; real text repeats " the", "\n" and co. endlessly
 NO_RANK = float("inf")
 LONG_PIECE = 64  # bytes; above this, _bpe's rescan of every pair per merge costs more than a heap
+# Up to this many (merges x bytes of distinct chunks), `train` runs the plain trainer: at most
+# ~30 ms (benchmarks/bench_tokenizer.py --trainers-only). Beyond it, the plain loop's recounting
+# grows to 100 s on TinyShakespeare, while fast_bpe takes about 1 s.
+PLAIN_TRAINING_MAX_WORK = 100_000
+FORMAT_VERSION = 1  # of the tokenizer dict / file: to_dict writes it, _read_format reads it
 Pair = tuple[int, int]
 
 
@@ -91,8 +94,8 @@ def merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
     return out
 
 
-def train_merges_plain(words: list[list[int]], counts: list[int], num_merges: int
-                       ) -> dict[Pair, int]:
+def train_merges_plain(words: list[list[int]], counts: list[int], num_merges: int,
+                       verbose: bool = False) -> dict[Pair, int]:
     """Textbook BPE: count all pairs, merge the most frequent into a new id, repeat.
 
     Ties in frequency go to the smaller pair, so training is reproducible. A pair whose bytes
@@ -112,6 +115,9 @@ def train_merges_plain(words: list[list[int]], counts: list[int], num_merges: in
         new_id = 256 + len(merges)
         merges[pair], vocab[new_id] = new_id, vocab[pair[0]] + vocab[pair[1]]
         words = [merge(ids, pair, new_id) for ids in words]
+        if verbose:
+            print(f"merge {len(merges)}/{num_merges}: {pair} -> {new_id} {vocab[new_id]!r} "
+                  f"({stats[pair]} occurrences)")
     return merges
 
 
@@ -180,11 +186,11 @@ class BPETokenizer:
         # Count each distinct chunk once; the corpus is then a few thousand weighted words.
         chunk_counts = Counter(self._split(text))
         words = [list(chunk.encode("utf-8", "surrogatepass")) for chunk in chunk_counts]
-        num_merges = vocab_size - 256 - len(specials)
-        # train_merges_plain(words, counts, num_merges) learns the very same merges (the tests
-        # check); the incremental trainer only avoids recounting every pair after each merge.
-        merges = fast_bpe.train_merges(words, list(chunk_counts.values()), num_merges, merge,
-                                       verbose)
+        counts, num_merges = list(chunk_counts.values()), vocab_size - 256 - len(specials)
+        if num_merges * sum(map(len, words)) <= PLAIN_TRAINING_MAX_WORK:
+            merges = train_merges_plain(words, counts, num_merges, verbose)
+        else:  # the optimisation: the very same merges, without recounting every pair
+            merges = fast_bpe.train_merges(words, counts, num_merges, merge, verbose)
         self._set_merges(merges)
         self.special_tokens = {s: 256 + len(merges) + i for i, s in enumerate(specials)}
 
@@ -208,7 +214,15 @@ class BPETokenizer:
     def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
         """Text -> ids. Special-token text becomes its id only if allowed ("all", one name or a
         set of names); by default ("none") it is encoded as ordinary bytes like any other text."""
-        allowed = check_encode_args(text, allowed_special, self.special_tokens)
+        if allowed_special == "none":
+            allowed = set()
+        elif allowed_special == "all":
+            allowed = set(self.special_tokens)
+        elif isinstance(allowed_special, str):  # one name: set() would split it into characters
+            allowed = {allowed_special}
+        else:
+            allowed = set(allowed_special)
+        check_encode_args(text, allowed, self.special_tokens)  # a str; names this one knows
         segments = [text]
         if allowed:  # a capturing split keeps the specials at the odd positions
             longest_first = sorted(allowed, key=len, reverse=True)
@@ -265,11 +279,19 @@ class BPETokenizer:
             d["byte_order"] = list(self._byte_order)
         return d
 
+    @staticmethod
+    def _read_format(d: dict) -> tuple[str, dict[Pair, int], list[int] | None, dict[str, int]]:
+        """to_dict's layout read back: the i-th merge listed gets id 256 + i."""
+        merges = {(int(a), int(b)): 256 + i for i, (a, b) in enumerate(d["merges"])}
+        special_tokens = {str(s): i for s, i in d["special_tokens"].items()}
+        return d["pattern"], merges, d.get("byte_order"), special_tokens
+
     @classmethod
     def from_dict(cls, d: dict, patterns: dict[str, str] = SPLIT_PATTERNS) -> "BPETokenizer":
-        """The inverse of to_dict; a dict from elsewhere is checked first (one ValueError),
-        its split pattern one of ``patterns`` (see SPLIT_PATTERNS)."""
-        pattern, merges, byte_order, special_tokens = read_tokenizer_dict(d, patterns)
+        """The inverse of to_dict; a dict from elsewhere is checked as it is read (one
+        ValueError), its split pattern one of ``patterns`` (see SPLIT_PATTERNS)."""
+        pattern, merges, byte_order, special_tokens = check_tokenizer_dict(
+            d, FORMAT_VERSION, patterns, cls._read_format)
         tok = cls(pattern)
         tok._set_merges(merges, byte_order)
         tok.special_tokens = special_tokens

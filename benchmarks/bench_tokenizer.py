@@ -9,20 +9,27 @@ Not a test (timings depend on the machine); it prints numbers for the README and
    Both ratios come from the same run, and the ids must be identical.
 2. Compression: tokenizers trained on the tokenizer corpus (train splits only) and measured
    in characters per token on each dataset's test split, with GPT-4's cl100k_base as reference.
+3. Plain vs fast trainer (also alone, with --trainers-only): train_merges_plain and
+   fast_bpe.train_merges on prefixes of TinyShakespeare, against their work (merges x bytes of
+   distinct chunks), the measure by which `BPETokenizer.train` picks one
+   (PLAIN_TRAINING_MAX_WORK); and what `train` takes for main.py's 1,024-token vocabulary.
 
-Usage: python benchmarks/bench_tokenizer.py [--data-dir DIR] [--threads N]
+Usage: python benchmarks/bench_tokenizer.py [--data-dir DIR] [--threads N] [--trainers-only]
 """
 
 import argparse
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data_utils  # noqa: E402
+import tokenizer  # noqa: E402
+from support import fast_bpe  # noqa: E402
 from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer  # noqa: E402
 
 VOCAB_SIZES = (1024, 4096, 8192)
@@ -130,11 +137,41 @@ def compression_table(data_dir: Path | None) -> None:
         print(f"{name:>14} | {train_s:>7} | " + " | ".join(f"{r:>12.2f}" for r in ratios))
 
 
+def trainer_table(text: str, plain_max_work: float = 5e6) -> None:
+    """Both trainers on the same weighted words (the plain one only up to ``plain_max_work``:
+    it recounts every pair per merge, ~100 s on the whole text), best of 3 runs each."""
+    print(f"\nTrainers: plain recount vs fast_bpe; train() runs the plain one up to work "
+          f"{tokenizer.PLAIN_TRAINING_MAX_WORK:,}")
+    print(f"{'chars':>9} | {'merges':>6} | {'work':>11} | {'plain ms':>8} | {'fast ms':>7} | "
+          f"train() runs | same merges")
+    for chars in (1_000, 4_000, 16_000, 64_000, len(text)):
+        counts = Counter(BPETokenizer()._split(text[:chars]))  # as train() weighs its chunks
+        words = [list(chunk.encode("utf-8", "surrogatepass")) for chunk in counts]
+        weights = list(counts.values())
+        for merges in (16, 64, 256, 767):
+            work = merges * sum(map(len, words))
+            fast, fast_s = min((timed(fast_bpe.train_merges, words, weights, merges,
+                                      tokenizer.merge) for _ in range(3)), key=lambda r: r[1])
+            plain_ms, same = "-", "-"
+            if work <= plain_max_work:
+                plain, plain_s = min((timed(tokenizer.train_merges_plain, words, weights, merges)
+                                      for _ in range(3)), key=lambda r: r[1])
+                plain_ms, same = f"{plain_s * 1e3:.1f}", "yes" if plain == fast else "NO"
+            runs = "plain" if work <= tokenizer.PLAIN_TRAINING_MAX_WORK else "fast"
+            print(f"{chars:>9,} | {merges:>6} | {work:>11,} | {plain_ms:>8} | "
+                  f"{fast_s * 1e3:>7.1f} | {runs:>12} | {same}")
+    seconds = min(timed(train_ours, text, 1024)[1] for _ in range(3))
+    print(f"main.py's tokenizer: train(TinyShakespeare, 1024) takes {seconds:.2f} s "
+          "(best of 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder with the data files (default: $LLM_DATA_DIR, "
                                            "else ../shared/data beside the repo)")
     parser.add_argument("--threads", type=int, default=1, help="threads for HF tokenizers")
+    parser.add_argument("--trainers-only", action="store_true",
+                        help="only the plain vs fast trainer table (part 3)")
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # read when `tokenizers` starts its pool
 
@@ -143,8 +180,11 @@ def main() -> None:
         data_dir = ROOT.parent / "shared" / "data"
     data_dir = Path(data_dir) if data_dir else None
     try:
-        speed_table(data_utils.load_tinyshakespeare(data_dir))
-        compression_table(data_dir)
+        text = data_utils.load_tinyshakespeare(data_dir)
+        if not args.trainers_only:
+            speed_table(text)
+            compression_table(data_dir)
+        trainer_table(text)
     except data_utils.DataMissingError as err:
         sys.exit(str(err))
 

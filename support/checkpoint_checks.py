@@ -1,9 +1,9 @@
 """The ways a checkpoint file can be wrong, each one CheckpointError sentence naming the file.
 
-checkpoint.py teaches the format; this module holds what a loader must check before it trusts
-a file: its structure, a config that matches the saved tensors (a config is only a claim: a
-hostile file can declare a 51 GB model around a few kilobytes of weights), and the metadata
-an adapter file carries about its adapters and its base model.
+checkpoint.py teaches the format and its meta-device shape check; this module holds what else a
+loader must check before it trusts a file: its structure, config sizes that fit the saved
+tensors (a config is only a claim: a hostile file can declare a 51 GB model around a few
+kilobytes of weights), and the metadata an adapter file carries about its adapters and base.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from support.errors import CheckpointError
 from support.validate import is_number
@@ -103,54 +102,17 @@ def invalid_config(path: str | Path, config: Any) -> Iterator[dict]:
         raise CheckpointError(f"{path} has an invalid config or tokenizer: {e}") from None
 
 
-def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
-                              model_vocab: int, tokenizer_vocab: int,
-                              shapes: Callable[[], Mapping[str, torch.Size]],
-                              prefix: str = "",
-                              shown: Callable[[str], tuple[str, bool]] = lambda n: (n, False)
-                              ) -> None:
-    """The config describes the saved tensors, before anything of its size is allocated.
-
-    ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
-    device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. Every
-    layer owns tensors in the file, so a config with more layers than the file has tensors is
-    refused before ``shapes()`` would build them. ``shown`` names a tensor as the file does,
-    and says whether the file stores it transposed (its shapes are then given reversed).
-    """
+def check_config_sizes(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
+                       model_vocab: int, tokenizer_vocab: int) -> None:
+    """The sizes a config claims fit its file, before checkpoint.py builds its model on the
+    meta device to compare shapes: the tokenizer's ids fit the model's vocabulary, and every
+    layer owns tensors in the file, so a config cannot declare more layers than it holds."""
     if tokenizer_vocab > model_vocab:
         raise CheckpointError(f"{path}: its tokenizer has {tokenizer_vocab} tokens but "
                               f"the model only {model_vocab}.")
     if n_layer > len(state_dict):
         raise CheckpointError(f"{path}: its config declares {n_layer} layers but the file "
                               f"holds only {len(state_dict)} tensors.")
-    for name, shape in shapes().items():
-        saved = state_dict.get(prefix + name)
-        if not isinstance(saved, torch.Tensor) or saved.shape != shape:
-            stored, transposed = shown(prefix + name)
-            as_stored = (lambda s: tuple(s)[::-1]) if transposed else tuple
-            found = as_stored(saved.shape) if isinstance(saved, torch.Tensor) else "nothing"
-            raise CheckpointError(f"{path}: its config does not match its weights "
-                                  f"({stored} should be {as_stored(shape)}, the file holds "
-                                  f"{found}).")
-
-
-class _SkipInit(TorchFunctionMode):
-    """``torch.nn.init`` does nothing: a meta tensor has no values to fill. (On the meta
-    device ``normal_`` would import torch's compiler stack, seconds, for nothing.)"""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensor = args[0] if args else kwargs.get("tensor")
-        if getattr(func, "__module__", None) == "torch.nn.init" and tensor.is_meta:
-            return tensor
-        return func(*args, **kwargs)
-
-
-def meta_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, torch.Size]:
-    """The shape of every tensor in ``build()``'s state dict, built on the meta device: the
-    module gets its real shapes but no storage, however large it claims to be."""
-    with torch.device("meta"), _SkipInit():
-        return {name: t.shape for name, t in build().state_dict().items()}
 
 
 @contextmanager

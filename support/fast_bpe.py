@@ -4,8 +4,9 @@ tokenizer.py teaches byte-pair encoding with the plain loops: `train_merges_plai
 pair after every merge, and `_bpe` rescans every pair of a piece after every merge. Both are easy
 to check by eye and too slow at scale (training on TinyShakespeare: ~100 s recounting, ~1 s
 here; encoding a 20,000-letter "word": 7 s rescanning, 0.1 s here). The versions here keep the
-same counts in index structures and update only what a merge changes. tests/test_tokenizer.py
-checks both against the plain loops with hypothesis.
+same counts in index structures and update only what a merge changes; the chapter runs its
+plain loops on small inputs and these beyond (PLAIN_TRAINING_MAX_WORK, LONG_PIECE).
+tests/test_tokenizer.py checks both against the plain loops with hypothesis.
 
 Everything works on plain ints and bytes, so nothing here needs the chapter.
 """

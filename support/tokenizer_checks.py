@@ -1,5 +1,7 @@
 """Checks for tokenizer.py's inputs: training arguments, encode/decode arguments, and tokenizer
-dicts and files, which may come from anywhere (a download, a checkpoint, a hand edit).
+dicts and files, which may come from anywhere (a download, a checkpoint, a hand edit). The
+format itself (what a tokenizer dict holds, and which special tokens `encode` allows) is
+tokenizer.py's; these checks only refuse what breaks it.
 
 Each check raises ValueError (FileNotFoundError for a missing file) with one sentence, or
 returns the cleaned value, so the chapter's functions read as the idea with one call at the top.
@@ -11,11 +13,10 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-FORMAT_VERSION = 1
 MAX_MERGES = 1_000_000  # cl100k has 100k merges; a file with more is hostile or broken
 MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long "tokens"
 MAX_VOCAB_BYTES = 64 << 20  # all tokens' bytes together; cl100k's take 0.7 MB, o200k's 1.4 MB
@@ -39,23 +40,13 @@ def check_training_args(text: object, vocab_size: object, special_tokens: Iterab
     return specials
 
 
-def check_encode_args(text: object, allowed_special: str | Iterable[str],
-                      special_tokens: dict[str, int]) -> set[str]:
-    """The special tokens `encode` may produce: "none", "all", one name or a set of names."""
+def check_encode_args(text: object, allowed: set[str], special_tokens: dict[str, int]) -> None:
+    """`encode` got a str, and the special tokens it may produce are ones this tokenizer has."""
     if not isinstance(text, str):
         raise ValueError(f"encode() needs a str, got {type(text).__name__}.")
-    if allowed_special == "none":
-        allowed = set()
-    elif allowed_special == "all":
-        allowed = set(special_tokens)
-    elif isinstance(allowed_special, str):  # one name: set() would split it into characters
-        allowed = {allowed_special}
-    else:
-        allowed = set(allowed_special)
     if unknown := allowed - set(special_tokens):
         raise ValueError(f"unknown special tokens {sorted(unknown)}; this tokenizer has "
                          f"{sorted(special_tokens)}.")
-    return allowed
 
 
 def check_token_id(token_id: object, vocab: dict[int, bytes], special_tokens: dict[str, int]
@@ -104,32 +95,33 @@ def check_split_pattern(pattern: object, known: Mapping[str, str]) -> None:
                          "ordinary text, so only these are accepted.")
 
 
-def read_tokenizer_dict(d: object, patterns: Mapping[str, str]
-                        ) -> tuple[str, dict[Pair, int], list[int] | None, dict[str, int]]:
-    """(pattern, merges, byte_order, special_tokens) of a version-1 tokenizer dict.
+Entries = tuple[str, dict[Pair, int], list[int] | None, dict[str, int]]
 
-    Checked: the pattern is one of ``patterns`` (name -> regex), at most MAX_MERGES merges,
-    each a pair of ids that exist before it (and no pair twice), byte_order a permutation of
-    the 256 bytes, and special ids that are distinct ints after the regular tokens.
+
+def check_tokenizer_dict(d: object, version: int, patterns: Mapping[str, str],
+                         read: Callable[[dict], Entries]) -> Entries:
+    """``read(d)`` (pattern, merges, byte_order, special_tokens) once ``d`` is safe to use.
+
+    Checked: ``d`` is a dict of ``version``, its pattern is one of ``patterns`` (name ->
+    regex), at most MAX_MERGES merges, each a pair of ids that exist before it (and no pair
+    twice), byte_order a permutation of the 256 bytes, and special ids that are distinct ints
+    after the regular tokens. A missing or wrongly typed entry is one ValueError too.
     """
-    if not isinstance(d, dict) or d.get("version") != FORMAT_VERSION:
-        raise ValueError(f"the tokenizer is missing or is not a version-{FORMAT_VERSION} "
+    if not isinstance(d, dict) or d.get("version") != version:
+        raise ValueError(f"the tokenizer is missing or is not a version-{version} "
                          "tokenizer dict.")
     try:
-        pattern = d["pattern"]
-        check_split_pattern(pattern, patterns)
+        check_split_pattern(d["pattern"], patterns)
         if len(d["merges"]) > MAX_MERGES:
             raise ValueError(f"{len(d['merges']):,} merges is more than the {MAX_MERGES:,} "
                              "this loader accepts")
-        merges = {(int(a), int(b)): 256 + i for i, (a, b) in enumerate(d["merges"])}
+        pattern, merges, byte_order, special_tokens = read(d)
         if len(merges) != len(d["merges"]):
             raise ValueError("a merge is listed twice; each pair is merged once")
         if not all(0 <= a < new_id and 0 <= b < new_id for (a, b), new_id in merges.items()):
             raise ValueError("a merge refers to a token that does not exist yet")
-        byte_order = d.get("byte_order")
         if byte_order is not None and sorted(byte_order) != list(range(256)):
             raise ValueError("byte_order must be a permutation of 0..255")
-        special_tokens = {str(s): i for s, i in d["special_tokens"].items()}
     except KeyError as e:
         raise ValueError(f"the tokenizer has no '{e.args[0]}' entry.") from None
     except (TypeError, AttributeError) as e:

@@ -10,8 +10,10 @@ import checkpoint
 from checkpoint import (
     CheckpointError,
     atomic_save,
+    check_config_fits_weights,
     check_writable,
     load_checkpoint,
+    meta_shapes,
     read_checkpoint,
     save_checkpoint,
     weights_fingerprint,
@@ -207,3 +209,25 @@ def test_fingerprint_identifies_the_weights(model):
     changed = dict(sd)
     changed["ln_f.weight"] = sd["ln_f.weight"] + 1e-3
     assert weights_fingerprint(changed) != weights_fingerprint(sd)
+
+
+def test_config_and_weights_agree_or_one_sentence_names_the_tensor():
+    state = {"w": torch.zeros(2, 3)}
+    check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([2, 3])})
+    with pytest.raises(CheckpointError, match=r"w should be \(4, 3\), the file holds \(2, 3\)"):
+        check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([4, 3])})
+    with pytest.raises(CheckpointError, match="gpt.w should be .* holds nothing"):
+        check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([2, 3])},
+                                  prefix="gpt.")
+    with pytest.raises(CheckpointError, match="declares 2 layers"):  # sizes first: nothing built
+        check_config_fits_weights("m.pth", state, 2, 10, 10, lambda: pytest.fail("built"))
+
+
+def test_meta_shapes_are_the_real_shapes_without_any_storage():
+    def build():
+        return torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.LayerNorm(8),
+                                   torch.nn.Linear(8, 3))
+    real = {name: t.shape for name, t in build().state_dict().items()}
+    assert meta_shapes(build) == real
+    huge = meta_shapes(lambda: torch.nn.Linear(2**20, 2**20))  # 4 TiB if it were allocated
+    assert huge["weight"] == (2**20, 2**20)

@@ -19,7 +19,8 @@ from classifier import GPTClassifier, load_classifier, predict, save_classifier
 from generation import generate_text
 from instructions import answer, format_prompt
 from model import GPTConfig, GPTModel
-from tokenizer import MAX_TOKEN_BYTES, BPETokenizer
+from support.tokenizer_checks import MAX_TOKEN_BYTES
+from tokenizer import BPETokenizer
 
 # Any code point, lone surrogates included, and long strings now and then.
 ANY_TEXT = st.text(st.characters(codec=None), max_size=200) | st.text(max_size=5000)

