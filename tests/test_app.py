@@ -28,6 +28,7 @@ INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "tinyshakespeare.txt").exists() or not INSTRUCTIONS.exists(),
     reason=f"the real data files are not in {SHARED_DATA}")
+pytestmark = pytest.mark.slow  # the app on checkpoints its own scripts train
 
 
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:

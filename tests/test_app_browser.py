@@ -32,6 +32,7 @@ WAIT_MS = 60_000
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the playwright package is not installed")
 pytestmark = [
+    pytest.mark.slow,
     needs_data,
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),

@@ -122,6 +122,7 @@ def test_a_kind_it_cannot_export_gets_one_sentence(base, tok, tmp_path):
         export(tmp_path / "state.pth", tmp_path / "file")
 
 
+@pytest.mark.slow
 def test_the_script_says_error_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "export_hf.py", "--checkpoint",
                              str(tmp_path / "none.pth"), "--out", str(tmp_path / "hf")],

@@ -24,6 +24,7 @@ needs_data = pytest.mark.skipif(
     reason=f"real data not found in {SHARED_DATA}")
 
 
+@pytest.mark.slow
 def test_help_lists_the_flags():
     result = subprocess.run([sys.executable, str(ROOT / "finetune_qlora_instructions.py"),
                              "--help"], capture_output=True, text=True, timeout=120)
@@ -94,6 +95,7 @@ def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
 
 
 @needs_data
+@pytest.mark.slow
 def test_end_to_end_on_a_tiny_base(tmp_path, monkeypatch):
     """main.py --preset tiny, then the script on instruction-data-1100.jsonl, from the shell."""
     env = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}

@@ -178,6 +178,7 @@ def run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_SST2 or not (SHARED_DATA / "tinyshakespeare.txt").is_file(),
                     reason="needs the shared SST-2 and TinyShakespeare files")
 def test_both_scripts_end_to_end(tmp_path, monkeypatch):

@@ -436,6 +436,7 @@ def sst2_accuracy(model, tok) -> float:
 
 
 @needs_data
+@pytest.mark.slow
 def test_both_classifier_scripts_train_on_a_gpt2_folder_and_reload_identically(
         gpt2_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -462,6 +463,7 @@ def predict_both(base):
 
 
 @needs_data
+@pytest.mark.slow
 def test_qlora_trains_on_a_gpt2_folder_and_reloads_answering_the_same(
         gpt2_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -476,6 +478,7 @@ def test_qlora_trains_on_a_gpt2_folder_and_reloads_answering_the_same(
 
 
 @needs_data
+@pytest.mark.slow
 def test_evaluate_scores_a_gpt2_folder(gpt2_folder, tmp_path):
     out = tmp_path / "metrics.json"
     assert evaluate.main(["--checkpoint", str(gpt2_folder), "--data-dir", str(SHARED_DATA),

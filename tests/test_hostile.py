@@ -101,6 +101,7 @@ def test_hostile_tokenizer_files_get_a_clear_error(tmp_path, merges, reason):
         BPETokenizer.load(path)
 
 
+@pytest.mark.slow  # writes and reads a file of millions of merges
 def test_a_huge_merge_list_is_refused_before_it_is_built(tmp_path):
     path = tmp_path / "tokenizer.json"
     merges = ",".join(["[97,97]"] * 1_000_001)

@@ -38,6 +38,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "LLM_DATA_DIR": str(SHARED_DATA),
        "PYTHONPATH": str(ROOT)}
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
         "it 's a charming and often affecting journey . the acting is astounding .\n") * 30
+pytestmark = pytest.mark.slow  # the scripts as processes: exit codes, signals, refusals
 
 
 def tiny_gpt(nan: bool = False) -> tuple[GPTModel, BPETokenizer]:

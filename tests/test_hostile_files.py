@@ -33,6 +33,7 @@ from tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_MB = 600  # python + torch + the scripts' imports take about 230 MB
+pytestmark = pytest.mark.slow  # hostile-file probes, bombs in child processes
 
 # case -> (the file the sentence names, relative to the case's folder; what it says)
 BOMBS = {

@@ -24,6 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TINY = ["--preset", "tiny", "--sample-tokens", "0", "--device", "cpu", "--dtype", "float32",
         "--checkpoint-interval", "0"]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+pytestmark = pytest.mark.slow  # every test here runs the scripts as processes
 
 
 def script(name: str, workdir, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from checkpoint import load_checkpoint, read_checkpoint
 SCRIPTS = ["main.py", "evaluate.py"]
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
                                 reason=f"real data not found in {SHARED_DATA}")
+pytestmark = pytest.mark.slow  # every test here runs main.py or evaluate.py as a process
 
 
 def run(args: list[str], cwd, check: bool = True, **env) -> subprocess.CompletedProcess:

@@ -15,8 +15,9 @@ from conftest import ROOT, SHARED_DATA
 
 from checkpoint import load_checkpoint, read_checkpoint
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
-                                reason=f"real data not found in {SHARED_DATA}")
+pytestmark = [pytest.mark.slow,  # DDP, signals and resumes of whole scripts
+              pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare.txt").exists(),
+                                 reason=f"real data not found in {SHARED_DATA}")]
 
 # Deterministic settings: one thread per process, fixed seed, no dropout (tiny preset).
 ENV = {**os.environ, "LLM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1",

@@ -100,6 +100,7 @@ def in_project(project, monkeypatch):
 # ---------------------------------------------------------------------------- sample.py
 
 
+@pytest.mark.slow
 def test_sample_from_the_shell_streams_the_prompt_and_its_continuation(shell, in_project,
                                                                         capsys):
     stdout, stderr, code = shell["sample"]
@@ -138,6 +139,7 @@ def test_sample_flags_are_checked_where_they_are_typed(capsys):
 # ---------------------------------------------------------------------------- classify.py
 
 
+@pytest.mark.slow
 def test_classify_from_stdin_answers_each_line_as_json(shell):
     stdout, stderr, code = shell["classify"]
     assert code == 0, stderr
@@ -177,6 +179,7 @@ def test_lora_classifier_takes_its_base_from_the_flag(in_project, capsys, tmp_pa
 # ---------------------------------------------------------------------------- ask.py
 
 
+@pytest.mark.slow
 def test_ask_from_the_shell_streams_an_answer(shell, in_project):
     stdout, stderr, code = shell["ask"]
     assert code == 0, stderr
@@ -196,6 +199,7 @@ def test_ask_shows_the_prompt_and_repeats_itself_with_a_seed(in_project, capsys)
 # ---------------------------------------------------------------------------- every script
 
 
+@pytest.mark.slow
 def test_a_missing_file_is_one_sentence_and_exit_code_1(shell):
     stdout, stderr, code = shell["missing"]
     assert (stdout, stderr, code) == (
