@@ -45,6 +45,7 @@ from model import GPTModel
 from support.cli import run
 from support.flags import FlagParser
 from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
+from support.runtime import Bookkeeping
 from training import launch, train_model
 
 
@@ -77,7 +78,8 @@ def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Pa
     with PeakMemory(device) as peak:
         summary = train_model(sst2.run.wrap(model), sst2.loaders["train"], sst2.loaders["val"],
                               train_config(sst2.args), device, loss_fn=classification_loss,
-                              log_path=log_path, is_main=sst2.run.is_main, desc=name)
+                              is_main=sst2.run.is_main,
+                              bookkeeping=Bookkeeping(log_path=log_path, desc=name))
     return sst2.score(model, name, summary, peak, memory, parameters, log_path)
 
 

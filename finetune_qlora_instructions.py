@@ -74,6 +74,7 @@ from support.measure import (
     write_jsonl,
     write_metrics,
 )
+from support.runtime import Bookkeeping
 from training import cleanup_distributed, launch, lm_loss, train_model
 
 
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     warm_up_optimizer()  # a one-time import would count as the run's memory
     with PeakMemory(run.device) as peak:
         summary = train_model(run.wrap(model), train_loader, test_loader, train_config(args),
-                              run.device, loss_fn=lm_loss, log_path=log_path,
-                              is_main=run.is_main, desc="qlora")
+                              run.device, loss_fn=lm_loss, is_main=run.is_main,
+                              bookkeeping=Bookkeeping(log_path=log_path, desc="qlora"))
     cleanup_distributed()
     stop_if_interrupted(summary, args, "QLoRA", log_path)  # 130 / 143; --out left as it was
     if run.is_main:

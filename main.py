@@ -12,6 +12,9 @@ later runs), train the model with ``training.train_model`` on windows of those f
 once per epoch, in a seeded order), save a self-describing checkpoint, and print a sample.
 Ctrl-C (or SIGTERM) stops cleanly: it saves, says what it saved where, and exits 130 (143);
 ``--resume`` continues exactly where it stopped.
+
+Read ``main`` first: settings, tokenizer, data, model, train, save. Below it are its steps, then
+the presets and their flags, then resuming, the two savers and the closing report.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from support.flags import (
     seed_arg,
 )
 from support.metrics import forget_steps_after
+from support.runtime import Bookkeeping
 from support.token_files import (
     DEFAULT_ROOT,
     Corpus,
@@ -78,6 +82,168 @@ from training import (
     launch,
     train_model,
 )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # the --preset's values, each overridden by its flag if given
+    run = launch(args.device)  # under torchrun: this process's rank and its own device
+    torch.manual_seed(args.seed)
+    run_dir = Path("runs") / args.run_name
+    state_path = run_dir / "state.pt"
+    # The settings and the tokenizer (trained, or reused): a new run's, or the resumed run's.
+    resume_state = None
+    if args.resume:
+        model_cfg, train_cfg, tokenizer, meta, resume_state = resume_run(args, state_path, run)
+    else:
+        model_cfg, train_cfg, tokenizer, meta = start_run(args, run, run_dir)
+    batch_size, ctx, seed = meta["batch_size"], model_cfg.context_length, train_cfg.seed
+
+    # The data: the corpus as token files on disk. Training visits every window once per
+    # epoch in a seeded order; val reads its windows in order.
+    folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
+    check_fills_window(tokens, ctx)
+    train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
+                                  seed, ctx // 2, run.rank, run.world_size)
+    val_batches = val_loader(lambda: open_tokens(folder, "val", tokens), ctx, batch_size)
+
+    model = GPTModel(model_cfg).to(run.device)
+    if run.is_main:
+        print(f"Model: {model.num_parameters() / 1e6:.2f} M parameters "
+              f"({json.dumps(model_cfg.to_dict())}); {meta['trained_on']}; "
+              f"device {run.device}; "
+              f"global batch {batch_size * train_cfg.grad_accum_steps * run.world_size} x {ctx}")
+
+    # Train, saving as it goes: the best-val weights to --out, the state to resume from.
+    save, save_best = checkpoint_savers(model, tokenizer, model_cfg, meta, state_path,
+                                        resume_state)
+    bookkeeping = Bookkeeping(run_dir / "metrics.jsonl", save, save_best,
+                              tokens_per_batch=batch_size * ctx * run.world_size,
+                              flops_per_token=model.flops_per_token(), desc="pretrain")
+    summary = train_model(run.wrap(model), train_batches, val_batches, train_cfg, run.device,
+                          resume_state=resume_state, is_main=run.is_main,
+                          bookkeeping=bookkeeping)
+    cleanup_distributed()
+    if not run.is_main:
+        return 0
+    print(report(summary, meta["out"], state_path, args.run_name))
+    if summary["interrupted"]:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+        return 128 + summary["stop_signal"]
+    if args.sample_tokens:
+        print_sample(meta, tokenizer, folder, tokens, args.sample_tokens, seed)
+    return 0
+
+
+# --------------------------------- its steps: settings, tokenizer, token files
+
+def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
+              ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict]:
+    """A new run: the model and training settings, a tokenizer, and what the checkpoints say."""
+    s = settings(args)
+    # Both configs check their values before minutes go into the tokenizer.
+    model_cfg = GPTConfig(**{name: s[name] for name in MODEL_FIELDS})
+    train_cfg = TrainConfig(**{name: s[name] for name in TRAIN_FIELDS},
+                            checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
+                            compile=args.compile, seed=args.seed)
+    check_model_fits(model_cfg, run.device)  # not an allocator's traceback minutes from now
+    meta = {"run_name": args.run_name, "preset": args.preset,
+            "split": "nanogpt" if args.nanogpt_split else "standard",
+            "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}
+    check_writable(meta["out"])
+    tokenizer, facts = prepare_corpus(args, run, s["vocab_size"])
+    meta.update(facts)
+    # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
+    model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
+    if run.is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
+    return model_cfg, train_cfg, tokenizer, meta
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The preset's values, each replaced by its flag where the user gave one."""
+    return {name: preset_value if getattr(args, name) is None else getattr(args, name)
+            for name, preset_value in PRESETS[args.preset].items()}
+
+
+def prepare_corpus(args: argparse.Namespace, run: Launch, vocab_size: int
+                   ) -> tuple[BPETokenizer, dict]:
+    """Rank 0 trains (or reuses) the tokenizer and makes (or reuses) the token files; the
+    other ranks wait, then read them. Returns the tokenizer and the checkpoints' corpus facts."""
+    corpus, folder = corpus_of(args)
+    own_text = corpus.name != "tinyshakespeare"
+    tokenizer_path = Path(args.tokenizer or (folder / "tokenizer.json" if own_text
+                                             else "tokenizer.json"))
+    if run.is_main:
+        found = survey(corpus)
+        tokenizer = (corpus_tokenizer(tokenizer_path, vocab_size, found, args.tokenizer_sample)
+                     if own_text else get_tokenizer(tokenizer_path, vocab_size, args.data_dir,
+                                                    args.instruction_file))
+        ready_token_files(found, tokenizer, folder, args.workers)
+    if run.world_size > 1:  # the other ranks wait for rank 0's files
+        torch.distributed.barrier()
+        tokenizer = BPETokenizer.load(tokenizer_path)
+    return tokenizer, corpus_facts(corpus, folder)
+
+
+def corpus_of(args: argparse.Namespace) -> tuple[Corpus, Path]:
+    """The corpus the flags name (TinyShakespeare without any), and its token files' folder."""
+    corpus = corpus_from_args(args) or tinyshakespeare_corpus(args.data_dir, args.nanogpt_split)
+    return corpus, Path(args.prepared_dir or DEFAULT_ROOT / corpus.folder_name())
+
+
+def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BPETokenizer:
+    """Reuse the saved tokenizer if it has the requested size, else train and save one."""
+    if path.exists():
+        tokenizer = BPETokenizer.load(path)
+        if tokenizer.vocab_size == vocab_size:
+            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
+            if instruction_file:
+                print(f"Note: --instruction-file is not used: {path} exists already; delete it "
+                      "to train a tokenizer that includes that file.")
+            return tokenizer
+    corpus = tokenizer_training_corpus(data_dir, instruction_file=instruction_file)
+    print(f"Training a {vocab_size}-token BPE tokenizer on {len(corpus):,} characters ...")
+    tokenizer = BPETokenizer()
+    tokenizer.train(corpus, vocab_size)
+    save_tokenizer(tokenizer, path)
+    return tokenizer
+
+
+def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: int
+                     ) -> BPETokenizer:
+    """Your own text's tokenizer: reused if it has the requested size, else trained on at
+    most ``sample_chars`` characters of train text drawn evenly from the whole corpus."""
+    if path.exists():
+        tokenizer = BPETokenizer.load(path)
+        if tokenizer.vocab_size == vocab_size:
+            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
+            return tokenizer
+    sample = draw_sample(found.train_texts(), sample_chars, found.corpus.split_seed)
+    print(f"Training a {vocab_size}-token BPE tokenizer on {len(sample):,} characters drawn "
+          f"evenly from {found.corpus.label()} ...")
+    tokenizer = BPETokenizer()
+    tokenizer.train(sample, vocab_size)
+    check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
+    save_tokenizer(tokenizer, path)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: BPETokenizer, path: Path) -> None:
+    """Saved whole or not at all: written beside, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    tokenizer.save(part)
+    part.replace(path)
+
+
+def corpus_facts(corpus: Corpus, folder: Path) -> dict:
+    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
+    token_meta = read_token_meta(folder)
+    return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
+            "corpus": corpus.to_dict(), "prepared": str(folder),
+            "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
+
+
+# ----------------------------------------------------------- presets and flags
 
 # Each preset: model shape, tokenizer size and training schedule. A flag overrides any value
 # (--max-steps 500 and so on); nothing else changes them.
@@ -182,113 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def corpus_of(args: argparse.Namespace) -> tuple[Corpus, Path]:
-    """The corpus the flags name (TinyShakespeare without any), and its token files' folder."""
-    corpus = corpus_from_args(args) or tinyshakespeare_corpus(args.data_dir, args.nanogpt_split)
-    return corpus, Path(args.prepared_dir or DEFAULT_ROOT / corpus.folder_name())
-
-
-def settings(args: argparse.Namespace) -> dict:
-    """The preset's values, each replaced by its flag where the user gave one."""
-    return {name: preset_value if getattr(args, name) is None else getattr(args, name)
-            for name, preset_value in PRESETS[args.preset].items()}
-
-
-def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BPETokenizer:
-    """Reuse the saved tokenizer if it has the requested size, else train and save one."""
-    if path.exists():
-        tokenizer = BPETokenizer.load(path)
-        if tokenizer.vocab_size == vocab_size:
-            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
-            if instruction_file:
-                print(f"Note: --instruction-file is not used: {path} exists already; delete it "
-                      "to train a tokenizer that includes that file.")
-            return tokenizer
-    corpus = tokenizer_training_corpus(data_dir, instruction_file=instruction_file)
-    print(f"Training a {vocab_size}-token BPE tokenizer on {len(corpus):,} characters ...")
-    tokenizer = BPETokenizer()
-    tokenizer.train(corpus, vocab_size)
-    save_tokenizer(tokenizer, path)
-    return tokenizer
-
-
-def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: int
-                     ) -> BPETokenizer:
-    """Your own text's tokenizer: reused if it has the requested size, else trained on at
-    most ``sample_chars`` characters of train text drawn evenly from the whole corpus."""
-    if path.exists():
-        tokenizer = BPETokenizer.load(path)
-        if tokenizer.vocab_size == vocab_size:
-            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
-            return tokenizer
-    sample = draw_sample(found.train_texts(), sample_chars, found.corpus.split_seed)
-    print(f"Training a {vocab_size}-token BPE tokenizer on {len(sample):,} characters drawn "
-          f"evenly from {found.corpus.label()} ...")
-    tokenizer = BPETokenizer()
-    tokenizer.train(sample, vocab_size)
-    check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
-    save_tokenizer(tokenizer, path)
-    return tokenizer
-
-
-def save_tokenizer(tokenizer: BPETokenizer, path: Path) -> None:
-    """Saved whole or not at all: written beside, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    tokenizer.save(part)
-    part.replace(path)
-
-
-def prepare_corpus(args: argparse.Namespace, run: Launch, vocab_size: int
-                   ) -> tuple[BPETokenizer, dict]:
-    """Rank 0 trains (or reuses) the tokenizer and makes (or reuses) the token files; the
-    other ranks wait, then read them. Returns the tokenizer and the checkpoints' corpus facts."""
-    corpus, folder = corpus_of(args)
-    own_text = corpus.name != "tinyshakespeare"
-    tokenizer_path = Path(args.tokenizer or (folder / "tokenizer.json" if own_text
-                                             else "tokenizer.json"))
-    if run.is_main:
-        found = survey(corpus)
-        tokenizer = (corpus_tokenizer(tokenizer_path, vocab_size, found, args.tokenizer_sample)
-                     if own_text else get_tokenizer(tokenizer_path, vocab_size, args.data_dir,
-                                                    args.instruction_file))
-        ready_token_files(found, tokenizer, folder, args.workers)
-    if run.world_size > 1:  # the other ranks wait for rank 0's files
-        torch.distributed.barrier()
-        tokenizer = BPETokenizer.load(tokenizer_path)
-    return tokenizer, corpus_facts(corpus, folder)
-
-
-def corpus_facts(corpus: Corpus, folder: Path) -> dict:
-    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
-    token_meta = read_token_meta(folder)
-    return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
-            "corpus": corpus.to_dict(), "prepared": str(folder),
-            "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
-
-
-def start_run(args: argparse.Namespace, run: Launch, run_dir: Path
-              ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict]:
-    """A new run: the model and training settings, a tokenizer, and what the checkpoints say."""
-    s = settings(args)
-    # Both configs check their values before minutes go into the tokenizer.
-    model_cfg = GPTConfig(**{name: s[name] for name in MODEL_FIELDS})
-    train_cfg = TrainConfig(**{name: s[name] for name in TRAIN_FIELDS},
-                            checkpoint_interval=args.checkpoint_interval, dtype=args.dtype,
-                            compile=args.compile, seed=args.seed)
-    check_model_fits(model_cfg, run.device)  # not an allocator's traceback minutes from now
-    meta = {"run_name": args.run_name, "preset": args.preset,
-            "split": "nanogpt" if args.nanogpt_split else "standard",
-            "out": args.out or "model_weights.pth", "batch_size": s["batch_size"]}
-    check_writable(meta["out"])
-    tokenizer, facts = prepare_corpus(args, run, s["vocab_size"])
-    meta.update(facts)
-    # Round the embedding table up to a multiple of 64: faster matmuls, unused rows unused.
-    model_cfg = replace(model_cfg, vocab_size=(tokenizer.vocab_size + 63) // 64 * 64)
-    if run.is_main:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh log
-    return model_cfg, train_cfg, tokenizer, meta
-
+# -------------------------------------------------- resume, saving, the report
 
 def resume_run(args: argparse.Namespace, state_path: Path, run: Launch
                ) -> tuple[GPTConfig, TrainConfig, BPETokenizer, dict, dict]:
@@ -390,54 +450,15 @@ def report(summary: dict, out: str, state_path: Path, run_name: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    run = launch(args.device)  # under torchrun: this process's rank and its own device
-    torch.manual_seed(args.seed)
-    run_dir = Path("runs") / args.run_name
-    state_path = run_dir / "state.pt"
-    resume_state = None
-    if args.resume:
-        model_cfg, train_cfg, tokenizer, meta, resume_state = resume_run(args, state_path, run)
-    else:
-        model_cfg, train_cfg, tokenizer, meta = start_run(args, run, run_dir)
-    batch_size, ctx, seed = meta["batch_size"], model_cfg.context_length, train_cfg.seed
-
-    # The corpus as token files on disk: training visits every window once per epoch in a
-    # seeded order; val reads its windows in order.
-    folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
-    check_fills_window(tokens, ctx)
-    train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
-                                  seed, ctx // 2, run.rank, run.world_size)
-    val_batches = val_loader(lambda: open_tokens(folder, "val", tokens), ctx, batch_size)
-
-    model = GPTModel(model_cfg).to(run.device)
-    if run.is_main:
-        print(f"Model: {model.num_parameters() / 1e6:.2f} M parameters "
-              f"({json.dumps(model_cfg.to_dict())}); {meta['trained_on']}; "
-              f"device {run.device}; "
-              f"global batch {batch_size * train_cfg.grad_accum_steps * run.world_size} x {ctx}")
-    save, save_best = checkpoint_savers(model, tokenizer, model_cfg, meta, state_path,
-                                        resume_state)
-    summary = train_model(
-        run.wrap(model), train_batches, val_batches, train_cfg, run.device,
-        log_path=run_dir / "metrics.jsonl", save_fn=save, best_fn=save_best,
-        resume_state=resume_state, tokens_per_batch=batch_size * ctx * run.world_size,
-        flops_per_token=model.flops_per_token(), is_main=run.is_main, desc="pretrain")
-    cleanup_distributed()
-    if not run.is_main:
-        return 0
-    print(report(summary, meta["out"], state_path, args.run_name))
-    if summary["interrupted"]:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
-        return 128 + summary["stop_signal"]
-    if args.sample_tokens:
-        best_model, _, _ = load_checkpoint(meta["out"])
-        prompt = "ROMEO:" if meta["dataset"] == "tinyshakespeare" else tokenizer.decode(
-            open_tokens(folder, "test", tokens)[:8].tolist())  # how a test document begins
-        sample = generate_text(best_model, tokenizer, prompt, max_new_tokens=args.sample_tokens,
-                               temperature=0.8, top_k=50, seed=seed)
-        print("\n--- sample ---\n" + prompt + sample)
-    return 0
+def print_sample(meta: dict, tokenizer: BPETokenizer, folder: Path, tokens: dict,
+                 max_new_tokens: int, seed: int) -> None:
+    """A sample from the saved (best-val) model, after a prompt of its corpus's kind."""
+    best_model, _, _ = load_checkpoint(meta["out"])
+    prompt = "ROMEO:" if meta["dataset"] == "tinyshakespeare" else tokenizer.decode(
+        open_tokens(folder, "test", tokens)[:8].tolist())  # how a test document begins
+    sample = generate_text(best_model, tokenizer, prompt, max_new_tokens=max_new_tokens,
+                           temperature=0.8, top_k=50, seed=seed)
+    print("\n--- sample ---\n" + prompt + sample)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 ``train_model`` is a plain loop, nanoGPT style: set the learning rate (linear warmup, then
 cosine decay), run forward and loss on a batch under autocast (bf16 on a GPU that has it),
 backpropagate, clip the gradients' norm, take an optimizer step; every so often, measure the
-loss on held-out data. Read it at the bottom of this file. Above it are its parts: the settings
-(``TrainConfig``), AdamW with weight decay only on matrices and Muon for the matrices inside
-the blocks, the schedule, the language-model loss and the endless batch stream.
+loss on held-out data. It comes first, after the language-model loss; below it are its parts:
+the settings (``TrainConfig``), AdamW with weight decay only on matrices (or ``muon.Muon``, the
+next chapter, for the matrices inside the blocks), the schedule and the endless batch stream.
 
 The loss is supplied by the caller (``loss_fn(model, batch) -> scalar``) so the same loop
 trains the language model, the sentiment classifier and the instruction model.
@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from muon import Muon
 from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts import them here
+    Bookkeeping,
     Launch,
     TrainingRun,
     autocast,
@@ -43,6 +44,80 @@ from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts i
     pick_dtype,
 )
 
+# ---------------------------------------------------------------------------- the loop
+
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy; target -100 marks positions that carry no loss."""
+    inputs, targets = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def train_model(model: nn.Module, train_loader, val_loader: DataLoader | None,
+                cfg: TrainConfig, device: torch.device, loss_fn: Callable = lm_loss,
+                resume_state: dict | None = None, is_main: bool = True,
+                bookkeeping: Bookkeeping | None = None) -> dict:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps and return a summary.
+
+    Each step: set the learning rate from the schedule; for each of ``grad_accum_steps``
+    micro-batches run the forward pass and the loss under autocast and backpropagate (the
+    gradients add up); clip the gradients' total norm; take the optimizer step. Every
+    ``eval_interval`` steps, and at the end, measure the val loss.
+
+    The bookkeeping around the steps is ``support.runtime.TrainingRun``'s; what it needs from
+    the caller is one ``Bookkeeping``: where the metrics go, ``save_fn(state)`` to receive the
+    full training state (model, optimizer, step, RNG) every ``checkpoint_interval`` steps, at
+    the end, and when Ctrl-C or SIGTERM asks the run to stop, ``best_fn(state)`` to receive it
+    after each evaluation with a new lowest val loss (small data overfits: val loss turns back
+    up), the sizes tokens/s and MFU are counted from, and the progress bar's label.
+    ``resume_state`` is such a state, and training continues exactly where it left off.
+    ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
+    ``train_loader`` is a DataLoader, or pretraining's ``data_utils.WindowBatches``.
+    """
+    dtype = pick_dtype(cfg.dtype, device)
+    raw_model = getattr(model, "module", model)  # the model inside DistributedDataParallel
+    optimizer = configure_optimizer(raw_model, cfg, device)
+    # float16 gradients underflow to zero: scale the loss up before backward and the gradients
+    # back down before clipping (skipping any step whose gradients overflowed). bf16 has
+    # float32's range and needs none of this: disabled, the scaler changes nothing.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run = TrainingRun(cfg, raw_model, optimizer, scaler, device, dtype,
+                      bookkeeping or Bookkeeping(), is_main)
+    step = run.resume(resume_state)
+    step_model = torch.compile(model) if cfg.compile else model
+    batches = batches_from(train_loader, start_batch=step * cfg.grad_accum_steps)
+    model.train()
+    with run:  # from here Ctrl-C / SIGTERM only set run.stop_requested: the loop ends and saves
+        while step < cfg.max_steps and not run.stop_requested:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum_steps):
+                batch = to_device(next(batches), device)
+                with gradient_sync(model, micro == cfg.grad_accum_steps - 1):  # DDP: last only
+                    with autocast(device, dtype):
+                        loss = loss_fn(step_model, batch) / cfg.grad_accum_steps
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            val_loss = None
+            if is_main and val_loader is not None and (
+                    step % cfg.eval_interval == 0 or step == cfg.max_steps):
+                val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
+                                         cfg.eval_batches)
+            run.after_step(step, loss_sum, lr, val_loss)  # log, keep the best, save, progress
+    return run.finish()
+
+
+# ---------------------------------------------------------------------------- its parts
 
 @dataclass
 class TrainConfig:
@@ -74,72 +149,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------- optimizer & lr
-
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """An approximation of U V^T for g = U S V^T: the same directions, every singular value ~1.
-
-    Five Newton-Schulz iterations of a quintic tuned to push singular values towards 1 fast:
-    those that are not tiny end in about [0.7, 1.2], which trains as well as the exact U V^T.
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm() + 1e-7)  # the Frobenius norm bounds every singular value: now all <= 1
-    wide = x.size(0) <= x.size(1)
-    x = x if wide else x.T  # iterate on the smaller Gram matrix x @ x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.T
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon for the weight matrices inside the blocks, AdamW for everything else.
-
-    Adam scales every coordinate by its own history; Muon instead takes the momentum of a
-    matrix's gradient and orthogonalizes it, so the update moves all of its directions by the
-    same amount and rare directions learn as fast as dominant ones (Keller Jordan, 2024).
-    Embeddings, the tied output head, biases and LayerNorm gains are not "matrices acting on
-    hidden states", so their groups carry ``muon=False`` and get the plain AdamW update.
-    (torch.optim.Muon orthogonalizes in bfloat16, which CPUs without bf16 run ~3x slower.)
-    """
-
-    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float],
-                 momentum: float = 0.95, eps: float = 1e-8) -> None:
-        super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps,
-                                      weight_decay=0.0, muon=False))
-
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if wd:  # decoupled weight decay, as in AdamW (Muon and vector groups have none)
-                    p.mul_(1 - lr * wd)
-                if group["muon"]:
-                    buf = state.setdefault("momentum", torch.zeros_like(p))
-                    buf.lerp_(p.grad, 1 - group["momentum"])
-                    update = p.grad.lerp(buf, group["momentum"])  # Nesterov look-ahead
-                    # Entries of RMS 1/sqrt(fan_in) whatever the shape (tall ones would be smaller).
-                    scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    p.add_(orthogonalize(update), alpha=-lr * scale)
-                else:
-                    if not state:
-                        state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-                    beta1, beta2 = group["betas"]
-                    state["step"] += 1
-                    state["m"].lerp_(p.grad, 1 - beta1)
-                    state["v"].lerp_(p.grad.square(), 1 - beta2)
-                    m_hat = state["m"] / (1 - beta1 ** state["step"])
-                    v_hat = state["v"] / (1 - beta2 ** state["step"])
-                    p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-lr)
-        return loss
-
 
 def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
                         ) -> torch.optim.Optimizer:
@@ -174,14 +183,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-# ---------------------------------------------------------------------------- losses & batches
-
-def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy; target -100 marks positions that carry no loss."""
-    inputs, targets = batch
-    logits = model(inputs)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-
+# ---------------------------------------------------------------------------- batches
 
 def batches_from(loader, start_batch: int = 0) -> Iterator:
     """Endless batches from number ``start_batch`` on, the same ones a resumed run gets."""
@@ -237,71 +239,3 @@ def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, devic
         count += rows
     model.train(was_training)
     return total / max(count, 1)
-
-
-# ---------------------------------------------------------------------------- the loop
-
-def train_model(model: nn.Module, train_loader, val_loader: DataLoader | None,
-                cfg: TrainConfig, device: torch.device, loss_fn: Callable = lm_loss,
-                log_path: str | Path | None = None, save_fn: Callable[[dict], None] | None = None,
-                best_fn: Callable[[dict], None] | None = None, resume_state: dict | None = None,
-                tokens_per_batch: int | None = None, flops_per_token: int | None = None,
-                is_main: bool = True, desc: str = "train") -> dict:
-    """Train ``model`` for ``cfg.max_steps`` optimizer steps and return a summary.
-
-    Each step: set the learning rate from the schedule; for each of ``grad_accum_steps``
-    micro-batches run the forward pass and the loss under autocast and backpropagate (the
-    gradients add up); clip the gradients' total norm; take the optimizer step. Every
-    ``eval_interval`` steps, and at the end, measure the val loss.
-
-    The bookkeeping around the steps is ``support.runtime.TrainingRun``'s: ``save_fn(state)``
-    receives the full training state (model, optimizer, step, RNG) every
-    ``checkpoint_interval`` steps, at the end, and when Ctrl-C or SIGTERM asks the run to stop;
-    ``best_fn(state)`` receives it after each evaluation with a new lowest val loss, so the
-    caller can keep the best model (small data overfits: val loss turns back up);
-    ``resume_state`` is such a state, and training continues exactly where it left off.
-    ``model`` may be wrapped in DistributedDataParallel; only ``is_main`` logs and saves.
-    ``train_loader`` is a DataLoader, or pretraining's ``data_utils.WindowBatches``.
-    """
-    dtype = pick_dtype(cfg.dtype, device)
-    raw_model = getattr(model, "module", model)  # the model inside DistributedDataParallel
-    optimizer = configure_optimizer(raw_model, cfg, device)
-    # float16 gradients underflow to zero: scale the loss up before backward and the gradients
-    # back down before clipping (skipping any step whose gradients overflowed). bf16 has
-    # float32's range and needs none of this: disabled, the scaler changes nothing.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    run = TrainingRun(cfg, raw_model, optimizer, scaler, device, dtype, log_path=log_path,
-                      save_fn=save_fn, best_fn=best_fn, tokens_per_batch=tokens_per_batch,
-                      flops_per_token=flops_per_token, is_main=is_main, desc=desc)
-    step = run.resume(resume_state)
-    step_model = torch.compile(model) if cfg.compile else model
-    batches = batches_from(train_loader, start_batch=step * cfg.grad_accum_steps)
-    model.train()
-    with run:  # from here Ctrl-C / SIGTERM only set run.stop_requested: the loop ends and saves
-        while step < cfg.max_steps and not run.stop_requested:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum_steps):
-                batch = to_device(next(batches), device)
-                with gradient_sync(model, micro == cfg.grad_accum_steps - 1):  # DDP: last only
-                    with autocast(device, dtype):
-                        loss = loss_fn(step_model, batch) / cfg.grad_accum_steps
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            val_loss = None
-            if is_main and val_loader is not None and (
-                    step % cfg.eval_interval == 0 or step == cfg.max_steps):
-                val_loss = evaluate_loss(raw_model, val_loader, loss_fn, device, dtype,
-                                         cfg.eval_batches)
-            run.after_step(step, loss_sum, lr, val_loss)  # log, keep the best, save, progress
-    return run.finish()

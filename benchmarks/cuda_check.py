@@ -34,6 +34,7 @@ from generation import generate_ids  # noqa: E402
 from lora import apply_lora, freeze_all_but_lora  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
 from quantization import dequantize_nf4, import_bitsandbytes, quantize_model, quantize_nf4  # noqa: E402
+from support.runtime import Bookkeeping  # noqa: E402
 from tokenizer import BPETokenizer  # noqa: E402
 from training import TrainConfig, train_model  # noqa: E402
 
@@ -165,7 +166,8 @@ def check_float16_training() -> str:
     cfg = TrainConfig(max_steps=60, learning_rate=3e-3, warmup_steps=5, eval_interval=1000,
                       dtype="float16")
     saved = {}
-    summary = train_model(model, batches, batches, cfg, DEVICE, save_fn=saved.update)
+    summary = train_model(model, batches, batches, cfg, DEVICE,
+                          bookkeeping=Bookkeeping(save_fn=saved.update))
     first = F.cross_entropy(fresh_model()(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item()
     assert summary["dtype"] == "float16" and summary["val_loss"] < first - 0.5, \
         f"loss {first:.2f} -> {summary['val_loss']:.2f}"

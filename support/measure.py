@@ -100,7 +100,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     this counts from the parameter groups and needs no step).
 
     torch's Adam/AdamW: two moments per parameter (three with amsgrad) and a float32 step
-    counter per tensor. training.Muon: one momentum per matrix in its Muon groups; its other
+    counter per tensor. muon.Muon: one momentum per matrix in its Muon groups; its other
     groups are AdamW's two moments with a Python step counter.
     """
     torch_adam = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)

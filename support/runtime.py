@@ -250,6 +250,25 @@ def set_rng_state(state: dict) -> None:
 
 # ---------------------------------------------------------------------------- the bookkeeping
 
+@dataclass
+class Bookkeeping:
+    """What ``train_model``'s bookkeeping needs from its caller, none of it part of the loop.
+
+    ``log_path``: the metrics file (JSON lines; None: none). ``save_fn(state)``: called with
+    the full training state every ``checkpoint_interval`` steps, at the end and on Ctrl-C or
+    SIGTERM. ``best_fn(state)``: called after each evaluation with a new lowest val loss.
+    ``tokens_per_batch`` and ``flops_per_token``: what tokens/s and MFU are counted from.
+    ``desc``: the progress bar's label.
+    """
+
+    log_path: str | Path | None = None
+    save_fn: Callable[[dict], None] | None = None
+    best_fn: Callable[[dict], None] | None = None
+    tokens_per_batch: int | None = None
+    flops_per_token: int | None = None
+    desc: str = "train"
+
+
 class TrainingRun:
     """What ``train_model`` does around its steps, so that its loop shows only the step.
 
@@ -263,16 +282,16 @@ class TrainingRun:
     """
 
     def __init__(self, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, device: torch.device, dtype: torch.dtype, *,
-                 log_path: str | Path | None, save_fn: Callable[[dict], None] | None,
-                 best_fn: Callable[[dict], None] | None, tokens_per_batch: int | None,
-                 flops_per_token: int | None, is_main: bool, desc: str) -> None:
+                 scaler: torch.amp.GradScaler, device: torch.device, dtype: torch.dtype,
+                 bookkeeping: Bookkeeping, is_main: bool) -> None:
         self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
-        self.device, self.dtype, self.is_main, self.desc = device, dtype, is_main, desc
-        self.log_path = log_path if is_main else None
-        self.save_fn = save_fn if is_main else None
-        self.best_fn = best_fn
-        self.tokens_per_batch, self.flops_per_token = tokens_per_batch, flops_per_token
+        self.device, self.dtype, self.is_main = device, dtype, is_main
+        self.desc = bookkeeping.desc
+        self.log_path = bookkeeping.log_path if is_main else None
+        self.save_fn = bookkeeping.save_fn if is_main else None
+        self.best_fn = bookkeeping.best_fn
+        self.tokens_per_batch = bookkeeping.tokens_per_batch
+        self.flops_per_token = bookkeeping.flops_per_token
         self.step, self.elapsed_before, self.best_val, self.best_step = 0, 0.0, math.inf, 0
         self.elapsed, self.train_loss, self.val_loss = 0.0, float("nan"), None
         self.resumed_at, self.loss_sum = 0, None  # the step this run began at; its last loss

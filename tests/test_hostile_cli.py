@@ -31,6 +31,7 @@ from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.cli import run
 from support.export_folder import MANIFEST
+from support.runtime import Bookkeeping
 from tokenizer import BPETokenizer
 from training import TrainConfig, lm_loss, train_model
 
@@ -214,8 +215,8 @@ def test_a_loss_that_is_not_a_number_stops_training_and_saves_nothing(interrupte
                        r"weights are no longer numbers, so training stopped without saving "
                        r"them\. Lower --lr \(or --alpha\) and run again\.$"):
         train_model(fresh_model(), train, val, cfg, CPU, loss_fn=poisoned_at_step_3,
-                    save_fn=lambda state: saved.append(state["step"]),
-                    best_fn=lambda state: saved.append(state["step"]))
+                    bookkeeping=Bookkeeping(save_fn=lambda state: saved.append(state["step"]),
+                                            best_fn=lambda state: saved.append(state["step"])))
     assert saved == []
 
 

@@ -3,24 +3,21 @@
 import json
 import os
 import signal
-from itertools import islice
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from data_utils import create_dataloader
 from model import GPTConfig, GPTModel
+from support.runtime import Bookkeeping
 from training import (
-    Muon,
     TrainConfig,
     configure_optimizer,
     evaluate_loss,
     lm_loss,
     lr_at,
-    orthogonalize,
     pick_device,
     pick_dtype,
     train_model,
@@ -68,16 +65,6 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
-def test_orthogonalize_keeps_the_directions_and_evens_out_the_singular_values(shape):
-    g = 100 * torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    o = orthogonalize(g)
-    singular_values = torch.linalg.svdvals(o)
-    assert singular_values.min() > 0.6 and singular_values.max() < 1.25
-    u, _, vh = torch.linalg.svd(g, full_matrices=False)  # the exact answer: U V^T
-    assert F.cosine_similarity(o.flatten(), (u @ vh).flatten(), dim=0) > 0.98
-
-
 def test_muon_gives_linear_matrices_to_muon_and_the_rest_to_adamw():
     model = fresh_model()
     opt = configure_optimizer(model, TrainConfig(optimizer="muon", learning_rate=3e-3,
@@ -107,28 +94,6 @@ def test_bad_train_config_is_one_sentence_up_front(field, value, message):
         TrainConfig(**{field: value})
 
 
-def test_muon_without_muon_groups_is_exactly_adamw():
-    def groups(model):
-        return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
-                {"params": [p for p in model.parameters() if p.dim() < 2]}]
-
-    def no_bias_model():  # a key bias has zero gradient (softmax ignores it): pure noise
-        torch.manual_seed(0)
-        return GPTModel(GPTConfig(**{**CFG.to_dict(), "bias": False}))
-
-    a, b = no_bias_model(), no_bias_model()
-    adamw = torch.optim.AdamW(groups(a), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
-    muon = Muon(groups(b), lr=1e-2, betas=(0.9, 0.99))
-    train, _ = loaders()
-    for batch in islice(train, 5):
-        for model, opt in ((a, adamw), (b, muon)):
-            lm_loss(model, batch).backward()
-            opt.step()
-            opt.zero_grad()
-    for x, y in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
-
-
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_loss_falls_and_metrics_are_logged(tmp_path, optimizer):
     train, val = loaders()
@@ -137,7 +102,8 @@ def test_loss_falls_and_metrics_are_logged(tmp_path, optimizer):
     log = tmp_path / "metrics.jsonl"
     summary = train_model(model, train, val, TrainConfig(max_steps=60, learning_rate=3e-3,
                           warmup_steps=5, eval_interval=20, log_interval=10,
-                          optimizer=optimizer), CPU, log_path=log, tokens_per_batch=8 * 16)
+                          optimizer=optimizer), CPU,
+                          bookkeeping=Bookkeeping(log_path=log, tokens_per_batch=8 * 16))
     assert summary["val_loss"] < before - 1.0
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
@@ -153,7 +119,8 @@ def test_float16_trains_with_a_gradient_scaler():
     saved = {}
     cfg = TrainConfig(max_steps=30, learning_rate=3e-3, warmup_steps=5, eval_interval=1000,
                       optimizer="adamw", dtype="float16")  # emulated on a CPU: 10x slower
-    summary = train_model(model, train, val, cfg, CPU, save_fn=saved.update)
+    summary = train_model(model, train, val, cfg, CPU,
+                          bookkeeping=Bookkeeping(save_fn=saved.update))
     assert summary["dtype"] == "float16"
     assert summary["val_loss"] < before - 1.0
     # The scaler's state is saved for an exact resume; bf16 and fp32 runs have none.
@@ -166,9 +133,9 @@ def test_best_fn_receives_the_weights_with_the_lowest_val_loss(tmp_path):
     bests = []  # (step, weights) at each new lowest val loss
     cfg = TrainConfig(max_steps=80, learning_rate=1e-2, warmup_steps=5, eval_interval=10,
                       dtype="float32")  # the val losses are compared with a float32 evaluation
-    summary = train_model(fresh_model(), train, val, cfg, CPU, log_path=log,
-                          best_fn=lambda s: bests.append(
-                              (s["step"], {k: v.clone() for k, v in s["model"].items()})))
+    keep = Bookkeeping(log_path=log, best_fn=lambda s: bests.append(
+        (s["step"], {k: v.clone() for k, v in s["model"].items()})))
+    summary = train_model(fresh_model(), train, val, cfg, CPU, bookkeeping=keep)
     vals = {r["step"]: r["val_loss"] for r in map(json.loads, log.read_text().splitlines())
             if "val_loss" in r}
     record_steps = [step for step in vals if vals[step] == min(v for s, v in vals.items()
@@ -212,7 +179,7 @@ def test_resumed_run_matches_an_uninterrupted_one(optimizer):
 
     state = {}
     summary = train_model(fresh_model(dropout=0.1), train, None, cfg, CPU,
-                          loss_fn=interrupt_at_15, save_fn=state.update)
+                          loss_fn=interrupt_at_15, bookkeeping=Bookkeeping(save_fn=state.update))
     assert summary["interrupted"] and state["step"] == 15
 
     torch.manual_seed(999)  # the resumed run must restore the RNG (dropout) state itself
