@@ -22,7 +22,7 @@ here, once, above the chapters it ties together:
 optimizer state, activations) at its largest batch, before it trains.
 
 Measuring (memory, baselines, tables, metric files) is support/measure.py's, batching
-support/batching.py's and the flag checks support/finetune_checks.py's.
+support/batching.py's, the flag types support/flags.py's (a bad value fails as it is parsed).
 
 All three run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each
 process its own share of the batches, only rank 0 evaluates, logs and saves).

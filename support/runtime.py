@@ -175,7 +175,7 @@ def check_train_config(values: dict[str, Any]) -> None:
 
     Left to the loop, these were a ZeroDivisionError mid-run or a "finished" run that never saw
     a batch (grad_accum_steps=0). The names are the fields' own: a script's flags get their
-    own checks (``support.cli``'s flag types), so this catches programs and resume files.
+    own checks (support/flags.py's flag types), so this catches programs and resume files.
     """
     for name, low in (("grad_accum_steps", 1), ("eval_interval", 1), ("log_interval", 1),
                       ("max_steps", 1), ("warmup_steps", 0), ("checkpoint_interval", 0)):

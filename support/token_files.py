@@ -11,8 +11,9 @@ those arrays, nanoGPT's ``prepare.py`` for any text:
   u in [0, 1) of its name; files in u order give the first 10 % to test and the next 5 % to
   val (at least one each), a stream's rows go to test when u < 0.10 and to val when u < 0.15.
   The split is recorded (tokens.json, the checkpoint), and no test text is ever trained on.
-- ``train_corpus_tokenizer``: BPE trained on a bounded sample of train text, drawn evenly at
-  random (a reservoir of pieces: a gigabyte is neither needed nor fast to train on).
+- ``draw_sample``: a bounded sample of train text, drawn evenly at random (a reservoir of
+  pieces: a gigabyte is neither needed nor fast to train on), that main.py's
+  ``corpus_tokenizer`` trains BPE on.
 - ``prepare_token_files``: every document is encoded on all cores (through a
   ``tiktoken.Encoding`` built from our own ranks and pattern where tiktoken is installed; our
   encoder otherwise: the two give the same ids) into ``train.bin`` / ``val.bin`` /
