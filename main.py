@@ -248,7 +248,7 @@ def corpus_facts(corpus: Corpus, folder: Path) -> dict:
 # Each preset: model shape, tokenizer size and training schedule. A flag overrides any value
 # (--max-steps 500 and so on); nothing else changes them.
 PRESETS: dict[str, dict] = {
-    # About 5 minutes on 2 CPU cores. Chosen by measurement at equal CPU time (README):
+    # About 5 minutes on 2 CPU cores. Chosen by measurement at equal CPU time (docs/history.md):
     # Muon lets a 4th layer pay for its cost (with AdamW, 3 layers win), more steps of a
     # smaller batch beat fewer large ones, and dropout only slows learning this early.
     "cpu": {
