@@ -40,9 +40,11 @@ from finetuning import (
     add_common_args,
     check_args,
     example_length,
+    instruction_report,
     load_instruction_splits,
     memory_at_full_batch,
     parse_finetune_args,
+    quantization_line,
     stop_if_interrupted,
     train_config,
 )
@@ -66,15 +68,7 @@ from support.flags import (
     positive_float,
     positive_int,
 )
-from support.measure import (
-    INSTRUCTION_COLUMNS,
-    PeakMemory,
-    append_record,
-    format_table,
-    warm_up_optimizer,
-    write_jsonl,
-    write_metrics,
-)
+from support.measure import PeakMemory, append_record, warm_up_optimizer
 from support.runtime import Bookkeeping
 from training import Launch, cleanup_distributed, launch, lm_loss, train_model
 
@@ -224,12 +218,8 @@ class QLoRABook:
                     base_heldout_loss=self.facts["nf4_loss"])
 
     def report(self, summary: dict, tuned_loss: float) -> None:
-        """Write samples.jsonl and metrics.json; print the table and two answers before and
-        after."""
-        args, facts, started = self.args, self.facts, self.started
-        run_dir = Path("runs") / args.run_name
-        shown, before, after = facts["shown"], facts["base_answers"], facts["tuned_answers"]
-        train_examples, heldout = facts["train_stats"].kept, facts["test_stats"].kept
+        """The results table, samples.jsonl and metrics.json (finetuning.instruction_report)."""
+        args, facts = self.args, self.facts
         rows = [
             {"model": "base, fp32", "loss": facts["dense_loss"]},
             {"model": f"base, NF4+DQ ({args.backend})", "loss": facts["nf4_loss"]},
@@ -239,30 +229,19 @@ class QLoRABook:
              "peak_mem_mb": round(self.peak.mb, 1), "peak_mem_source": self.peak.source,
              **{key: summary[key] for key in ("steps", "train_loss", "dtype", "interrupted")}},
         ]
-        for row in rows:
-            row["perplexity"] = math.exp(row["loss"])
-        samples_path = write_jsonl(run_dir / "samples.jsonl", [
-            {"instruction": r["instruction"], "context": r["context"], "reference": r["response"],
-             "base_answer": b, "tuned_answer": a}
-            for r, b, a in zip(shown, before, after, strict=True)])
-        metrics_path = write_metrics(
-            run_dir, rows, args, base=str(args.base), base_fingerprint=facts["base_fingerprint"],
-            backend=args.backend, lora=self.lora, quantized_bytes=facts["quantized_bytes"],
+        samples = [{"instruction": r["instruction"], "context": r["context"],
+                    "reference": r["response"], "base_answer": b, "tuned_answer": a}
+                   for r, b, a in zip(facts["shown"], facts["base_answers"],
+                                      facts["tuned_answers"], strict=True)]
+        instruction_report(
+            args, rows, samples, self.started, summary["steps"], base=str(args.base),
+            base_fingerprint=facts["base_fingerprint"], backend=args.backend, lora=self.lora,
+            quantized_bytes=facts["quantized_bytes"],
             quantization_error=facts["quantization_error"],
             encoding={"train": facts["train_stats"].to_dict(),
                       "heldout": facts["test_stats"].to_dict()},
-            heldout_examples=heldout, train_examples=train_examples,
-            wall_time_s=round(time.perf_counter() - started, 1))
+            heldout_examples=facts["test_stats"].kept, train_examples=facts["train_stats"].kept)
 
-        print(f"\nHeld-out response tokens ({heldout} examples); trained on {train_examples:,} "
-              f"examples, {summary['steps']} steps\n{format_table(rows, INSTRUCTION_COLUMNS)}\n")
-        for record, b, a in zip(shown[:2], before, after, strict=False):
-            print(f"### Instruction: {record['instruction']}" +
-                  (f"\n### Input: {record['context']}" if record["context"] else "") +
-                  f"\n  reference: {record['response']!r}\n  base:      {b!r}"
-                  f"\n  tuned:     {a!r}\n")
-        print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path} "
-              f"({time.perf_counter() - started:.0f} s in all)")
 
 def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> float:
     """||W - dequant(quant(W))|| / ||W|| over all quantized weights (Frobenius norms)."""
@@ -275,17 +254,9 @@ def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> floa
 
 
 def dense_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the weights make_qlora will quantize, to measure what quantizing lost."""
+    """A copy of the weights main will quantize, to measure what quantizing lost."""
     return {name: m.weight.detach().float().cpu().clone() for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
-
-
-def quantization_line(backend: str, nbytes: dict, q_error: float) -> str:
-    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
-            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
-            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
-            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
-            f"weight error {q_error:.4f}")
 
 
 def sample_records(records: list[dict], tokenizer, context_length: int, n: int) -> list[dict]:

@@ -36,9 +36,12 @@ place for any tuning. The final model is simply the last step's, with no selecti
 from __future__ import annotations
 
 import argparse
+import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -64,11 +67,13 @@ from support.flags import (
 )
 from support.measure import (
     CLASSIFIER_COLUMNS,
+    INSTRUCTION_COLUMNS,
     PeakMemory,
     append_record,
     baseline_rows,
     format_table,
     memory_record,
+    write_jsonl,
     write_metrics,
 )
 from tokenizer import BPETokenizer
@@ -330,3 +335,41 @@ def sst2_experiment(args: argparse.Namespace, run: Launch, base: GPTModel,
                            world_size=run.world_size)
     return SST2Experiment(args, run, weights_fingerprint(base.state_dict()), splits, loaders,
                           baseline_rows(splits) if run.is_main else [])
+
+
+# ---------------------------------------------------------------------------- instruction runs
+
+
+def quantization_line(backend: str, nbytes: dict, q_error: float) -> str:
+    """The quantized weights' bytes (``quantization.quantized_nbytes``) and relative error."""
+    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
+            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
+            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
+            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
+            f"weight error {q_error:.4f}")
+
+
+def instruction_report(args: argparse.Namespace, rows: list[dict], samples: list[dict],
+                       started: float, steps: int, **metrics: Any) -> None:
+    """Write runs/<name>/samples.jsonl and metrics.json; print the table (each row's held-out
+    ``loss`` gets its perplexity), two answers before and after, and where it all went.
+
+    ``samples`` are held-out records with the "base_answer" and "tuned_answer"; ``metrics``
+    (with "heldout_examples" and "train_examples") go into metrics.json as given, followed
+    by the wall time since ``started``."""
+    run_dir = Path("runs") / args.run_name
+    for row in rows:
+        row["perplexity"] = math.exp(row["loss"])
+    samples_path = write_jsonl(run_dir / "samples.jsonl", samples)
+    metrics_path = write_metrics(run_dir, rows, args, **metrics,
+                                 wall_time_s=round(time.perf_counter() - started, 1))
+    print(f"\nHeld-out response tokens ({metrics['heldout_examples']} examples); trained on "
+          f"{metrics['train_examples']:,} examples, {steps} steps\n"
+          f"{format_table(rows, INSTRUCTION_COLUMNS)}\n")
+    for s in samples[:2]:
+        print(f"### Instruction: {s['instruction']}" +
+              (f"\n### Input: {s['context']}" if s["context"] else "") +
+              f"\n  reference: {s['reference']!r}\n  base:      {s['base_answer']!r}"
+              f"\n  tuned:     {s['tuned_answer']!r}\n")
+    print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path} "
+          f"({time.perf_counter() - started:.0f} s in all)")
