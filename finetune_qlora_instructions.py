@@ -31,13 +31,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from checkpoint import weights_fingerprint
-from data_utils import INSTRUCTIONS_1100
 from finetuning import (
     SizeDefaults,
     add_common_args,
+    add_instruction_args,
     check_args,
     example_length,
     instruction_report,
@@ -60,14 +59,7 @@ from instructions import (
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from quantization import BACKENDS, dequantized_weight, quantize_model, quantized_nbytes
 from support.cli import run
-from support.flags import (
-    FlagParser,
-    fraction,
-    nonnegative_int,
-    path_arg,
-    positive_float,
-    positive_int,
-)
+from support.flags import FlagParser
 from support.measure import PeakMemory, append_record, warm_up_optimizer
 from support.runtime import Bookkeeping
 from training import Launch, cleanup_distributed, launch, lm_loss, train_model
@@ -81,20 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     max_steps=300, train_size=2000,
                     train_size_help="training instructions, seeded subsample of the data "
                     "file's 95 %% train split")
-    p.add_argument("--data-file", type=path_arg, default=None,
-                   help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
-                   f"data folder): a path, or the name of a file in the data folder, e.g. "
-                   f"{INSTRUCTIONS_1100}")
-    p.add_argument("--backend", choices=BACKENDS, default="scratch",
-                   help="NF4 implementation: ours (quantization.py) or bitsandbytes")
-    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
-    p.add_argument("--alpha", type=positive_float, default=16.0,
-                   help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--dropout", type=fraction, default=0.05, help="dropout on the adapter input")
-    p.add_argument("--samples", type=nonnegative_int, default=5,
-                   help="held-out instructions to answer")
-    p.add_argument("--max-new-tokens", type=positive_int, default=80,
-                   help="length limit of an answer")
+    add_instruction_args(p, backends=BACKENDS, rank=8, alpha=16.0, dropout=0.05, samples=5,
+                         max_new_tokens=80)
     return parse_finetune_args(p, argv)
 
 
@@ -137,7 +117,7 @@ class QLoRABook:
     step holds, metrics.jsonl, metrics.json, samples.jsonl and the printed table."""
 
     def __init__(self, args: argparse.Namespace, run: Launch, tokenizer, splits: dict,
-                 ctx: int, loaders: tuple[DataLoader, DataLoader], facts: dict, started: float):
+                 ctx: int, loaders: tuple, facts: dict, started: float):
         self.args, self.run, self.tokenizer = args, run, tokenizer
         self.splits, self.ctx = splits, ctx
         self.train_loader, self.test_loader = loaders

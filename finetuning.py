@@ -55,6 +55,7 @@ from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
 from support.errors import TrainingStopped
 from support.flags import (
+    fraction,
     nonnegative_float,
     nonnegative_int,
     path_arg,
@@ -157,6 +158,29 @@ def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                     train_size_help="training sentences, seeded subsample of SST-2's 66k")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="batch sentences of similar length (3x less padding on SST-2)")
+    return p
+
+
+def add_instruction_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...], rank: int,
+                         alpha: float, dropout: float, samples: int,
+                         max_new_tokens: int) -> argparse.ArgumentParser:
+    """The instruction-tuning flags: the data file, the NF4 backend (one of ``backends``), the
+    LoRA settings and the held-out answers shown before and after."""
+    p.add_argument("--data-file", type=path_arg, default=None,
+                   help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
+                   f"data folder): a path, or the name of a file in the data folder, e.g. "
+                   f"{INSTRUCTIONS_1100}")
+    p.add_argument("--backend", choices=backends, default=backends[0],
+                   help="NF4 implementation: ours (quantization.py) or bitsandbytes")
+    p.add_argument("--rank", type=positive_int, default=rank, help="LoRA rank r")
+    p.add_argument("--alpha", type=positive_float, default=alpha,
+                   help="LoRA alpha: the update is scaled by alpha / r")
+    p.add_argument("--dropout", type=fraction, default=dropout,
+                   help="dropout on the adapter input")
+    p.add_argument("--samples", type=nonnegative_int, default=samples,
+                   help="held-out instructions to answer")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                   help="length limit of an answer")
     return p
 
 
