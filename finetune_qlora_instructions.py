@@ -78,8 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_finetune_args(p, argv)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     """Load the base, quantize its linears to NF4, wrap them with LoRA, train, save."""
     args = parse_args(argv)
