@@ -36,9 +36,12 @@ place for any tuning. The final model is simply the last step's, with no selecti
 from __future__ import annotations
 
 import argparse
+import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -52,6 +55,7 @@ from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
 from support.errors import TrainingStopped
 from support.flags import (
+    fraction,
     nonnegative_float,
     nonnegative_int,
     path_arg,
@@ -64,11 +68,13 @@ from support.flags import (
 )
 from support.measure import (
     CLASSIFIER_COLUMNS,
+    INSTRUCTION_COLUMNS,
     PeakMemory,
     append_record,
     baseline_rows,
     format_table,
     memory_record,
+    write_jsonl,
     write_metrics,
 )
 from tokenizer import BPETokenizer
@@ -152,6 +158,29 @@ def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
                     train_size_help="training sentences, seeded subsample of SST-2's 66k")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="batch sentences of similar length (3x less padding on SST-2)")
+    return p
+
+
+def add_instruction_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...], rank: int,
+                         alpha: float, dropout: float, samples: int,
+                         max_new_tokens: int) -> argparse.ArgumentParser:
+    """The instruction-tuning flags: the data file, the NF4 backend (one of ``backends``), the
+    LoRA settings and the held-out answers shown before and after."""
+    p.add_argument("--data-file", type=path_arg, default=None,
+                   help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
+                   f"data folder): a path, or the name of a file in the data folder, e.g. "
+                   f"{INSTRUCTIONS_1100}")
+    p.add_argument("--backend", choices=backends, default=backends[0],
+                   help="NF4 implementation: ours (quantization.py) or bitsandbytes")
+    p.add_argument("--rank", type=positive_int, default=rank, help="LoRA rank r")
+    p.add_argument("--alpha", type=positive_float, default=alpha,
+                   help="LoRA alpha: the update is scaled by alpha / r")
+    p.add_argument("--dropout", type=fraction, default=dropout,
+                   help="dropout on the adapter input")
+    p.add_argument("--samples", type=nonnegative_int, default=samples,
+                   help="held-out instructions to answer")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                   help="length limit of an answer")
     return p
 
 
@@ -330,3 +359,41 @@ def sst2_experiment(args: argparse.Namespace, run: Launch, base: GPTModel,
                            world_size=run.world_size)
     return SST2Experiment(args, run, weights_fingerprint(base.state_dict()), splits, loaders,
                           baseline_rows(splits) if run.is_main else [])
+
+
+# ---------------------------------------------------------------------------- instruction runs
+
+
+def quantization_line(backend: str, nbytes: dict, q_error: float) -> str:
+    """The quantized weights' bytes (``quantization.quantized_nbytes``) and relative error."""
+    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
+            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
+            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
+            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
+            f"weight error {q_error:.4f}")
+
+
+def instruction_report(args: argparse.Namespace, rows: list[dict], samples: list[dict],
+                       started: float, steps: int, **metrics: Any) -> None:
+    """Write runs/<name>/samples.jsonl and metrics.json; print the table (each row's held-out
+    ``loss`` gets its perplexity), two answers before and after, and where it all went.
+
+    ``samples`` are held-out records with the "base_answer" and "tuned_answer"; ``metrics``
+    (with "heldout_examples" and "train_examples") go into metrics.json as given, followed
+    by the wall time since ``started``."""
+    run_dir = Path("runs") / args.run_name
+    for row in rows:
+        row["perplexity"] = math.exp(row["loss"])
+    samples_path = write_jsonl(run_dir / "samples.jsonl", samples)
+    metrics_path = write_metrics(run_dir, rows, args, **metrics,
+                                 wall_time_s=round(time.perf_counter() - started, 1))
+    print(f"\nHeld-out response tokens ({metrics['heldout_examples']} examples); trained on "
+          f"{metrics['train_examples']:,} examples, {steps} steps\n"
+          f"{format_table(rows, INSTRUCTION_COLUMNS)}\n")
+    for s in samples[:2]:
+        print(f"### Instruction: {s['instruction']}" +
+              (f"\n### Input: {s['context']}" if s["context"] else "") +
+              f"\n  reference: {s['reference']!r}\n  base:      {s['base_answer']!r}"
+              f"\n  tuned:     {s['tuned_answer']!r}\n")
+    print(f"Saved {args.out}; results in {metrics_path}, answers in {samples_path} "
+          f"({time.perf_counter() - started:.0f} s in all)")

@@ -23,7 +23,7 @@ from classifier import (
     load_classifier,
     predict,
 )
-from finetuning import check_args, sst2_loaders, train_config
+from finetuning import check_args, instruction_report, sst2_loaders, train_config
 from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
@@ -218,3 +218,27 @@ def test_both_scripts_end_to_end(tmp_path, monkeypatch):
     missing = run("finetune_lora_classifier.py", "--base", "nope.pth", cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: No checkpoint at nope.pth: run python main.py first."
+
+
+def test_instruction_report_writes_samples_and_metrics_and_prints_the_answers(tmp_path,
+                                                                               monkeypatch,
+                                                                               capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/qlora").mkdir(parents=True)
+    args = argparse.Namespace(run_name="qlora", out="adapters.pth")
+    rows = [{"model": "base", "loss": 2.0}, {"model": "tuned", "loss": 1.0}]
+    samples = [{"instruction": f"Say {w}.", "context": "", "reference": w,
+                "base_answer": "?", "tuned_answer": w} for w in ("yes", "no", "maybe")]
+    instruction_report(args, rows, samples, started=0.0, steps=7, backend="scratch",
+                       heldout_examples=3, train_examples=1200)
+
+    metrics = json.loads((tmp_path / "runs/qlora/metrics.json").read_text())
+    assert [row["perplexity"] for row in metrics["rows"]] == pytest.approx([7.389056, 2.718282])
+    assert list(metrics)[-4:] == ["backend", "heldout_examples", "train_examples",
+                                  "wall_time_s"]
+    lines = (tmp_path / "runs/qlora/samples.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == samples
+    out = capsys.readouterr().out
+    assert "(3 examples); trained on 1,200 examples, 7 steps" in out
+    assert out.count("### Instruction:") == 2 and "Say maybe." not in out
+    assert "Saved adapters.pth; results in runs/qlora/metrics.json" in out
