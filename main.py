@@ -204,7 +204,7 @@ def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BP
     print(f"Training a {vocab_size}-token BPE tokenizer on {len(corpus):,} characters ...")
     tokenizer = BPETokenizer()
     tokenizer.train(corpus, vocab_size)
-    save_tokenizer(tokenizer, path)
+    tokenizer.save(path)
     return tokenizer
 
 
@@ -223,16 +223,8 @@ def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: i
     tokenizer = BPETokenizer()
     tokenizer.train(sample, vocab_size)
     check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
-    save_tokenizer(tokenizer, path)
+    tokenizer.save(path)
     return tokenizer
-
-
-def save_tokenizer(tokenizer: BPETokenizer, path: Path) -> None:
-    """Saved whole or not at all: written beside, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    tokenizer.save(part)
-    part.replace(path)
 
 
 def corpus_facts(corpus: Corpus, folder: Path) -> dict:

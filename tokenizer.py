@@ -40,6 +40,7 @@ from pathlib import Path
 import regex
 
 from support import fast_bpe
+from support.files import atomic_write_text
 from support.tokenizer_checks import (
     check_encode_args,
     check_merges,
@@ -303,7 +304,8 @@ class BPETokenizer:
         merges = d.pop("merges")
         head = json.dumps(d, indent=1, ensure_ascii=False)[:-2]  # drop the closing "\n}"
         body = ",\n".join(f"  [{a}, {b}]" for a, b in merges)
-        Path(path).write_text(f'{head},\n "merges": [\n{body}\n ]\n}}\n', encoding="utf-8")
+        # whole or not at all: a crash mid-write leaves the old file, never half of one
+        atomic_write_text(path, f'{head},\n "merges": [\n{body}\n ]\n}}\n')
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from support.errors import CheckpointError
-from support.validate import is_number
+from support.validate import is_int, is_number
 
 
 def check_structure(ckpt: Any, path: str | Path, kind: str | tuple[str, ...] | None, fmt: str,
@@ -190,7 +190,7 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
 
 
 def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return is_int(value) and value >= low
 
 
 def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> Any:

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from support.files import atomic_write_text, current_umask
+
 MANIFEST = ".export_hf.json"  # {"written_by": "export_hf.py", "files": {name: [sha256, ...]}}
 
 
@@ -46,20 +48,9 @@ def _manifest(folder: Path) -> dict[str, list[str]] | None:
         return None
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f"{MANIFEST}.", dir=folder)
-    os.chmod(tmp, 0o666 & ~_umask())
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"written_by": "export_hf.py", "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write_text(folder / MANIFEST,
+                      json.dumps({"written_by": "export_hf.py", "files": files}, indent=1))
 
 
 def _foreign_files(folder: Path) -> list[str]:
@@ -112,7 +103,7 @@ def staged(out: Path) -> Iterator[Path]:
 
 def _ordinary_permissions(folder: Path) -> None:
     """mkdtemp makes a private folder; an export is an ordinary one (the umask applies)."""
-    umask = _umask()
+    umask = current_umask()
     os.chmod(folder, 0o777 & ~umask)
     for path in folder.iterdir():
         os.chmod(path, 0o666 & ~umask)

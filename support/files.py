@@ -1,7 +1,8 @@
 """Files that must not be half-written or trusted blindly.
 
-- ``atomic_save``: write a temp file in the same folder, fsync it, rename it over the target,
-  so a reader (or a crash) sees the old file or the new one, never half of one.
+- ``atomic_save`` (a checkpoint) and ``atomic_write_text`` (JSON, tokenizer files): write a
+  temp file in the same folder, fsync it, rename it over the target, so a reader (or a crash)
+  sees the old file or the new one, never half of one.
 - ``check_writable``: find out before hours of training that the output cannot be written.
 - ``safe_torch_load``: ``torch.load(..., weights_only=True)``, which refuses pickled code,
   with one sentence for every way a file can fail to load. Before torch reads a byte, the zip
@@ -16,7 +17,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +47,46 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     _refuse_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temp_beside(path)
     except OSError as e:
         raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_and_rename(fd, tmp, path, lambda f: torch.save(obj, f))
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(
             f"Could not write {path} ({e.strerror or e}); the previous file is untouched."
         ) from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path`` so that readers see either the old file or the new one; a
+    failure is the system's OSError, naming the path."""
+    path = Path(path)
+    _write_and_rename(*_temp_beside(path), path, lambda f: f.write(text.encode("utf-8")))
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def _write_and_rename(fd: int, tmp: str, path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(f)`` into the temp file, fsync it, rename it over ``path``; on any failure the
+    temp file is removed and ``path`` keeps its old contents."""
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; ours is ordinary
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -47,6 +47,7 @@ import regex
 from tqdm import tqdm
 
 from support.errors import DataFileError, DataMissingError
+from support.files import atomic_write_text
 from support.flags import nonnegative_int, path_arg, positive_int
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
@@ -482,15 +483,13 @@ class SplitWriter:
         for split, f in self.files.items():
             f.close()
             os.replace(self.folder / f"{split}.bin.part", self.folder / f"{split}.bin")
-        part = self.folder / "tokens.json.part"
-        part.write_text(json.dumps(meta, indent=1))
-        os.replace(part, self.folder / "tokens.json")  # last: the files are complete
+        # last: the token files are complete
+        atomic_write_text(self.folder / "tokens.json", json.dumps(meta, indent=1))
 
     def discard(self) -> None:
         for split, f in self.files.items():
             f.close()
             (self.folder / f"{split}.bin.part").unlink(missing_ok=True)
-        (self.folder / "tokens.json.part").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- the whole prepare

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A whole number, and not a bool (which Python counts as an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -31,13 +32,13 @@ MAX_TEMPERATURE = 100.0  # far past this, logits / temperature overflow float32 
 def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any,
                    prompt_tokens: int = 1) -> None:
     """The sampling settings of generation.generate_ids (flags of the same names)."""
-    if not _is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+    if not is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}, "
                          f"got {max_new_tokens!r}.")
     if not (is_number(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
         raise ValueError(f"--temperature must be a number from 0 to {MAX_TEMPERATURE:g} (0 means "
                          f"greedy; above 2 the text is mostly noise), got {temperature!r}.")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"--top-k must be an integer >= 1 (or unset), got {top_k!r}.")
     if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"--top-p must be in (0, 1] (or unset), got {top_p!r}.")
@@ -74,7 +75,7 @@ def check_model_config(sizes: dict[str, Any], n_embd: int, n_head: int, dropout:
     with dashes) to its value; a float such as 8.0 would only fail deep inside nn.Embedding."""
     for name, value in sizes.items():
         flag = "--" + name.replace("_", "-")
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"{name} must be an integer ({flag}), got {value!r}.")
         if value < 1:
             raise ValueError(f"{name} must be a positive integer ({flag}), got {value}.")
@@ -94,10 +95,10 @@ def check_lora_layer(layer_name: str, in_features: Any, out_features: Any, r: An
     --dropout."""
     if already_wrapped:
         raise ValueError("this layer already has a LoRA adapter; do not wrap it twice.")
-    if not _is_int(in_features) or not _is_int(out_features):
+    if not is_int(in_features) or not is_int(out_features):
         raise ValueError(f"LoRA wraps linear layers with in_features/out_features, "
                          f"got {layer_name}.")
-    if not _is_int(r) or r < 1:
+    if not is_int(r) or r < 1:
         raise ValueError(f"LoRA rank r (--rank) must be a positive integer, got {r!r}.")
     if r > min(in_features, out_features):  # B A has rank <= min(in, out): more costs memory
         raise ValueError(f"LoRA rank r (--rank) must be at most {min(in_features, out_features)}"
@@ -150,7 +151,7 @@ def check_quantizable(weight: Any, blocksize: Any) -> None:
         raise ValueError(f"can only quantize a floating-point tensor, got {found}.")
     if weight.numel() == 0:
         raise ValueError("cannot quantize an empty tensor.")
-    if not _is_int(blocksize) or blocksize < 1:
+    if not is_int(blocksize) or blocksize < 1:
         raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}.")
     if weight.device.type != "meta" and not torch.isfinite(weight).all():  # meta: no values
         raise ValueError("cannot quantize a tensor that contains NaN or inf.")
