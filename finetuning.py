@@ -208,11 +208,18 @@ def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, le
     """The bytes a training step holds, by kind (``support.measure.memory_record``), at the
     largest batch the run allows: --batch-size examples of ``length`` tokens, (ids, lengths,
     labels) if ``labelled``, else (inputs, targets); the optimizer the run will build."""
-    ids = torch.zeros(args.batch_size, length, dtype=torch.long, device=device)
-    batch = (ids, torch.full((args.batch_size,), length, device=device), ids[:, 0]) \
-        if labelled else (ids, ids)
     optimizer = configure_optimizer(model, train_config(args), device)
-    return memory_record(model, optimizer, loss_fn, batch)
+    return memory_record(model, optimizer, loss_fn,
+                         full_batch(args.batch_size, length, device, labelled))
+
+
+def full_batch(examples: int, length: int, device: torch.device | str, labelled: bool
+               ) -> tuple[torch.Tensor, ...]:
+    """A batch of ``examples`` full-length examples of ``length`` tokens (all id 0), the shape
+    memory is counted at: (ids, lengths, labels) if ``labelled``, else (inputs, targets)."""
+    ids = torch.zeros(examples, length, dtype=torch.long, device=device)
+    return (ids, torch.full((examples,), length, device=device), ids[:, 0]) if labelled \
+        else (ids, ids)
 
 
 def stop_if_interrupted(summary: dict, args: argparse.Namespace, name: str,

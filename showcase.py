@@ -51,6 +51,7 @@ import torch.nn as nn
 
 import training
 from classifier import GPTClassifier, classification_loss, load_classifier
+from finetuning import full_batch
 from hf_gpt2 import load_base
 from instructions import load_instruction_model
 from lora import (
@@ -641,8 +642,7 @@ def projected_memory(config: GPTConfig = GPT2_SMALL, batch: tuple[int, int] = PR
         with torch.device(device):
             model = GPTClassifier(GPTModel(config))
         method.apply(model)
-        ids = torch.zeros(*batch, dtype=torch.long, device=device)
-        step = (ids, torch.full(batch[:1], batch[1], device=device), ids[:, 0])
+        step = full_batch(*batch, device, labelled=True)
         cfg = training.TrainConfig(optimizer=method.optimizer)
         memory = training_memory(model, training.configure_optimizer(
             model, cfg, torch.device(device)), classification_loss, step).to_dict()

@@ -34,7 +34,7 @@ import finetune_qlora_instructions  # noqa: E402
 import run_all  # noqa: E402
 import showcase  # noqa: E402
 from classifier import GPTClassifier, classification_loss  # noqa: E402
-from finetuning import memory_at_full_batch  # noqa: E402
+from finetuning import full_batch, memory_at_full_batch  # noqa: E402
 from instructions import make_qlora  # noqa: E402
 from lora import DEFAULT_TARGETS  # noqa: E402
 from main import PRESETS  # noqa: E402
@@ -68,8 +68,7 @@ def default_pipeline() -> pd.DataFrame:
         model, classification_loss, args, length, CPU, labelled=True))
     muon = finetune_classifier.train_config(args)  # Muon is no flag of the script: swapped in
     muon.optimizer = "muon"
-    ids = torch.zeros(args.batch_size, length, dtype=torch.long)
-    batch = (ids, torch.full((args.batch_size,), length), ids[:, 0])
+    batch = full_batch(args.batch_size, length, CPU, labelled=True)
     out += rows("full finetune (Muon)", memory_record(
         model, configure_optimizer(model, muon, CPU), classification_loss, batch))
 
