@@ -23,8 +23,7 @@ import argparse
 from instructions import format_prompt, load_instruction_model, stream_answer
 from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
-from support.cli import run
-from support.flags import FlagParser, path_arg, text_arg
+from support.cli import FlagParser, path_arg, run, text_arg
 from training import pick_device
 
 

@@ -64,7 +64,7 @@ from checkpoint import (
 from hf_gpt2 import load_base
 from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
-from support.finetune_checks import check_adapter_names, check_adapters_fit, check_text
+from support.checks import check_adapter_names, check_adapters_fit, check_text
 from tokenizer import BPETokenizer
 
 LABELS = ("negative", "positive")  # SST-2: label 0, label 1

@@ -23,8 +23,7 @@ import sys
 from collections.abc import Iterator
 
 from classifier import load_classifier, normalize_text, predict
-from support.cli import run
-from support.flags import FlagParser, path_arg, text_arg
+from support.cli import FlagParser, path_arg, run, text_arg
 from training import pick_device
 
 

@@ -50,6 +50,7 @@ from support.batching import (  # noqa: F401 - pad_batch and permuted re-exporte
     pad_batch,
     permuted,
 )
+from support.checks import check_batches, check_loader, check_test_split, check_windows
 from support.datasets import (  # noqa: F401 - the file names and resolve_data_dir are re-exported
     DOLLY,
     INSTRUCTIONS_1100,
@@ -57,10 +58,6 @@ from support.datasets import (  # noqa: F401 - the file names and resolve_data_d
     SST2_TRAIN,
     TINYSHAKESPEARE,
     OptionalSources,
-    check_batches,
-    check_loader,
-    check_test_split,
-    check_windows,
     read_instruction_records,
     read_sst2,
     read_tinyshakespeare,

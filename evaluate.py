@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from data_utils import load_tinyshakespeare, split_shakespeare, tinyshakespeare_corpus
 from hf_gpt2 import load_base
 from model import GPTModel
-from support.cli import run
-from support.flags import FlagParser, path_arg
+from support.cli import FlagParser, path_arg, run
 from support.measure import write_json
 from support.token_files import (
     DEFAULT_ROOT,

@@ -54,9 +54,8 @@ from hf_gpt2 import PAD, POSSESSIVE_COUNT, bytes_to_unicode, hf_name
 from instructions import load_instruction_model
 from model import GPTConfig, GPTModel
 from quantization import dense_state_dict
-from support.cli import run
+from support.cli import FlagParser, path_arg, run
 from support.export_folder import check_export_folder, publish, staged
-from support.flags import FlagParser, path_arg
 from support.hf_checks import check_exportable
 from tokenizer import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer
 

@@ -42,8 +42,7 @@ from finetuning import (
 from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
-from support.cli import run
-from support.flags import FlagParser
+from support.cli import FlagParser, run
 from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
 from support.runtime import Bookkeeping
 from training import launch, train_model

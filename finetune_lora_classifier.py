@@ -33,8 +33,7 @@ from finetuning import (
 )
 from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
-from support.cli import run
-from support.flags import FlagParser, fraction, path_arg, positive_float, positive_int
+from support.cli import FlagParser, fraction, path_arg, positive_float, positive_int, run
 from support.measure import checkpoint_row, compared_rows
 from training import launch
 

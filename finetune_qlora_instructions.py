@@ -58,8 +58,7 @@ from instructions import (
 )
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from quantization import BACKENDS, dequantized_weight, quantize_model, quantized_nbytes
-from support.cli import run
-from support.flags import FlagParser
+from support.cli import FlagParser, run
 from support.measure import PeakMemory, append_record, warm_up_optimizer
 from support.runtime import Bookkeeping
 from training import Launch, cleanup_distributed, launch, lm_loss, train_model

@@ -22,7 +22,7 @@ here, once, above the chapters it ties together:
 optimizer state, activations) at its largest batch, before it trains.
 
 Measuring (memory, baselines, tables, metric files) is support/measure.py's, batching
-support/batching.py's, the flag types support/flags.py's (a bad value fails as it is parsed).
+support/batching.py's, the flag types support/cli.py's (a bad value fails as it is parsed).
 
 All three run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each
 process its own share of the batches, only rank 0 evaluates, logs and saves).
@@ -53,9 +53,9 @@ from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, l
 from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
-from support.errors import TrainingStopped
-from support.flags import (
+from support.cli import (
     fraction,
+    new_tokens_arg,
     nonnegative_float,
     nonnegative_int,
     path_arg,
@@ -66,6 +66,7 @@ from support.flags import (
     train_size_arg,
     whole,
 )
+from support.errors import TrainingStopped
 from support.measure import (
     CLASSIFIER_COLUMNS,
     INSTRUCTION_COLUMNS,
@@ -179,7 +180,7 @@ def add_instruction_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...
                    help="dropout on the adapter input")
     p.add_argument("--samples", type=nonnegative_int, default=samples,
                    help="held-out instructions to answer")
-    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=new_tokens_arg, default=max_new_tokens,
                    help="length limit of an answer")
     return p
 

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import torch
 
 from model import GPTModel
+from support.checks import check_logits, check_prompt, check_sampling
 from support.clean_text import CleanTextMask, clean_text_mask
-from support.validate import check_logits, check_prompt, check_sampling
 from tokenizer import ENDOFTEXT, BPETokenizer
 
 MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake

@@ -56,7 +56,7 @@ from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_di
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.batching import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
-from support.finetune_checks import check_text
+from support.checks import check_text
 from tokenizer import BPETokenizer
 
 # IGNORE_INDEX = -100 is the target value F.cross_entropy skips (training.lm_loss uses it too).

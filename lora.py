@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from support.validate import check_lora_layer, check_mergeable, check_targets, check_trainable
+from support.checks import check_lora_layer, check_mergeable, check_targets, check_trainable
 
 # The linear layers of a GPT block: attention in/out projections and the MLP projections.
 DEFAULT_TARGETS = ("qkv", "out_proj", "fc_in", "fc_out")

@@ -44,8 +44,8 @@ from data_utils import (
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.checkpoint_checks import resume_settings
-from support.cli import run
-from support.flags import (
+from support.checks import check_model_fits
+from support.cli import (
     FlagParser,
     fraction,
     nonnegative_float,
@@ -53,6 +53,7 @@ from support.flags import (
     path_arg,
     positive_float,
     positive_int,
+    run,
     run_name_arg,
     seed_arg,
 )
@@ -77,7 +78,6 @@ from tokenizer import BPETokenizer
 from training import (
     Launch,
     TrainConfig,
-    check_model_fits,
     cleanup_distributed,
     launch,
     train_model,

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from support.validate import check_model_config
+from support.checks import check_model_config
 
 # Per layer: (keys, values), each [batch, n_head, seen_tokens, head_dim].
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]

@@ -37,8 +37,8 @@ from torch import nn
 
 from lora import DEFAULT_TARGETS, LoRALayer, find_targets
 from model import GPTModel
+from support.checks import check_quantizable, check_quantize_request
 from support.optional_packages import import_bitsandbytes
-from support.validate import check_quantizable, check_quantize_request
 
 BACKENDS = ("scratch", "bitsandbytes")
 DQ_BLOCKSIZE = 256  # block size for double-quantizing the absmax constants (QLoRA paper)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import showcase as sc
-from support.cli import run
+from support.cli import FlagParser, path_arg, run
 from support.datasets import (
     INSTRUCTIONS_1100,
     SST2_DEV,
@@ -34,7 +34,6 @@ from support.datasets import (
     read_instruction_records,
 )
 from support.errors import DataMissingError
-from support.flags import FlagParser, path_arg
 from support.measure import MEMORY_KINDS
 
 ROOT = Path(__file__).resolve().parent

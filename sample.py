@@ -23,21 +23,30 @@ from collections.abc import Iterable
 
 from checkpoint import load_checkpoint
 from generation import stream_text
-from support.cli import run
-from support.flags import FlagParser, number, path_arg, seed_arg, text_arg, whole
+from support.cli import (
+    FlagParser,
+    new_tokens_arg,
+    path_arg,
+    run,
+    seed_arg,
+    temperature_arg,
+    text_arg,
+    top_p_arg,
+    whole,
+)
 from training import pick_device
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
                       top_k: int) -> None:
     """The flags sample.py and ask.py share; each passes the defaults of its tab in the app."""
-    p.add_argument("--max-new-tokens", type=whole(1), default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=new_tokens_arg, default=max_new_tokens,
                    help="length limit of the generated text, in tokens")
-    p.add_argument("--temperature", type=number(at_least=0), default=temperature,
+    p.add_argument("--temperature", type=temperature_arg, default=temperature,
                    help="below 1 sharper, above 1 flatter; 0 always takes the likeliest token")
     p.add_argument("--top-k", type=whole(0), default=top_k,
                    help="draw only from the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=number(above=0, at_most=1), default=1.0,
+    p.add_argument("--top-p", type=top_p_arg, default=1.0,
                    help="draw only from the likeliest tokens that together reach p (1: off)")
     p.add_argument("--seed", type=seed_arg, default=1337,
                    help="the same seed and settings give the same text")

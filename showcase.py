@@ -64,9 +64,9 @@ from lora import (
 )
 from model import GPTConfig, GPTModel
 from quantization import is_quantized, quantize_model, quantized_nbytes
+from support.checks import is_number
 from support.hub import WEIGHTS
 from support.measure import MEMORY_KINDS, training_memory
-from support.validate import is_number
 from tokenizer import BPETokenizer
 
 APP_DIR_ENV = "LLM_APP_DIR"

@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from muon import Muon
+from support.checks import check_train_config
 from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts import them here
     Bookkeeping,
     Launch,
     TrainingRun,
     autocast,
-    check_model_fits,
-    check_train_config,
     cleanup_distributed,
     gradient_sync,
     launch,

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from support.checks import is_int, is_number
 from support.errors import CheckpointError
-from support.validate import is_int, is_number
 
 
 def check_structure(ckpt: Any, path: str | Path, kind: str | tuple[str, ...] | None, fmt: str,

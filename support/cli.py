@@ -1,14 +1,156 @@
-"""What every script shares at its command line: the one ``__main__`` wrapper.
+"""What every script shares at its command line: flag types, the parser, the ``__main__`` wrapper.
 
-Flag types and the parser that names a bad flag live in support/flags.py."""
+A flag type runs on the text a user typed, so a bad value fails before any work, and the
+parser names the flag itself. A range is support/checks.py's ``Range``, the rule the chapter's
+own checker uses for the same setting, so its bounds are written once::
+
+    p.add_argument("--top-p", type=flag(TOP_P))
+    $ python sample.py --top-p 2
+    error: --top-p must be a finite number > 0 and <= 1, got 2
+
+``HelpFormatter`` is argparse's ArgumentDefaultsHelpFormatter without the defaults that say
+nothing: "(default: None)" (the help says what unset means), "(default: False)" of an on/off
+flag and the "(default: )" of an empty text.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 
+from support.checks import (
+    FRACTION,
+    NEW_TOKENS,
+    NONNEGATIVE,
+    NONNEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    TEMPERATURE,
+    TOP_P,
+    Range,
+)
 from support.errors import TrainingStopped
+
+# ---------------------------------------------------------------------------- flag types
+
+
+def flag(rule: Range) -> Callable[[str], int | float]:
+    """An argparse type: the typed text as an int (``rule.whole``) or a float that obeys
+    ``rule``; else "must be <the rule>, got <the text>"."""
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if rule.whole else float(text)
+        except ValueError:
+            value = None
+        if not rule.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
+
+
+def whole(at_least: int, at_most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``at_least`` (and <= ``at_most`` when given)."""
+    return flag(Range(at_least=at_least, at_most=at_most, whole=True))
+
+
+def number(at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None, below: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number within the given bounds (each one optional)."""
+    return flag(Range(at_least, above, at_most, below))
+
+
+def train_size_arg(value: str) -> int:
+    """--train-size: a number of training examples; 0 or "all" means the whole training split."""
+    if value.lower() == "all":
+        return 0
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got '{value}'") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 means all), got {size}")
+    return size
+
+
+MAX_SEED = 2**31 - 1  # the app's seed range; torch takes at most 2**64 - 1
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file or folder name, and in a whole path
+
+
+def path_arg(text: str) -> str:
+    """An argparse type: a file or folder path the system can hold. A longer one (a name over
+    255 bytes, a path over 4,096) fails at the first stat() with "File name too long"."""
+    encoded = os.fsencode(text)
+    if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise argparse.ArgumentTypeError(
+            f"must be a path the system can hold (at most {NAME_MAX} bytes per file or folder "
+            f"name, {PATH_MAX:,} in all), got one of {len(text):,} characters")
+    return text
+
+
+def text_arg(text: str) -> str:
+    """An argparse type for free text (a prompt, a sentence): bytes that are not UTF-8 reach
+    Python as lone surrogates ("surrogateescape") and would be printed back as the same invalid
+    bytes; each becomes U+FFFD instead, so what the model reads and prints is valid UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def run_name_arg(text: str) -> str:
+    """--run-name: one folder name under runs/, so that nothing is written outside it."""
+    if text in ("", ".", "..") or "/" in text or os.sep in text \
+            or len(os.fsencode(text)) > NAME_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be one folder name inside runs/ (no '/', not '..'), got '{text}'")
+    return text
+
+
+seed_arg = whole(at_least=0, at_most=MAX_SEED)
+positive_int = flag(POSITIVE_INT)
+nonnegative_int = flag(NONNEGATIVE_INT)
+positive_float = flag(POSITIVE)
+nonnegative_float = flag(NONNEGATIVE)
+fraction = flag(FRACTION)  # e.g. a dropout probability
+# generation's rules; a command asks for at least one new token (0 prints no sample)
+new_tokens_arg = flag(replace(NEW_TOKENS, at_least=1))
+temperature_arg = flag(TEMPERATURE)
+top_p_arg = flag(TOP_P)
+
+
+# ---------------------------------------------------------------------------- the parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show every real default; leave out None, False and "", which tell a user nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with the two changes a user sees.
+
+    A bad value is one sentence that names the flag (``error: --max-steps must be an integer
+    >= 1, got 0``) rather than a usage block, and ``--help`` shows every real default
+    (``HelpFormatter``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message: str) -> None:
+        # argparse says "argument --max-steps: must be ..."; the user typed "--max-steps".
+        name, _, reason = message.partition(": ")
+        if name.startswith("argument ") and reason:
+            name = name.removeprefix("argument ")
+            message = f"{name} {reason}" if reason.startswith("must ") else f"{name}: {reason}"
+        self.exit(2, f"error: {message}\n")
+
+
+# ---------------------------------------------------------------------------- the __main__ wrapper
 
 # Everything a user can cause and fix: bad flags or files (ValueError, including CheckpointError
 # and DataFileError), missing files (FileNotFoundError, including DataMissingError), and an

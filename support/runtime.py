@@ -1,12 +1,11 @@
 """Where and how a training run executes, and everything it does around the step.
 
-- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``, ``check_model_fits``;
+- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``;
 - several processes (DDP under torchrun): ``launch``, ``Launch``, ``cleanup_distributed``,
   ``gradient_sync``;
 - the run's bookkeeping (``TrainingRun``): resume from a saved state (model, optimizer, RNG),
   Ctrl-C / SIGTERM as a request to stop and save (``StopRequested``), the metrics log, the
-  progress bar, best-val and interval saves, a stop at a NaN loss, and the summary;
-- ``check_train_config``: the training settings' one checker.
+  progress bar, best-val and interval saves, a stop at a NaN loss, and the summary.
 
 ``training.train_model`` is the loop these serve; nothing here is part of its idea.
 """
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from support.checks import check_optimizer_state
 from support.metrics import MetricsLog, Throughput
 
 # ---------------------------------------------------------------------------- devices & dtypes
@@ -68,26 +68,6 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     # Not even on an AVX512-BF16 CPU: there bf16 autocast trained main.py slower (0.64 s per
     # step against 0.55 s) and to a worse test loss (1.7143 against 1.6842 nats/char; issue 22).
     return torch.float32
-
-
-def check_model_fits(config: Any, device: torch.device) -> None:
-    """One sentence, before any allocation, for a model whose training cannot fit in
-    ``device``'s memory (``--n-embd 65536`` ended in an allocator traceback). ``config`` is a
-    GPTConfig: 12 d^2 weights per block plus the token and position tables; training holds
-    four float32 copies of each (weights, gradients, AdamW's two moments)."""
-    d = config.n_embd
-    weights = config.n_layer * 12 * d * d + (config.vocab_size + config.context_length) * d
-    try:
-        memory = torch.cuda.get_device_properties(device).total_memory \
-            if device.type == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no way to tell
-        return
-    if 16 * weights > memory:
-        raise ValueError(f"A model of {weights / 1e6:,.0f} M parameters (--n-layer "
-                         f"{config.n_layer}, --n-embd {d}, --vocab-size {config.vocab_size}, "
-                         f"--context-length {config.context_length}) needs about "
-                         f"{16 * weights / 2**30:,.0f} GiB to train, and {device} has "
-                         f"{memory / 2**30:,.0f} GiB; make it smaller.")
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -168,29 +148,6 @@ def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextMan
     return model.no_sync()
 
 
-# ---------------------------------------------------------------------------- settings
-
-def check_train_config(values: dict[str, Any]) -> None:
-    """One sentence for a training setting that would otherwise fail later, confusingly.
-
-    Left to the loop, these were a ZeroDivisionError mid-run or a "finished" run that never saw
-    a batch (grad_accum_steps=0). The names are the fields' own: a script's flags get their
-    own checks (support/flags.py's flag types), so this catches programs and resume files.
-    """
-    for name, low in (("grad_accum_steps", 1), ("eval_interval", 1), ("log_interval", 1),
-                      ("max_steps", 1), ("warmup_steps", 0), ("checkpoint_interval", 0)):
-        if not isinstance(values[name], int) or values[name] < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {values[name]!r}.")
-    for name in ("learning_rate", "muon_lr"):
-        if not values[name] > 0:
-            raise ValueError(f"{name} must be positive, got {values[name]!r}.")
-    for name in ("min_lr", "weight_decay", "grad_clip"):
-        if not values[name] >= 0:
-            raise ValueError(f"{name} must be >= 0, got {values[name]!r}.")
-    if values["optimizer"] not in ("adamw", "muon"):
-        raise ValueError(f"Unknown optimizer '{values['optimizer']}'; use adamw or muon.")
-
-
 # ---------------------------------------------------------------------------- stopping & RNG
 
 class StopRequested:
@@ -223,16 +180,6 @@ class StopRequested:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Every per-parameter tensor the optimizer loaded has its parameter's shape (Adam's
-    moments, Muon's momentum); a wrong one would fail mid-step, in the first update."""
-    for param, entries in optimizer.state.items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
-                raise ValueError(f"its optimizer entry {name} has shape {tuple(value.shape)}, "
-                                 f"the parameter {tuple(param.shape)}")
 
 
 def rng_state() -> dict:

@@ -46,9 +46,9 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from support.cli import nonnegative_int, path_arg, positive_int
 from support.errors import DataFileError, DataMissingError
 from support.files import atomic_write_text
-from support.flags import nonnegative_int, path_arg, positive_int
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
 SPLITS = ("train", "val", "test")

@@ -28,7 +28,7 @@ from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
 from support.batching import pad_labelled
-from support.flags import train_size_arg
+from support.cli import train_size_arg
 from support.measure import compared_rows
 from tokenizer import BPETokenizer
 from training import TrainConfig, train_model

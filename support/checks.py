@@ -1,0 +1,373 @@
+"""Edge checks: one clear sentence for every setting a chapter function cannot use.
+
+The chapters trust their callers; their entry points call one checker from here. Each range
+rule is written once, as a ``Range``: a checker tests a value against it with ``need``, and
+support/cli.py's flag types parse a flag's text against the same rule. A message a user can
+meet from the command line names the flag they typed (``--top-k``), and, where the same value
+can also come from a file or from Python, the field as well.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from support.errors import CheckpointError, DataFileError
+
+
+def is_int(value: Any) -> bool:
+    """A whole number, and not a bool (which Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real int or float (a bool is not a number here, though Python says it is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------- range rules
+
+BOUNDS = (("at_least", ">=", operator.ge), ("above", ">", operator.gt),
+          ("at_most", "<=", operator.le), ("below", "<", operator.lt))
+
+
+@dataclass(frozen=True)
+class Range:
+    """One range rule: an integer (``whole``) or a finite number, within the bounds given
+    (each optional). ``str(rule)`` says it as the flag types do: "an integer >= 1"."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    whole: bool = False
+
+    def bounds(self) -> list[tuple[float, str, Any]]:
+        """(limit, sign, test) of each bound the rule sets."""
+        return [(getattr(self, field), sign, test) for field, sign, test in BOUNDS
+                if getattr(self, field) is not None]
+
+    def holds(self, value: Any) -> bool:
+        # an int is always finite; math.isfinite would overflow on one past a float's range
+        kind = is_int(value) if self.whole else \
+            is_number(value) and (isinstance(value, int) or math.isfinite(value))
+        return kind and all(test(value, limit) for limit, _, test in self.bounds())
+
+    def __str__(self) -> str:
+        limits = " and ".join(f"{sign} {limit:g}" if isinstance(limit, float) else
+                              f"{sign} {limit}" for limit, sign, _ in self.bounds())
+        return f"{'an integer' if self.whole else 'a finite number'} {limits}".rstrip()
+
+
+POSITIVE_INT = Range(at_least=1, whole=True)
+NONNEGATIVE_INT = Range(at_least=0, whole=True)
+POSITIVE = Range(above=0)
+NONNEGATIVE = Range(at_least=0)
+FRACTION = Range(at_least=0, below=1)  # a dropout probability
+
+
+def need(value: Any, rule: Range, complaint: str) -> None:
+    """``value`` obeys ``rule``; else ValueError "<complaint>, got <value>."."""
+    if not rule.holds(value):
+        raise ValueError(f"{complaint}, got {value!r}.")
+
+
+def check_text(value: Any, complaint: str) -> None:
+    """``value`` must be a str: else "<complaint>, got <type>." (the app passes what it gets)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{complaint}, got {type(value).__name__}.")
+
+
+# ---------------------------------------------------------------------------- generation
+
+MAX_NEW_TOKENS = 100_000  # about an hour on a CPU; the sequence and its cache grow with it
+MAX_TEMPERATURE = 100.0  # far past this, logits / temperature overflow float32 (NaN probabilities)
+NEW_TOKENS = Range(at_least=0, at_most=MAX_NEW_TOKENS, whole=True)
+TEMPERATURE = Range(at_least=0, at_most=MAX_TEMPERATURE)
+TOP_K = Range(at_least=1, whole=True)
+TOP_P = Range(above=0, at_most=1)
+
+
+def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any,
+                   prompt_tokens: int = 1) -> None:
+    """The sampling settings of generation.generate_ids (flags of the same names)."""
+    need(max_new_tokens, NEW_TOKENS,
+         f"--max-new-tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}")
+    need(temperature, TEMPERATURE, f"--temperature must be a number from 0 to "
+         f"{MAX_TEMPERATURE:g} (0 means greedy; above 2 the text is mostly noise)")
+    for value, rule, complaint in ((top_k, TOP_K, "--top-k must be an integer >= 1"),
+                                   (top_p, TOP_P, "--top-p must be in (0, 1]")):
+        if value is not None:
+            need(value, rule, f"{complaint} (or unset)")
+    if prompt_tokens < 1:
+        raise ValueError("generate_ids needs at least one prompt token.")
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """The model's next-token scores are numbers: NaN or inf weights make them NaN, and there is
+    nothing to sample from (torch.multinomial's "probability tensor contains inf, nan")."""
+    if not torch.isfinite(logits).all():
+        raise ValueError("The model's next-token scores are NaN or infinite, so nothing can be "
+                         "sampled: its weights are not all numbers (a training run that "
+                         "diverged?); use a checkpoint whose training loss stayed finite.")
+
+
+def check_prompt(prompt: Any, max_chars: int, can_start_empty: bool) -> None:
+    """A prompt is text of at most ``max_chars``; an empty one needs a start token."""
+    check_text(prompt, "The prompt must be text")
+    if len(prompt) > max_chars:
+        raise ValueError(f"The prompt has {len(prompt):,} characters; the limit is "
+                         f"{max_chars:,}. Shorten it.")
+    if not prompt and not can_start_empty:
+        raise ValueError("This tokenizer has no <|endoftext|> token to start from, so give a "
+                         "non-empty prompt.")
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def check_model_config(sizes: dict[str, Any], n_embd: int, n_head: int, dropout: Any) -> None:
+    """GPTConfig's fields. ``sizes`` maps each integer field (main.py's flag of the same name
+    with dashes) to its value; a float such as 8.0 would only fail deep inside nn.Embedding."""
+    for name, value in sizes.items():
+        flag = "--" + name.replace("_", "-")
+        need(value, Range(whole=True), f"{name} must be an integer ({flag})")
+        need(value, POSITIVE_INT, f"{name} must be a positive integer ({flag})")
+    if n_embd % n_head != 0:
+        raise ValueError(f"n_embd ({n_embd}, --n-embd) must be divisible by n_head ({n_head}, "
+                         "--n-head).")
+    need(dropout, FRACTION, "dropout must be in [0, 1) (--dropout)")
+
+
+def check_model_fits(config: Any, device: torch.device) -> None:
+    """One sentence, before any allocation, for a model whose training cannot fit in
+    ``device``'s memory (``--n-embd 65536`` ended in an allocator traceback). ``config`` is a
+    GPTConfig: 12 d^2 weights per block plus the token and position tables; training holds
+    four float32 copies of each (weights, gradients, AdamW's two moments)."""
+    d = config.n_embd
+    weights = config.n_layer * 12 * d * d + (config.vocab_size + config.context_length) * d
+    try:
+        memory = torch.cuda.get_device_properties(device).total_memory \
+            if device.type == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no way to tell
+        return
+    if 16 * weights > memory:
+        raise ValueError(f"A model of {weights / 1e6:,.0f} M parameters (--n-layer "
+                         f"{config.n_layer}, --n-embd {d}, --vocab-size {config.vocab_size}, "
+                         f"--context-length {config.context_length}) needs about "
+                         f"{16 * weights / 2**30:,.0f} GiB to train, and {device} has "
+                         f"{memory / 2**30:,.0f} GiB; make it smaller.")
+
+
+# ---------------------------------------------------------------------------- training
+
+TRAINING = (  # (fields, their rule, what the sentence says they must be)
+    (("grad_accum_steps", "eval_interval", "log_interval", "max_steps"), POSITIVE_INT,
+     str(POSITIVE_INT)),
+    (("warmup_steps", "checkpoint_interval"), NONNEGATIVE_INT, str(NONNEGATIVE_INT)),
+    (("learning_rate", "muon_lr"), POSITIVE, "positive"),
+    (("min_lr", "weight_decay", "grad_clip"), NONNEGATIVE, ">= 0"),
+)
+
+
+def check_train_config(values: dict[str, Any]) -> None:
+    """One sentence for a training setting that would otherwise fail later, confusingly.
+
+    Left to the loop, these were a ZeroDivisionError mid-run or a "finished" run that never saw
+    a batch (grad_accum_steps=0). The names are the fields' own: a script's flags are parsed
+    against the same rules (support/cli.py), so this catches programs and resume files.
+    """
+    for names, rule, words in TRAINING:
+        for name in names:
+            need(values[name], rule, f"{name} must be {words}")
+    if values["optimizer"] not in ("adamw", "muon"):
+        raise ValueError(f"Unknown optimizer '{values['optimizer']}'; use adamw or muon.")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor the optimizer loaded has its parameter's shape (Adam's
+    moments, Muon's momentum); a wrong one would fail mid-step, in the first update."""
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"its optimizer entry {name} has shape {tuple(value.shape)}, "
+                                 f"the parameter {tuple(param.shape)}")
+
+
+# ---------------------------------------------------------------------------- splits & batches
+
+
+def check_test_split(test_fraction: float, n_test: int, n_records: int, path: Path) -> None:
+    need(test_fraction, FRACTION, "test_fraction must be in [0, 1)")
+    if n_test >= n_records:
+        raise DataFileError(f"{path} has only {n_records} records, too few for a train/test split.")
+
+
+def check_windows(n_tokens: int, context_length: Any, stride: Any) -> None:
+    """Window sizes are positive integers, and the tokens fill at least one window."""
+    for name, value in (("context_length", context_length), ("stride", stride)):
+        need(value, POSITIVE_INT, f"{name} must be {POSITIVE_INT}")
+    # the last window needs context_length inputs plus one more token as its final target
+    if n_tokens < context_length + 1:
+        raise ValueError(
+            f"Need at least context_length + 1 = {context_length + 1} tokens for one "
+            f"(input, target) window, got {n_tokens}."
+        )
+
+
+def check_loader(n_tokens: int, sampler: Any, batch_size: Any, num_workers: Any,
+                 drop_last: bool) -> None:
+    """The batch size, workers and DDP rank are usable, and each rank gets one full batch."""
+    for name, value, rule in (("batch_size", batch_size, POSITIVE_INT),
+                              ("world_size", sampler.world_size, POSITIVE_INT),
+                              ("num_workers", num_workers, NONNEGATIVE_INT)):
+        need(value, rule, f"{name} must be {rule}")
+    need(sampler.rank, Range(at_least=0, below=sampler.world_size, whole=True),
+         f"rank must be in [0, {sampler.world_size})")
+    if len(sampler) == 0 or (drop_last and len(sampler) < batch_size):
+        raise ValueError(
+            f"{n_tokens} tokens give {len(sampler)} windows per rank, not enough for one batch "
+            f"of {batch_size}{' with drop_last=True' if drop_last else ''}: use fewer ranks, a "
+            "smaller batch_size, context_length or stride, or more tokens."
+        )
+
+
+def check_batches(per_epoch: int, n_windows: int, batch_size: int, world_size: int) -> None:
+    if per_epoch < 1:
+        raise ValueError(f"The training split holds {n_windows} windows, not enough for one "
+                         f"batch of {batch_size} per process ({world_size} processes); use "
+                         "more text or a smaller --batch-size or --context-length.")
+
+
+# ---------------------------------------------------------------------------- LoRA
+
+
+def check_lora_layer(layer_name: str, in_features: Any, out_features: Any, r: Any, alpha: Any,
+                     dropout: Any, already_wrapped: bool) -> None:
+    """What LoRALayer needs: a linear-like layer not yet wrapped, and usable --rank / --alpha /
+    --dropout (the rules the flags of the same names are parsed with)."""
+    if already_wrapped:
+        raise ValueError("this layer already has a LoRA adapter; do not wrap it twice.")
+    if not is_int(in_features) or not is_int(out_features):
+        raise ValueError(f"LoRA wraps linear layers with in_features/out_features, "
+                         f"got {layer_name}.")
+    need(r, POSITIVE_INT, "LoRA rank r (--rank) must be a positive integer")
+    if r > min(in_features, out_features):  # B A has rank <= min(in, out): more costs memory
+        raise ValueError(f"LoRA rank r (--rank) must be at most {min(in_features, out_features)}"
+                         f", the smaller side of the {in_features} x {out_features} {layer_name} "
+                         f"it adapts, got {r:,}.")
+    need(alpha, POSITIVE, "LoRA alpha must be positive (--alpha)")  # 0 would silence the adapters
+    need(dropout, FRACTION, "LoRA dropout must be in [0, 1) (--dropout)")
+
+
+def check_targets(targets: Sequence[str], found: bool, dense_lora: Sequence[str] = ()) -> None:
+    """Layer names for apply_lora / quantize_model: at least one, and present in the model.
+
+    ``dense_lora`` names LoRA-wrapped dense layers met by quantize_model: quantizing under an
+    adapter would silently change what the adapter was trained on.
+    """
+    if not targets:
+        raise ValueError("apply_lora needs at least one target module name (--targets).")
+    if not found:
+        raise ValueError(f"no module named any of {list(targets)} found in the model.")
+    if dense_lora:
+        raise ValueError(f"{dense_lora[0]} already has a LoRA adapter on a dense weight; "
+                         "call quantize_model before apply_lora.")
+
+
+def check_trainable(has_lora: bool, unmatched_extras: Iterable[str]) -> None:
+    """freeze_all_but_lora: there are adapters to train, and every extra name matched."""
+    if not has_lora:
+        raise ValueError("the model has no LoRA layers; call apply_lora first.")
+    if missing := sorted(unmatched_extras):
+        raise ValueError(f"trainable_extra names match no parameters: {missing}.")
+
+
+def check_mergeable(layer_name: str, mergeable: bool) -> None:
+    """A LoRA update can only be folded into a dense float weight."""
+    if not mergeable:
+        raise ValueError(f"cannot merge LoRA into a quantized {layer_name}: its weight is "
+                         "stored in 4 bits; keep the adapter separate (or merge into a dense "
+                         "copy).")
+
+
+# ---------------------------------------------------------------------------- adapter files
+
+RETRAIN = {"lora-classifier": "python finetune_lora_classifier.py",
+           "qlora-instruct": "python finetune_qlora_instructions.py"}
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def _not_its_base(path: Any, lora: dict) -> CheckpointError:
+    return CheckpointError(f"{path} does not match its base model: the adapter tensors differ "
+                           f"from the ones r={lora['r']} on {lora['targets']} makes.")
+
+
+def check_adapters_fit(path: Any, base: Any, ckpt: dict, lora: dict, *, fingerprint: str,
+                       layers: list[Any]) -> None:
+    """An adapter file (``path``) fits the base model ``base`` it is about to be put on.
+
+    Checked before any adapter is allocated: the base's weights are the ones the adapters
+    were trained on (``fingerprint``: the base's now), and the file's LoRA tensors hold as
+    many numbers as r on the base's target ``layers`` (apply_lora wraps those with in_features
+    and out_features) makes, so apply_lora allocates what the file's own bytes back (a file
+    may declare any rank).
+    """
+    stored = ckpt["metadata"].get("base_path")
+    if fingerprint != ckpt["metadata"]["base_fingerprint"]:
+        if stored is not None and _same_file(base, stored):
+            raise CheckpointError(
+                f"{path} was trained on a different base model than the current {base}: "
+                f"{base} has been trained again since (its weights' fingerprint differs); run "
+                f"{RETRAIN.get(ckpt.get('kind'), 'the finetuning script')} again to train "
+                "adapters for it, or pass --base with the base they were trained on.")
+        raise CheckpointError(
+            f"{path} was trained on a different base model than {base} (the weights' "
+            f"fingerprints differ); pass the base it was trained on, {stored}.")
+    held = sum(t.numel() for name, t in ckpt["state_dict"].items()
+               if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
+    sizes = [getattr(layer, "in_features", 0) + getattr(layer, "out_features", 0)
+             for layer in layers]
+    if held != lora["r"] * sum(sizes):
+        raise _not_its_base(path, lora)
+
+
+def check_adapter_names(path: Any, lora: dict, names: tuple[set[str], set[str]]) -> None:
+    """``names``: (the tensors in the adapter file, the tensors that train on the adapted
+    base); the file must hold exactly those."""
+    if names[0] != names[1]:
+        raise _not_its_base(path, lora)
+
+
+# ---------------------------------------------------------------------------- quantization
+
+
+def check_quantizable(weight: Any, blocksize: Any) -> None:
+    """quantize_nf4's input: a non-empty finite float tensor and a positive block size."""
+    if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
+        found = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"can only quantize a floating-point tensor, got {found}.")
+    if weight.numel() == 0:
+        raise ValueError("cannot quantize an empty tensor.")
+    need(blocksize, POSITIVE_INT, "blocksize must be a positive integer")
+    if weight.device.type != "meta" and not torch.isfinite(weight).all():  # meta: no values
+        raise ValueError("cannot quantize a tensor that contains NaN or inf.")
+
+
+def check_quantize_request(backend: Any, backends: Sequence[str], targets: Sequence[str],
+                           found: bool, dense_lora: Sequence[str]) -> None:
+    """quantize_model's request: a known --backend, and targets as check_targets wants them."""
+    if backend not in backends:
+        raise ValueError(f"backend (--backend) must be one of {tuple(backends)}, "
+                         f"got {backend!r}.")
+    check_targets(targets, found, dense_lora)
