@@ -23,17 +23,8 @@ from collections.abc import Iterable
 
 from checkpoint import load_checkpoint
 from generation import stream_text
-from support.cli import (
-    FlagParser,
-    new_tokens_arg,
-    path_arg,
-    run,
-    seed_arg,
-    temperature_arg,
-    text_arg,
-    top_p_arg,
-    whole,
-)
+from support.checks import TEMPERATURE, TOP_P
+from support.cli import FlagParser, flag, new_tokens_arg, path_arg, run, seed_arg, text_arg, whole
 from training import pick_device
 
 
@@ -42,11 +33,11 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperatu
     """The flags sample.py and ask.py share; each passes the defaults of its tab in the app."""
     p.add_argument("--max-new-tokens", type=new_tokens_arg, default=max_new_tokens,
                    help="length limit of the generated text, in tokens")
-    p.add_argument("--temperature", type=temperature_arg, default=temperature,
+    p.add_argument("--temperature", type=flag(TEMPERATURE), default=temperature,
                    help="below 1 sharper, above 1 flatter; 0 always takes the likeliest token")
     p.add_argument("--top-k", type=whole(0), default=top_k,
                    help="draw only from the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=top_p_arg, default=1.0,
+    p.add_argument("--top-p", type=flag(TOP_P), default=1.0,
                    help="draw only from the likeliest tokens that together reach p (1: off)")
     p.add_argument("--seed", type=seed_arg, default=1337,
                    help="the same seed and settings give the same text")

@@ -21,23 +21,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 
-from support.checks import (
-    FRACTION,
-    NEW_TOKENS,
-    NONNEGATIVE,
-    NONNEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    TEMPERATURE,
-    TOP_P,
-    Range,
-)
+from support import checks
 from support.errors import TrainingStopped
 
 # ---------------------------------------------------------------------------- flag types
 
 
-def flag(rule: Range) -> Callable[[str], int | float]:
+def flag(rule: checks.Range) -> Callable[[str], int | float]:
     """An argparse type: the typed text as an int (``rule.whole``) or a float that obeys
     ``rule``; else "must be <the rule>, got <the text>"."""
     def parse(text: str) -> int | float:
@@ -53,13 +43,7 @@ def flag(rule: Range) -> Callable[[str], int | float]:
 
 def whole(at_least: int, at_most: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer >= ``at_least`` (and <= ``at_most`` when given)."""
-    return flag(Range(at_least=at_least, at_most=at_most, whole=True))
-
-
-def number(at_least: float | None = None, above: float | None = None,
-           at_most: float | None = None, below: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite number within the given bounds (each one optional)."""
-    return flag(Range(at_least, above, at_most, below))
+    return flag(checks.Range(at_least=at_least, at_most=at_most, whole=True))
 
 
 def train_size_arg(value: str) -> int:
@@ -107,15 +91,13 @@ def run_name_arg(text: str) -> str:
 
 
 seed_arg = whole(at_least=0, at_most=MAX_SEED)
-positive_int = flag(POSITIVE_INT)
-nonnegative_int = flag(NONNEGATIVE_INT)
-positive_float = flag(POSITIVE)
-nonnegative_float = flag(NONNEGATIVE)
-fraction = flag(FRACTION)  # e.g. a dropout probability
-# generation's rules; a command asks for at least one new token (0 prints no sample)
-new_tokens_arg = flag(replace(NEW_TOKENS, at_least=1))
-temperature_arg = flag(TEMPERATURE)
-top_p_arg = flag(TOP_P)
+positive_int = flag(checks.POSITIVE_INT)
+nonnegative_int = flag(checks.NONNEGATIVE_INT)
+positive_float = flag(checks.POSITIVE)
+nonnegative_float = flag(checks.NONNEGATIVE)
+fraction = flag(checks.FRACTION)  # e.g. a dropout probability
+# generation's limit; a command asks for at least one new token (0 would print no sample)
+new_tokens_arg = flag(replace(checks.NEW_TOKENS, at_least=1))
 
 
 # ---------------------------------------------------------------------------- the parser

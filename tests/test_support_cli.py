@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import finetune_lora_classifier
 import sample
-from support.checks import check_lora_layer, check_sampling, check_train_config
-from support.cli import HelpFormatter, number, whole
+from support.checks import Range, check_lora_layer, check_sampling, check_train_config
+from support.cli import HelpFormatter, flag, whole
 from training import TrainConfig
 
 
@@ -19,8 +19,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="demo.py", formatter_class=HelpFormatter)
     p.add_argument("--steps", type=whole(1), default=10, help="how many")
     p.add_argument("--seed", type=whole(0, at_most=99), default=0, help="which")
-    p.add_argument("--top-p", type=number(above=0, at_most=1), default=1.0, help="share")
-    p.add_argument("--lr", type=number(), default=0.5, help="rate")
+    p.add_argument("--top-p", type=flag(Range(above=0, at_most=1)), default=1.0, help="share")
+    p.add_argument("--lr", type=flag(Range()), default=0.5, help="rate")
     p.add_argument("--base", default=None, help="a file; unset: the one stored")
     p.add_argument("--fast", action="store_true", help="go fast")
     p.add_argument("--note", default="", help="free text")
