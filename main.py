@@ -44,9 +44,10 @@ from data_utils import (
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.checkpoint_checks import resume_settings
-from support.checks import check_model_fits
+from support.checks import NEW_TOKENS, check_model_fits
 from support.cli import (
     FlagParser,
+    flag,
     fraction,
     nonnegative_float,
     nonnegative_int,
@@ -327,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nanogpt-split", action="store_true",
                    help="train on the first 90 %% of the text, as nanoGPT does, to compare with "
                         "its published losses on the same test slice (val is then trained on)")
-    p.add_argument("--sample-tokens", type=nonnegative_int, default=200,
+    p.add_argument("--sample-tokens", type=flag(NEW_TOKENS), default=200,
                    help="sample length after training (0: no sample)")
     p.add_argument("--checkpoint-interval", type=nonnegative_int, default=500,
                    help="save weights and training state every N steps (0: only at the end)")

@@ -136,7 +136,9 @@ def test_loss_by_line_splits_the_evaluated_loss_into_names_and_the_rest(pretrain
 @needs_data
 @pytest.mark.parametrize("flags, message", [
     (["--out", "."], "is a folder; give a file name"),
-    (["--sample-tokens", "-1"], "--sample-tokens must be an integer >= 0, got -1"),
+    (["--sample-tokens", "-1"], "--sample-tokens must be an integer >= 0 and <= 100000, got -1"),
+    (["--sample-tokens", "100001"], "--sample-tokens must be an integer >= 0 and <= 100000, "
+     "got 100001"),  # was refused by generate_text only after the whole run had trained
     (["--max-steps", "0"], "--max-steps must be an integer >= 1, got 0"),
     (["--n-head", "0"], "--n-head must be an integer >= 1, got 0"),
     (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
