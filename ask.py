@@ -25,7 +25,7 @@ from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
 from support.cli import run
 from support.flags import FlagParser, path_arg, text_arg
-from training import pick_device
+from support.runtime import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from classifier import load_classifier, normalize_text, predict
 from support.cli import run
 from support.flags import FlagParser, path_arg, text_arg
-from training import pick_device
+from support.runtime import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -38,7 +38,8 @@ from hf_gpt2 import load_base
 from model import GPTModel
 from support.cli import run
 from support.flags import FlagParser, path_arg
-from support.measure import write_json
+from support.metrics import write_json
+from support.runtime import pick_device
 from support.token_files import (
     DEFAULT_ROOT,
     Corpus,
@@ -50,7 +51,6 @@ from support.token_files import (
     tokenizer_fingerprint,
 )
 from tokenizer import BPETokenizer
-from training import pick_device
 
 
 @torch.no_grad()

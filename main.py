@@ -57,7 +57,7 @@ from support.flags import (
     seed_arg,
 )
 from support.metrics import forget_steps_after
-from support.runtime import Bookkeeping
+from support.runtime import Bookkeeping, Launch, check_model_fits, cleanup_distributed, launch
 from support.token_files import (
     DEFAULT_ROOT,
     Corpus,
@@ -74,14 +74,7 @@ from support.token_files import (
     survey,
 )
 from tokenizer import BPETokenizer
-from training import (
-    Launch,
-    TrainConfig,
-    check_model_fits,
-    cleanup_distributed,
-    launch,
-    train_model,
-)
+from training import TrainConfig, train_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from checkpoint import load_checkpoint
 from generation import stream_text
 from support.cli import run
 from support.flags import FlagParser, number, path_arg, seed_arg, text_arg, whole
-from training import pick_device
+from support.runtime import pick_device
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,

@@ -30,17 +30,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from muon import Muon
-from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts import them here
+from support.runtime import (
     Bookkeeping,
-    Launch,
     TrainingRun,
     autocast,
-    check_model_fits,
     check_train_config,
-    cleanup_distributed,
     gradient_sync,
-    launch,
-    pick_device,
     pick_dtype,
 )
 
