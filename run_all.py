@@ -93,11 +93,11 @@ def check_inputs(args: argparse.Namespace) -> None:
     script's own flag."""
     for name in (TINYSHAKESPEARE, SST2_TRAIN, SST2_DEV):
         locate(name, args.data_dir, download=True)
+    given = f"--instruction-file {args.instruction_file}: " if args.instruction_file else ""
     try:
         read_instruction_records(args.instruction_file, args.data_dir, download=True,
                                  verify=False)
     except DataMissingError as err:
-        given = f"--instruction-file {args.instruction_file}: " if args.instruction_file else ""
         raise DataMissingError(
             f"{given}{err} run_all.py takes any Dolly-schema JSONL as --instruction-file, e.g. "
             f"--instruction-file {INSTRUCTIONS_1100}; nothing has run yet.") from None
