@@ -29,6 +29,7 @@ import showcase as sc
 from classifier import normalize_text, predict
 from generation import stream_text
 from instructions import format_prompt, inference_model, stream_answer
+from support.metrics import human_bytes
 
 # What loading and inference raise for bad files and bad values (CheckpointError is a
 # ValueError, a missing file an OSError, a missing bitsandbytes an ImportError).
@@ -176,15 +177,15 @@ def overview(slots: dict[str, sc.Slot]) -> None:
             st.metric("Parameters", sc.human_count(facts["parameters"]))
             st.metric("Trained", f"{facts['trained_share']:.2%}",
                       help=f"{facts['trained']:,} parameters changed in training")
-            st.metric("Checkpoint file", sc.human_bytes(facts["checkpoint_bytes"]))
-            st.metric("In memory", sc.human_bytes(facts["memory_bytes"]))
+            st.metric("Checkpoint file", human_bytes(facts["checkpoint_bytes"]))
+            st.metric("In memory", human_bytes(facts["memory_bytes"]))
             st.caption(facts["shape"])
             if "trained_on" in facts:
                 st.caption(f"Trained on {facts['trained_on']}")
             if "quantized" in facts:
                 q = facts["quantized"]
-                st.caption(f"{q['layers']} linear layers in NF4: {sc.human_bytes(q['stored'])} "
-                           f"instead of {sc.human_bytes(q['fp32'])} in fp32")
+                st.caption(f"{q['layers']} linear layers in NF4: {human_bytes(q['stored'])} "
+                           f"instead of {human_bytes(q['fp32'])} in fp32")
     if ready:
         frame = pd.DataFrame([{"model": s.spec.title, "trained parameters": s.facts["trained"],
                                "checkpoint KB": s.facts["checkpoint_bytes"] / 1024}
@@ -400,7 +401,7 @@ def memory_section(memory: pd.DataFrame, title: str) -> None:
     """The bytes of one training step by kind, per method: this project's runs and GPT-2
     124 M, as stacked bars, with what they teach and where the totals do not show it."""
     st.markdown(f"**Memory of one training step, by kind.** {sc.MEMORY_LESSON} Counted exactly "
-                "from the tensors (support/measure.py), float32, at each run's largest batch.")
+                "from the tensors (memory.py), float32, at each run's largest batch.")
     left, right = st.columns(2)
     with left:
         if memory.empty:

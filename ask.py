@@ -24,7 +24,7 @@ from instructions import format_prompt, load_instruction_model, stream_answer
 from quantization import BACKENDS
 from sample import add_sampling_args, sampling, show
 from support.cli import FlagParser, path_arg, run, text_arg
-from training import pick_device
+from support.runtime import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from classifier import load_classifier, normalize_text, predict
 from support.cli import FlagParser, path_arg, run, text_arg
-from training import pick_device
+from support.runtime import pick_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -37,7 +37,8 @@ from data_utils import load_tinyshakespeare, split_shakespeare, tinyshakespeare_
 from hf_gpt2 import load_base
 from model import GPTModel
 from support.cli import FlagParser, path_arg, run
-from support.measure import write_json
+from support.metrics import write_json
+from support.runtime import pick_device
 from support.token_files import (
     DEFAULT_ROOT,
     Corpus,
@@ -49,7 +50,6 @@ from support.token_files import (
     tokenizer_fingerprint,
 )
 from tokenizer import BPETokenizer
-from training import pick_device
 
 
 @torch.no_grad()

@@ -43,9 +43,9 @@ from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
 from support.cli import FlagParser, run
-from support.measure import PeakMemory, checkpoint_row, warm_up_optimizer
-from support.runtime import Bookkeeping
-from training import launch, train_model
+from support.metrics import PeakMemory, checkpoint_row, warm_up_optimizer
+from support.runtime import Bookkeeping, launch
+from training import train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Pa
     sst2.fresh_log(log_path)
     model.to(device)
     parameters = count_parameters(model)  # (trainable, total)
-    # What a step holds, by kind, counted exactly at the largest batch (support/measure.py).
+    # What a step holds, by kind, counted exactly at the largest batch (memory.py).
     memory = memory_at_full_batch(model, classification_loss, sst2.args,
                                   example_length(sst2.args, model.gpt), device, labelled=True)
     warm_up_optimizer()  # a one-time import would count as the run's memory

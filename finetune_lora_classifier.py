@@ -34,8 +34,8 @@ from finetuning import (
 from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from support.cli import FlagParser, fraction, path_arg, positive_float, positive_int, run
-from support.measure import checkpoint_row, compared_rows
-from training import launch
+from support.metrics import checkpoint_row, compared_rows
+from support.runtime import launch
 
 # Rank 2 on the attention projections: 0.68 % of the CPU preset model (4 x 128) trains,
 # 6,402 of 947,202 parameters.

@@ -59,9 +59,9 @@ from instructions import (
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
 from quantization import BACKENDS, dequantized_weight, quantize_model, quantized_nbytes
 from support.cli import FlagParser, run
-from support.measure import PeakMemory, append_record, warm_up_optimizer
-from support.runtime import Bookkeeping
-from training import Launch, cleanup_distributed, launch, lm_loss, train_model
+from support.metrics import PeakMemory, append_record, warm_up_optimizer
+from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
+from training import lm_loss, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,7 +158,7 @@ class QLoRABook:
         facts["quantization_error"] = (quantization_error(facts["dense"], model)
                                        if facts["dense"] else math.nan)
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
-        # What a step holds, by kind, counted exactly at the largest batch (support/measure.py),
+        # What a step holds, by kind, counted exactly at the largest batch (memory.py),
         # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
         facts["memory"] = memory_at_full_batch(model, lm_loss, args, self.ctx, self.run.device,
                                                labelled=False)

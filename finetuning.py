@@ -21,8 +21,9 @@ here, once, above the chapters it ties together:
 ``memory_at_full_batch`` counts a run's training memory by kind (weights, gradients,
 optimizer state, activations) at its largest batch, before it trains.
 
-Measuring (memory, baselines, tables, metric files) is support/measure.py's, batching
-support/batching.py's, the flag types support/cli.py's (a bad value fails as it is parsed).
+Counting memory is memory.py's; baselines, tables and metric files support/metrics.py's;
+batching support/batching.py's, the flag types support/cli.py's (a bad value fails as it is
+parsed).
 
 All three run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each
 process its own share of the batches, only rank 0 evaluates, logs and saves).
@@ -51,6 +52,7 @@ from checkpoint import check_writable, weights_fingerprint
 from classifier import encode_text, evaluate_accuracy
 from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, load_sst2
 from hf_gpt2 import is_hf_base
+from memory import memory_record
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
 from support.cli import (
@@ -67,19 +69,19 @@ from support.cli import (
     whole,
 )
 from support.errors import TrainingStopped
-from support.measure import (
+from support.metrics import (
     CLASSIFIER_COLUMNS,
     INSTRUCTION_COLUMNS,
     PeakMemory,
     append_record,
     baseline_rows,
     format_table,
-    memory_record,
     write_jsonl,
     write_metrics,
 )
+from support.runtime import Launch, cleanup_distributed
 from tokenizer import BPETokenizer
-from training import Launch, TrainConfig, cleanup_distributed, configure_optimizer
+from training import TrainConfig, configure_optimizer
 
 DATA_FILE_HINT = ("This script takes such a file as --data-file (a path, or the name of a file "
                   f"in the data folder), e.g. --data-file {INSTRUCTIONS_1100}.")
@@ -206,7 +208,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, length: int,
                          device: torch.device, labelled: bool) -> dict:
-    """The bytes a training step holds, by kind (``support.measure.memory_record``), at the
+    """The bytes a training step holds, by kind (``memory.memory_record``), at the
     largest batch the run allows: --batch-size examples of ``length`` tokens, (ids, lengths,
     labels) if ``labelled``, else (inputs, targets); the optimizer the run will build."""
     optimizer = configure_optimizer(model, train_config(args), device)

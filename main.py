@@ -59,7 +59,7 @@ from support.cli import (
     seed_arg,
 )
 from support.metrics import forget_steps_after
-from support.runtime import Bookkeeping
+from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
 from support.token_files import (
     DEFAULT_ROOT,
     Corpus,
@@ -76,13 +76,7 @@ from support.token_files import (
     survey,
 )
 from tokenizer import BPETokenizer
-from training import (
-    Launch,
-    TrainConfig,
-    cleanup_distributed,
-    launch,
-    train_model,
-)
+from training import TrainConfig, train_model
 
 
 def main(argv: list[str] | None = None) -> int:

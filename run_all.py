@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import showcase as sc
+from memory import MEMORY_KINDS
 from support.cli import FlagParser, path_arg, run
 from support.datasets import (
     INSTRUCTIONS_1100,
@@ -34,7 +35,7 @@ from support.datasets import (
     read_instruction_records,
 )
 from support.errors import DataMissingError
-from support.measure import MEMORY_KINDS
+from support.metrics import human_bytes, measured_peak
 
 ROOT = Path(__file__).resolve().parent
 STEPS = ("main.py", "evaluate.py", "finetune_classifier.py", "finetune_lora_classifier.py",
@@ -116,20 +117,6 @@ def number(value, fmt: str, unit: str = "") -> str:
     return format(value, fmt) + unit
 
 
-def measured_peak(row: dict) -> str:
-    """PeakMemory's figure and what it measured: the process's RSS (CPU) or CUDA's."""
-    cuda = str(row.get("peak_mem_source", "")).startswith("torch.cuda")
-    return number(row.get("peak_mem_mb"), ",.0f", " MB CUDA allocated" if cuda else
-                  " MB process RSS")
-
-
-def mb(n_bytes: float) -> str:
-    """MB with two decimals, with thousands separators; under 0.1 MB in KB (not 0.00 MB)."""
-    if n_bytes < 2**20 / 10:
-        return f"{n_bytes / 2**10:,.1f} KB"
-    return f"{n_bytes / 2**20:,.2f} MB"
-
-
 BAR_CHARACTERS = dict(zip(MEMORY_KINDS, "█▓▒░", strict=True))
 
 
@@ -139,7 +126,7 @@ def text_bars(wide, width: int = 60) -> list[str]:
     name_width = max(len(name) for name in wide["model"])
     return [f"{row['model']:<{name_width}}  "
             + "".join(BAR_CHARACTERS[k] * round(row[k] * scale) for k in MEMORY_KINDS)
-            + f"  {mb(row['total'])}" for _, row in wide.iterrows()]
+            + f"  {human_bytes(row['total'], 'MB', 2)}" for _, row in wide.iterrows()]
 
 
 def memory_section(frame, title: str, intro: str) -> list[str]:
@@ -150,7 +137,8 @@ def memory_section(frame, title: str, intro: str) -> list[str]:
     legend = ", ".join(f"{c} {sc.MEMORY_TITLES[k]}" for k, c in BAR_CHARACTERS.items())
     return ["", title, "", intro, "", table(
         ["model", "batch", *(sc.MEMORY_TITLES[k] for k in MEMORY_KINDS), "total"],
-        [[row["model"], batches[row["model"]], *(mb(row[k]) for k in [*MEMORY_KINDS, "total"])]
+        [[row["model"], batches[row["model"]],
+          *(human_bytes(row[k], "MB", 2) for k in [*MEMORY_KINDS, "total"])]
          for _, row in wide.iterrows()]), "", "```", *text_bars(wide), "```", "",
         f"Bars: {legend}. {sc.MEMORY_LESSON}", "", *(f"- {n}" for n in sc.memory_notes(frame))]
 
@@ -193,7 +181,7 @@ def summary_markdown(runs: sc.Runs, seconds: dict[str, float],
     memory = sc.memory_frame(runs)
     if not memory.empty:
         parts += memory_section(memory, "## Memory of one training step, by method", (
-            "Counted exactly from the tensors (support/measure.py) at each run's largest batch "
+            "Counted exactly from the tensors (memory.py) at each run's largest batch "
             "(examples x tokens), float32. A measured process RSS above also holds the "
             "allocator's slack, the data and the libraries, so it does not show the method."))
     if projection is not None:

@@ -25,7 +25,7 @@ from checkpoint import load_checkpoint
 from generation import stream_text
 from support.checks import TEMPERATURE, TOP_P
 from support.cli import FlagParser, flag, new_tokens_arg, path_arg, run, seed_arg, text_arg, whole
-from training import pick_device
+from support.runtime import pick_device
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float,

@@ -62,11 +62,13 @@ from lora import (
     lora_layers,
     lora_state_dict,
 )
+from memory import MEMORY_KINDS, training_memory
 from model import GPTConfig, GPTModel
 from quantization import is_quantized, quantize_model, quantized_nbytes
+from support import runtime
 from support.checks import is_number
 from support.hub import WEIGHTS
-from support.measure import MEMORY_KINDS, training_memory
+from support.metrics import human_bytes
 from tokenizer import BPETokenizer
 
 APP_DIR_ENV = "LLM_APP_DIR"
@@ -171,7 +173,7 @@ def create_command(spec: ModelSpec, path: Path, base: Path, folder: Path) -> str
 def pick_device() -> str:
     """$LLM_APP_DEVICE if set, else a GPU if there is one, else the CPU (ValueError if the
     requested device is not there)."""
-    return str(training.pick_device(os.environ.get(DEVICE_ENV) or "auto"))
+    return str(runtime.pick_device(os.environ.get(DEVICE_ENV) or "auto"))
 
 
 @dataclass
@@ -308,14 +310,6 @@ def readme_section(heading: str) -> str:
     text = README.read_text(encoding="utf-8") if README.is_file() else ""
     match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
     return match.group(1).strip() if match else ""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_count(n: int) -> str:
@@ -571,7 +565,7 @@ MEMORY_LESSON = (
 
 def memory_frame(runs: Runs) -> pd.DataFrame:
     """One row per finetuned model and memory kind: (model, run, kind, bytes, total, batch),
-    from the ``memory`` field the finetuning scripts write (support.measure.memory_record).
+    from the ``memory`` field the finetuning scripts write (memory.memory_record).
 
     A row whose ``memory`` lacks a kind, or holds anything but byte counts, is skipped and
     named in ``runs.problems``.

@@ -31,15 +31,11 @@ from torch.utils.data import DataLoader
 
 from muon import Muon
 from support.checks import check_train_config
-from support.runtime import (  # noqa: F401 - Launch, launch, ...: the scripts import them here
+from support.runtime import (
     Bookkeeping,
-    Launch,
     TrainingRun,
     autocast,
-    cleanup_distributed,
     gradient_sync,
-    launch,
-    pick_device,
     pick_dtype,
 )
 

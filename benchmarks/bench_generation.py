@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoint import load_checkpoint  # noqa: E402
 from generation import encode_prompt, generate_ids, text_mask  # noqa: E402
-from training import pick_device  # noqa: E402
+from support.runtime import pick_device  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Benchmark the memory of one training step, by kind, for each finetuning method.
 
 Not a test; it prints the tables RESULTS.md quotes. The figures are counted, not timed:
-support/measure.py's ``training_memory`` adds up the bytes of the weights (as stored: fp32,
+memory.py's ``training_memory`` adds up the bytes of the weights (as stored: fp32,
 or NF4 codes and double-quantized scales), the gradients (trainable parameters only), the
 optimizer state (AdamW: two moments and a step counter; Muon: one momentum per matrix) and
 the activations autograd saves for backward, each memory block once. So they are the same
@@ -38,8 +38,8 @@ from finetuning import full_batch, memory_at_full_batch  # noqa: E402
 from instructions import make_qlora  # noqa: E402
 from lora import DEFAULT_TARGETS  # noqa: E402
 from main import PRESETS  # noqa: E402
+from memory import MEMORY_KINDS, memory_record  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
-from support.measure import MEMORY_KINDS, memory_record  # noqa: E402
 from training import configure_optimizer, lm_loss  # noqa: E402
 
 CPU = torch.device("cpu")

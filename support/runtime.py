@@ -78,23 +78,6 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 # ---------------------------------------------------------------------------- several processes
 
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); starts a process group when launched by torchrun.
-
-    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK. GPUs talk over NCCL, CPUs over gloo.
-    Run with plain ``python`` and this is a no-op returning (0, 1, 0).
-    """
-    import torch.distributed as dist
-
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
 def cleanup_distributed() -> None:
     import torch.distributed as dist
 
@@ -128,13 +111,21 @@ class Launch:
 def launch(device: str = "auto") -> Launch:
     """Start (under torchrun) or skip (plain python) the process group; pick the device.
 
-    Under torchrun with ``device="auto"`` each process takes its own GPU (cuda:LOCAL_RANK),
-    or the CPU where there is none.
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; GPUs talk over NCCL, CPUs over gloo. Under
+    torchrun with ``device="auto"`` each process takes its own GPU (cuda:LOCAL_RANK), or the
+    CPU where there is none. Run with plain ``python``, there is one process and no group.
     """
-    rank, world_size, local_rank = setup_distributed()
-    if world_size > 1 and device == "auto":
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return Launch(0, 1, pick_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return Launch(rank, world_size, pick_device(device))
+    return Launch(dist.get_rank(), dist.get_world_size(), pick_device(device))
 
 
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -232,13 +223,8 @@ class TrainingRun:
                  scaler: torch.amp.GradScaler, device: torch.device, dtype: torch.dtype,
                  bookkeeping: Bookkeeping, is_main: bool) -> None:
         self.cfg, self.model, self.optimizer, self.scaler = cfg, model, optimizer, scaler
-        self.device, self.dtype, self.is_main = device, dtype, is_main
-        self.desc = bookkeeping.desc
-        self.log_path = bookkeeping.log_path if is_main else None
-        self.save_fn = bookkeeping.save_fn if is_main else None
-        self.best_fn = bookkeeping.best_fn
-        self.tokens_per_batch = bookkeeping.tokens_per_batch
-        self.flops_per_token = bookkeeping.flops_per_token
+        self.device, self.dtype, self.is_main, self.book = device, dtype, is_main, bookkeeping
+        self.save_fn = bookkeeping.save_fn if is_main else None  # only the main process saves
         self.step, self.elapsed_before, self.best_val, self.best_step = 0, 0.0, math.inf, 0
         self.elapsed, self.train_loss, self.val_loss = 0.0, float("nan"), None
         self.resumed_at, self.loss_sum = 0, None  # the step this run began at; its last loss
@@ -265,9 +251,9 @@ class TrainingRun:
 
     def __enter__(self) -> TrainingRun:
         self.stop.__enter__()
-        self.log = MetricsLog(self.log_path)
-        self.throughput = Throughput(self.tokens_per_batch, self.flops_per_token, self.device,
-                                     self.dtype)
+        self.log = MetricsLog(self.book.log_path if self.is_main else None)
+        self.throughput = Throughput(self.book.tokens_per_batch, self.book.flops_per_token,
+                                     self.device, self.dtype)
         self.started = time.perf_counter()
         return self
 
@@ -310,8 +296,8 @@ class TrainingRun:
                 record["val_loss"] = self.val_loss = val_loss
                 if val_loss < self.best_val:
                     self.best_val, self.best_step = val_loss, step
-                    if self.best_fn:
-                        self.best_fn(self.state())
+                    if self.book.best_fn:
+                        self.book.best_fn(self.state())
             self.log.write(record)
         self.show_progress(step, logging)
         if saving:
@@ -332,7 +318,7 @@ class TrainingRun:
             # The bar (and so its clock) starts after the first step: that step carries the
             # one-time costs (allocations, kernel choices, torch.compile), and an estimate
             # extrapolated from it promised hours for a five-minute run.
-            self.bar = tqdm(total=self.cfg.max_steps, initial=step, desc=self.desc,
+            self.bar = tqdm(total=self.cfg.max_steps, initial=step, desc=self.book.desc,
                             disable=not self.is_main, dynamic_ncols=True)
         else:
             self.bar.update(1)

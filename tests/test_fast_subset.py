@@ -13,7 +13,8 @@ from conftest import ROOT
 
 # The chapters whose idea is a library (the scripts that run them are the slow tests' part).
 CHAPTERS = ["tokenizer", "model", "data_utils", "training", "generation", "checkpoint",
-            "evaluate", "lora", "classifier", "quantization", "instructions", "hf_gpt2"]
+            "evaluate", "lora", "classifier", "memory", "quantization", "instructions",
+            "hf_gpt2"]
 
 
 class SelectedTests:

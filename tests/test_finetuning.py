@@ -1,7 +1,7 @@
 """The shared finetuning pieces, and both finetuning scripts end to end on real SST-2.
 
 The batching and measuring pieces they use have their own tests: test_support_batching.py and
-test_support_measure.py."""
+test_support_metrics.py."""
 
 import argparse
 import json
@@ -29,7 +29,7 @@ from main import PRESETS
 from model import GPTConfig, GPTModel
 from support.batching import pad_labelled
 from support.cli import train_size_arg
-from support.measure import compared_rows
+from support.metrics import compared_rows
 from tokenizer import BPETokenizer
 from training import TrainConfig, train_model
 

@@ -28,7 +28,7 @@ from lora import LoRALayer
 from model import GPTModel
 from support.cli import USER_ERRORS
 from support.datasets import read_instruction_records
-from support.measure import compared_rows
+from support.metrics import compared_rows
 from tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -127,8 +127,8 @@ def test_sample_settings_reach_the_sampler(in_project, capsys):
 
 def test_sample_flags_are_checked_where_they_are_typed(capsys):
     for flag, value, wanted in [("--top-p", "2", "a finite number > 0 and <= 1"),
-                                ("--temperature", "-1", "a finite number >= 0"),
-                                ("--max-new-tokens", "0", "an integer >= 1"),
+                                ("--temperature", "-1", "a finite number >= 0 and <= 100"),
+                                ("--max-new-tokens", "0", "an integer >= 1 and <= 100000"),
                                 ("--top-k", "x", "an integer >= 0")]:
         with pytest.raises(SystemExit) as exit:
             sample.parse_args([flag, value])

@@ -11,15 +11,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from data_utils import create_dataloader
 from model import GPTConfig, GPTModel
-from support.runtime import Bookkeeping
+from support.runtime import Bookkeeping, pick_device, pick_dtype
 from training import (
     TrainConfig,
     configure_optimizer,
     evaluate_loss,
     lm_loss,
     lr_at,
-    pick_device,
-    pick_dtype,
     train_model,
 )
 

@@ -1,7 +1,5 @@
-"""support/measure.py: memory accounting, peak memory, the baselines, the one table formatter."""
-
-import json
-from pathlib import Path
+"""memory.py: the bytes of a training step, by kind, equal to what is hand-computed and to
+what the optimizer really allocates; the same on the meta device; measured on a GPU."""
 
 import pytest
 import torch
@@ -10,69 +8,20 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from instructions import make_qlora
 from lora import apply_lora, freeze_all_but_lora
+from memory import (
+    MEMORY_KINDS,
+    cuda_activation_bytes,
+    gradient_bytes,
+    memory_record,
+    saved_activation_bytes,
+    training_memory,
+    weight_bytes,
+)
 from model import GPTConfig, GPTModel
 from quantization import quantized_nbytes
-from support.measure import (
-    CLASSIFIER_COLUMNS,
-    INSTRUCTION_COLUMNS,
-    PeakMemory,
-    compared_rows,
-    cuda_activation_bytes,
-    format_table,
-    majority_row,
-    saved_activation_bytes,
-    tfidf_row,
-    training_memory,
-)
 from training import TrainConfig, configure_optimizer, lm_loss
 
 CPU = torch.device("cpu")
-
-
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak reset only")
-def test_peak_memory_sees_a_large_allocation():
-    with PeakMemory(CPU) as mem:
-        block = torch.ones(16 * 2**20)  # 64 MB, written so it is resident
-        del block
-    assert 48 < mem.mb < 512
-
-
-def test_baselines():
-    train = [("great fun", 1), ("great film", 1), ("dull mess", 0), ("great", 1)] * 5
-    test = [("great", 1), ("dull", 0), ("a mess", 0)]
-    assert majority_row(train, test)["dev_acc"] == pytest.approx(1 / 3)
-    row = tfidf_row(train, test)
-    assert row["dev_acc"] == 1.0 and row["trainable"] > 0
-
-
-def test_table_shows_dashes_for_what_does_not_apply():
-    table = format_table([
-        {"model": "majority class", "dev_acc": 0.509, "trainable": 0},
-        {"model": "full", "dev_acc": 0.8, "val_acc": 0.81, "trainable": 10, "total": 1000,
-         "train_time_s": 12.3, "peak_mem_mb": 50.0, "checkpoint_bytes": 3 * 2**20,
-         "memory": {"total": 5 * 2**20}, "peak_mem_source": "process peak RSS growth"},
-    ], CLASSIFIER_COLUMNS).splitlines()
-    assert table[0].split()[:3] == ["model", "dev", "acc"] and set(table[1]) <= {"-", " "}
-    assert table[2].split()[-1] == "-" and "50.9 %" in table[2]
-    assert all(cell in table[3] for cell in ("81.0 %", "10", "1.00 %", "12 s", "5.00 MB",
-                                              "50 MB RSS", "3.00 MB"))
-
-
-
-def test_the_instruction_table_shows_loss_perplexity_and_cost():
-    table = format_table([
-        {"model": "base, fp32", "loss": 2.0},
-        {"model": "QLoRA r=8 (scratch)", "loss": 1.5, "trainable": 5, "total": 500,
-         "train_time_s": 3.2, "peak_mem_mb": 9.4,
-         "peak_mem_source": "torch.cuda.max_memory_allocated"},
-    ], INSTRUCTION_COLUMNS).splitlines()
-    assert table[0].split() == ["model", "held-out", "loss", "perplexity", "trainable", "share",
-                                "train", "time", "step", "memory", "measured", "peak"]
-    assert table[2].split()[-7:] == ["2.000", "7.4", "-", "-", "-", "-", "-"]
-    assert all(cell in table[3] for cell in ("1.500", "4.5", "1.00 %", "3 s", "9 MB CUDA"))
-
-
-# ---------------------------------------------------------------------------- memory accounting
 
 TINY = GPTConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -169,6 +118,25 @@ def test_the_meta_device_counts_what_the_cpu_counts():
         assert all(p.device.type == "meta" for p in meta.parameters())  # nothing allocated
 
 
+def test_a_block_two_parameters_share_is_counted_once():
+    # A tied output layer holding a transposed view of the embedding: two parameters, one
+    # block of 10 x 4 float32 numbers.
+    embedding, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    head.weight = nn.Parameter(embedding.weight.t())
+    model = nn.Sequential(embedding, head)
+    assert len(list(model.parameters())) == 2
+    assert weight_bytes(model) == gradient_bytes(model) == 4 * 10 * 4
+
+
+def test_the_record_is_the_count_with_its_batch_and_optimizer():
+    model = tiny_model("lora")
+    optimizer = configure_optimizer(model, TrainConfig(), CPU)
+    record = memory_record(model, optimizer, lm_loss, batch(rows=2))
+    counted = training_memory(model, optimizer, lm_loss, batch(rows=2)).to_dict()
+    assert record == {**counted, "batch": [2, 16], "optimizer_name": "AdamW"}  # no GPU: no
+    assert all(record[kind] > 0 for kind in MEMORY_KINDS)  # activations_cuda on the CPU
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_measurement_agrees_with_the_count():
     model = tiny_model("full").cuda()
@@ -176,26 +144,3 @@ def test_cuda_measurement_agrees_with_the_count():
     measured = cuda_activation_bytes(model, lm_loss, batch("cuda", rows=64))
     # The measured peak adds the short-lived temporaries and the allocator's 512-byte rounding.
     assert counted <= measured <= 1.5 * counted
-
-
-GOOD_ROW = {"model": "full finetune", "dev_acc": 0.7, "val_acc": 0.69, "trainable": 9,
-            "total": 9, "train_time_s": 3.0, "peak_mem_mb": 11.0,
-            "peak_mem_source": "process peak RSS growth", "memory": {"total": 3 * 2**20}}
-
-
-@pytest.mark.parametrize("edit", [{"peak_mem_source": 5}, {"memory": {"total": "big"}},
-                                  {"dev_acc": "high"}, {"train_time_s": [3]}])
-def test_an_earlier_result_on_the_same_base_compares_only_rows_the_table_can_print(
-        tmp_path, capsys, edit):
-    """A hand-edited metrics.json on the same base (its fingerprint matches) is a note, not a
-    traceback at the end of finetune_lora_classifier.py's training; an untouched one (an
-    older version's rows have no memory or peak_mem_source) is compared."""
-    path = tmp_path / "classifier" / "metrics.json"
-    path.parent.mkdir()
-    older = {k: v for k, v in GOOD_ROW.items() if k not in ("memory", "peak_mem_source")}
-    for row, compared in (({**GOOD_ROW, **edit}, False), (GOOD_ROW, True), (older, True)):
-        path.write_text(json.dumps({"rows": [row], "base_fingerprint": "same"}))
-        rows = compared_rows(path, "same")
-        assert len(rows) == compared
-        format_table(rows, CLASSIFIER_COLUMNS)
-    assert f"note: {path} is not a finetune_classifier.py result" in capsys.readouterr().out
