@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from support.batching import LabelledText
+from support.datasets import LabelledText
 
 # ---------------------------------------------------------------------------- memory
 
