@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import data_utils  # noqa: E402
 import tokenizer  # noqa: E402
+from support.datasets import INSTRUCTIONS_1100  # noqa: E402
+from support.errors import DataMissingError  # noqa: E402
 from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer  # noqa: E402
 
 VOCAB_SIZES = (1024, 4096, 8192)
@@ -105,8 +107,8 @@ def speed_table(text: str) -> None:
 
 def compression_table(data_dir: Path | None) -> None:
     instruction_file = None
-    if data_dir is not None and (data_dir / data_utils.INSTRUCTIONS_1100).exists():
-        instruction_file = data_dir / data_utils.INSTRUCTIONS_1100  # Dolly stand-in offline
+    if data_dir is not None and (data_dir / INSTRUCTIONS_1100).exists():
+        instruction_file = data_dir / INSTRUCTIONS_1100  # Dolly stand-in offline
     corpus = data_utils.tokenizer_training_corpus(data_dir, instruction_file)
     shakespeare = data_utils.split_shakespeare(data_utils.load_tinyshakespeare(data_dir))
     sst2 = data_utils.load_sst2(data_dir)
@@ -184,7 +186,7 @@ def main() -> None:
             speed_table(text)
             compression_table(data_dir)
         trainer_table(text)
-    except data_utils.DataMissingError as err:
+    except DataMissingError as err:
         sys.exit(str(err))
 
 
