@@ -231,7 +231,7 @@ def split_rule(corpus: Corpus, n_docs: int) -> str:
             "next 5 % val (at least one each), rest train")
 
 
-# ---------------------------------------------------------------------------- documents' text
+# ---------------------------------------------------------------------------- text and sample
 
 def document_texts(docs: list[Document], corpus: Corpus) -> Iterator[tuple[Document, str]]:
     """(document, its text) in corpus order: files read one at a time, or the stream's rows."""
@@ -319,24 +319,6 @@ def survey(corpus: Corpus) -> Survey:
     return Survey(corpus, docs, sources_fingerprint(corpus, docs))
 
 
-def _in_order(tasks: Iterable[tuple], tokenizer, use_tiktoken: bool, workers: int
-              ) -> Iterator[tuple]:
-    """``_encode_task`` of every task, on ``workers`` processes, results in task order. At most
-    two tasks per worker wait at a time, so memory does not grow with the corpus."""
-    if workers <= 1:
-        _start_worker(tokenizer, use_tiktoken)
-        yield from map(_encode_task, tasks)
-        return
-    with get_context().Pool(workers, _start_worker, (tokenizer, use_tiktoken)) as pool:
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(pool.apply_async(_encode_task, (task,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
 def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
                         use_tiktoken: bool | None = None) -> dict:
     """Encode the corpus into ``folder``'s token files and tokens.json; returns the JSON."""
@@ -403,6 +385,8 @@ def describe(meta: dict) -> str:
     return (f"{label} ({what}{chars / 1e6:,.1f} M characters; "
             f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
 
+
+# The plumbing: what the idea above calls, one step away.
 
 # ---------------------------------------------------------------------------- a streamed dataset
 
@@ -587,6 +571,24 @@ def encoding_tasks(texts: Iterable[tuple[Document, str]], eot: int | None, dtype
     for split, (texts_, _) in pending.items():
         if texts_:
             yield split, texts_, eot, dtype
+
+
+def _in_order(tasks: Iterable[tuple], tokenizer, use_tiktoken: bool, workers: int
+              ) -> Iterator[tuple]:
+    """``_encode_task`` of every task, on ``workers`` processes, results in task order. At most
+    two tasks per worker wait at a time, so memory does not grow with the corpus."""
+    if workers <= 1:
+        _start_worker(tokenizer, use_tiktoken)
+        yield from map(_encode_task, tasks)
+        return
+    with get_context().Pool(workers, _start_worker, (tokenizer, use_tiktoken)) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_encode_task, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 class SplitWriter:
