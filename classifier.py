@@ -8,7 +8,7 @@ token is the only position whose hidden state has read the whole sentence; that 
 causal-LM classifiers (GPT-1, Hugging Face's GPTForSequenceClassification) feed to the head.
 Every sequence ends with ``<|endoftext|>``, so the pooled position is always the same token,
 whatever the sentence's last word is, and an empty text is just that one token. Batches are
-right-padded (``support.batching.pad_batch``) and the lengths say where the last real token is;
+right-padded (``data_utils.pad_batch``) and the lengths say where the last real token is;
 pad tokens sit *after* it, and causal attention never looks forward, so padding cannot change
 a prediction (tests/test_classifier.py checks 0 vs 5 pad tokens give the same logits).
 

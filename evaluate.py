@@ -6,7 +6,7 @@
 
 The corpus is the checkpoint's own (its metadata names it; main.py --text and --hf-dataset
 record theirs), else TinyShakespeare; --text or --hf-dataset names another. Its token files are
-reused, or made with the model's tokenizer (support/token_files.py).
+reused, or made with the model's tokenizer (corpus.py).
 
 Reports three numbers per model:
 - perplexity per token: exp(mean negative log-likelihood per token). It depends on the
@@ -33,13 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_utils import load_tinyshakespeare, split_shakespeare, tinyshakespeare_corpus
-from hf_gpt2 import load_base
-from model import GPTModel
-from support.cli import FlagParser, path_arg, run
-from support.metrics import write_json
-from support.runtime import pick_device
-from support.token_files import (
+from corpus import (
     DEFAULT_ROOT,
     Corpus,
     add_corpus_args,
@@ -49,6 +43,12 @@ from support.token_files import (
     survey,
     tokenizer_fingerprint,
 )
+from data_utils import load_tinyshakespeare, split_shakespeare, tinyshakespeare_corpus
+from hf_gpt2 import load_base
+from model import GPTModel
+from support.cli import FlagParser, path_arg, run
+from support.metrics import write_json
+from support.runtime import pick_device
 from tokenizer import BPETokenizer
 
 

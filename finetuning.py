@@ -22,8 +22,7 @@ here, once, above the chapters it ties together:
 optimizer state, activations) at its largest batch, before it trains.
 
 Counting memory is memory.py's; baselines, tables and metric files support/metrics.py's;
-batching support/batching.py's, the flag types support/cli.py's (a bad value fails as it is
-parsed).
+batching data_utils.py's, the flag types support/cli.py's (a bad value fails as it is parsed).
 
 All three run under ``torchrun --nproc_per_node=N`` too (DistributedDataParallel, each
 process its own share of the batches, only rank 0 evaluates, logs and saves).
@@ -50,11 +49,10 @@ from torch.utils.data import DataLoader
 
 from checkpoint import check_writable, weights_fingerprint
 from classifier import encode_text, evaluate_accuracy
-from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, load_sst2
+from data_utils import example_loader, load_instructions, load_sst2, pad_labelled
 from hf_gpt2 import is_hf_base
 from memory import memory_record
 from model import GPTModel
-from support.batching import LabelledText, example_loader, pad_labelled
 from support.cli import (
     fraction,
     new_tokens_arg,
@@ -68,7 +66,8 @@ from support.cli import (
     train_size_arg,
     whole,
 )
-from support.errors import TrainingStopped
+from support.datasets import INSTRUCTIONS_1100, LabelledText
+from support.errors import DataMissingError, TrainingStopped
 from support.metrics import (
     CLASSIFIER_COLUMNS,
     INSTRUCTION_COLUMNS,

@@ -51,11 +51,11 @@ from torch.utils.data import DataLoader
 
 from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
 from classifier import load_adapters
+from data_utils import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from generation import stream_text
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
-from support.batching import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from support.checks import check_text
 from tokenizer import BPETokenizer
 
@@ -166,7 +166,7 @@ def instruction_dataloader(examples: list[Example], batch_size: int, pad_id: int
     """Batches of (inputs, targets) for ``training.train_model`` with ``lm_loss``.
 
     Each example is (input ids, targets), equally long; a batch is right-padded, its padded
-    targets -100 (``support.batching.pad_inputs_and_targets``). Training batches are shuffled
+    targets -100 (``data_utils.pad_inputs_and_targets``). Training batches are shuffled
     anew each epoch, as a pure function of (seed, epoch), so a run is reproducible; evaluation
     batches keep the order and include the last short batch. Under DDP, process ``rank`` of
     ``world_size`` draws from its own share of the examples.

@@ -35,6 +35,19 @@ from checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from corpus import (
+    DEFAULT_ROOT,
+    Corpus,
+    Survey,
+    add_corpus_args,
+    corpus_from_args,
+    describe,
+    draw_sample,
+    open_tokens,
+    read_token_meta,
+    ready_token_files,
+    survey,
+)
 from data_utils import (
     WindowBatches,
     tinyshakespeare_corpus,
@@ -44,7 +57,7 @@ from data_utils import (
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.checkpoint_checks import resume_settings
-from support.checks import NEW_TOKENS, check_model_fits
+from support.checks import NEW_TOKENS, check_fills_window, check_model_fits, check_vocab_filled
 from support.cli import (
     FlagParser,
     flag,
@@ -60,21 +73,6 @@ from support.cli import (
 )
 from support.metrics import forget_steps_after
 from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
-from support.token_files import (
-    DEFAULT_ROOT,
-    Corpus,
-    Survey,
-    add_corpus_args,
-    check_fills_window,
-    check_vocab_filled,
-    corpus_from_args,
-    describe,
-    draw_sample,
-    open_tokens,
-    read_token_meta,
-    ready_token_files,
-    survey,
-)
 from tokenizer import BPETokenizer
 from training import TrainConfig, train_model
 
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     # The data: the corpus as token files on disk. Training visits every window once per
     # epoch in a seeded order; val reads its windows in order.
     folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
-    check_fills_window(tokens, ctx)
+    check_fills_window(tokens["splits"], ctx, Corpus.from_dict(tokens["corpus"]).label())
     train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
                                   seed, ctx // 2, run.rank, run.world_size)
     val_batches = val_loader(lambda: open_tokens(folder, "val", tokens), ctx, batch_size)

@@ -2,7 +2,7 @@
 
 Not a test (timings depend on the machine); it prints the figures RESULTS.md quotes:
 
-1. Encoding speed (MB of text per second) of support/token_files.py on a SPEED-MB corpus:
+1. Encoding speed (MB of text per second) of corpus.py on a SPEED-MB corpus:
    our encoder on 1 process and on every core, and tiktoken (built from our ranks) the same
    way. The token files of every way must be identical.
 2. Peak memory (RSS) while preparing, and while training (`python main.py --text`, a few
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from support import token_files as tf  # noqa: E402
+import corpus as cp  # noqa: E402
 from tokenizer import BPETokenizer  # noqa: E402
 
 SHARD = 4 << 20  # bytes per document of the benchmark corpora
@@ -59,7 +59,7 @@ def build_corpus(folder: Path, megabytes: int, sources: list[Path]) -> Path:
 
 
 def encoding_speeds(corpus: Path, tokenizer: BPETokenizer, work: Path) -> None:
-    found = tf.survey(tf.Corpus(paths=[str(corpus)]))
+    found = cp.survey(cp.Corpus(paths=[str(corpus)]))
     size = sum(d.size for d in found.docs) / 1e6
     cores = os.cpu_count()
     print(f"\n1. Encoding {size:.1f} MB ({len(found.docs)} documents), vocab "
@@ -68,13 +68,13 @@ def encoding_speeds(corpus: Path, tokenizer: BPETokenizer, work: Path) -> None:
     for workers, use_tiktoken in ((1, False), (cores, False), (1, True), (cores, True)):
         folder = work / f"speed-{workers}-{use_tiktoken}"
         start = time.perf_counter()
-        tf.prepare_token_files(found, tokenizer, folder, workers, use_tiktoken)
+        cp.prepare_token_files(found, tokenizer, folder, workers, use_tiktoken)
         seconds = time.perf_counter() - start
         name = "tiktoken (our ranks)" if use_tiktoken else "our encoder"
         print(f"   {name:<22}{workers} process(es): {size / seconds:6.2f} MB/s ({seconds:.1f} s)")
         first = first or folder
         same = all(filecmp.cmp(first / f"{s}.bin", folder / f"{s}.bin", shallow=False)
-                   for s in tf.SPLITS)
+                   for s in cp.SPLITS)
         assert same, f"{folder} differs from {first}"
     print("   token files identical every way: yes")
 
@@ -83,10 +83,10 @@ PREPARE = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from support import token_files as tf
+import corpus as cp
 from tokenizer import BPETokenizer
 start = time.perf_counter()
-tf.ready_token_files(tf.survey(tf.Corpus(paths=[{corpus!r}])), BPETokenizer.load({tok!r}),
+cp.ready_token_files(cp.survey(cp.Corpus(paths=[{corpus!r}])), BPETokenizer.load({tok!r}),
                      Path({out!r}))
 print("SECONDS", time.perf_counter() - start)
 print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -134,7 +134,7 @@ def measure(corpus: Path, tok: Path, work: Path, name: str) -> dict:
     rest, err = proc.communicate()
     assert proc.returncode == 0, seen + err
     train_kb = int(rest.split()[rest.split().index("RSS") + 1])
-    meta = tf.read_token_meta(prepared)
+    meta = cp.read_token_meta(prepared)
     size = sum(s["bytes"] for s in meta["splits"].values()) / 1e6
     return {"corpus_mb": size, "tokens": sum(s["tokens"] for s in meta["splits"].values()),
             "prepare_s": prepare_s, "prepare_mb_s": size / prepare_s,
@@ -155,7 +155,7 @@ def main() -> None:
         print(f"{len(sources):,} .py files in site-packages; corpora in {work}")
         speed = build_corpus(work / "speed", args.speed_mb, sources)
         tokenizer = BPETokenizer()
-        sample = tf.draw_sample(tf.survey(tf.Corpus(paths=[str(speed)])).train_texts(),
+        sample = cp.draw_sample(cp.survey(cp.Corpus(paths=[str(speed)])).train_texts(),
                                 5_000_000, 0)
         start = time.perf_counter()
         tokenizer.train(sample, args.vocab_size)

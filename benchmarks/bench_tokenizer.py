@@ -10,7 +10,7 @@ Not a test (timings depend on the machine); it prints numbers for the README and
 2. Compression: tokenizers trained on the tokenizer corpus (train splits only) and measured
    in characters per token on each dataset's test split, with GPT-4's cl100k_base as reference.
 3. Plain vs fast trainer (also alone, with --trainers-only): train_merges_plain and
-   fast_bpe.train_merges on prefixes of TinyShakespeare, against their work (merges x bytes of
+   tokenizer.train_merges on prefixes of TinyShakespeare, against their work (merges x bytes of
    distinct chunks), the measure by which `BPETokenizer.train` picks one
    (PLAIN_TRAINING_MAX_WORK); and what `train` takes for main.py's 1,024-token vocabulary.
 
@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import data_utils  # noqa: E402
 import tokenizer  # noqa: E402
-from support import fast_bpe  # noqa: E402
+from support.datasets import INSTRUCTIONS_1100  # noqa: E402
+from support.errors import DataMissingError  # noqa: E402
 from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer  # noqa: E402
 
 VOCAB_SIZES = (1024, 4096, 8192)
@@ -106,8 +107,8 @@ def speed_table(text: str) -> None:
 
 def compression_table(data_dir: Path | None) -> None:
     instruction_file = None
-    if data_dir is not None and (data_dir / data_utils.INSTRUCTIONS_1100).exists():
-        instruction_file = data_dir / data_utils.INSTRUCTIONS_1100  # Dolly stand-in offline
+    if data_dir is not None and (data_dir / INSTRUCTIONS_1100).exists():
+        instruction_file = data_dir / INSTRUCTIONS_1100  # Dolly stand-in offline
     corpus = data_utils.tokenizer_training_corpus(data_dir, instruction_file)
     shakespeare = data_utils.split_shakespeare(data_utils.load_tinyshakespeare(data_dir))
     sst2 = data_utils.load_sst2(data_dir)
@@ -140,7 +141,7 @@ def compression_table(data_dir: Path | None) -> None:
 def trainer_table(text: str, plain_max_work: float = 5e6) -> None:
     """Both trainers on the same weighted words (the plain one only up to ``plain_max_work``:
     it recounts every pair per merge, ~100 s on the whole text), best of 3 runs each."""
-    print(f"\nTrainers: plain recount vs fast_bpe; train() runs the plain one up to work "
+    print(f"\nTrainers: plain recount vs train_merges; train() runs the plain one up to work "
           f"{tokenizer.PLAIN_TRAINING_MAX_WORK:,}")
     print(f"{'chars':>9} | {'merges':>6} | {'work':>11} | {'plain ms':>8} | {'fast ms':>7} | "
           f"train() runs | same merges")
@@ -150,8 +151,8 @@ def trainer_table(text: str, plain_max_work: float = 5e6) -> None:
         weights = list(counts.values())
         for merges in (16, 64, 256, 767):
             work = merges * sum(map(len, words))
-            fast, fast_s = min((timed(fast_bpe.train_merges, words, weights, merges,
-                                      tokenizer.merge) for _ in range(3)), key=lambda r: r[1])
+            fast, fast_s = min((timed(tokenizer.train_merges, words, weights, merges)
+                                  for _ in range(3)), key=lambda r: r[1])
             plain_ms, same = "-", "-"
             if work <= plain_max_work:
                 plain, plain_s = min((timed(tokenizer.train_merges_plain, words, weights, merges)
@@ -185,7 +186,7 @@ def main() -> None:
             speed_table(text)
             compression_table(data_dir)
         trainer_table(text)
-    except data_utils.DataMissingError as err:
+    except DataMissingError as err:
         sys.exit(str(err))
 
 

@@ -51,6 +51,7 @@ SST2_TRAIN = "sst2/train.tsv"
 SST2_DEV = "sst2/dev.tsv"
 DOLLY = "databricks-dolly-15k.jsonl"
 INSTRUCTIONS_1100 = "instruction-data-1100.jsonl"  # offline stand-in, Dolly's schema
+LabelledText = tuple[str, int]  # a sentence and its class, as read_sst2 gives them
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

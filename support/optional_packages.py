@@ -28,3 +28,13 @@ def import_bitsandbytes() -> Any:
             "'bitsandbytes>=0.50,<0.51' (or use backend='scratch')"
         ) from error
     return bitsandbytes
+
+
+def import_datasets() -> Any:
+    """Import Hugging Face `datasets` lazily (only --hf-dataset needs it)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("--hf-dataset needs the `datasets` package: pip install datasets") \
+            from None
+    return datasets

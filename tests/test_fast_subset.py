@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 # The chapters whose idea is a library (the scripts that run them are the slow tests' part).
-CHAPTERS = ["tokenizer", "model", "data_utils", "training", "generation", "checkpoint",
+CHAPTERS = ["tokenizer", "model", "corpus", "data_utils", "training", "generation", "checkpoint",
             "evaluate", "lora", "classifier", "memory", "quantization", "instructions",
             "hf_gpt2"]
 

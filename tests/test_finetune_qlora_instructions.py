@@ -12,10 +12,11 @@ from conftest import ROOT, SHARED_DATA
 
 import finetune_qlora_instructions as script
 from checkpoint import read_checkpoint, save_checkpoint
-from data_utils import DataMissingError, load_instructions, load_tinyshakespeare
+from data_utils import load_instructions, load_tinyshakespeare
 from finetuning import load_instruction_splits
 from instructions import answer, load_instruction_model
 from model import GPTConfig, GPTModel
+from support.errors import DataMissingError
 from tokenizer import BPETokenizer
 
 INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"

@@ -1,6 +1,6 @@
 """The shared finetuning pieces, and both finetuning scripts end to end on real SST-2.
 
-The batching and measuring pieces they use have their own tests: test_support_batching.py and
+The batching and measuring pieces they use have their own tests: test_data_utils.py and
 test_support_metrics.py."""
 
 import argparse
@@ -23,11 +23,11 @@ from classifier import (
     load_classifier,
     predict,
 )
+from data_utils import pad_labelled
 from finetuning import check_args, instruction_report, sst2_loaders, train_config
 from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
-from support.batching import pad_labelled
 from support.cli import train_size_arg
 from support.metrics import compared_rows
 from tokenizer import BPETokenizer

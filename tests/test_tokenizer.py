@@ -19,8 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokenizer as tokenizer_module
-from support import fast_bpe
-from tokenizer import ENDOFTEXT, GPT4_SPLIT_PATTERN, BPETokenizer, merge, train_merges_plain
+from tokenizer import (
+    ENDOFTEXT,
+    GPT4_SPLIT_PATTERN,
+    BPETokenizer,
+    bpe_heap,
+    merge,
+    train_merges,
+    train_merges_plain,
+)
 
 MULTILINGUAL = (
     "Naïve café déjà vu — “quotes” and ‘apostrophes’. Grüße aus Köln! Ελληνικά, русский текст, "
@@ -273,7 +280,7 @@ def weighted_words(text: str, pattern: str) -> tuple[list[list[int]], list[int]]
 def test_plain_and_fast_trainers_learn_the_same_merges(text, pattern, num_merges):
     words, counts = weighted_words(text, pattern)
     plain = train_merges_plain(words, counts, num_merges)
-    assert fast_bpe.train_merges(words, counts, num_merges, merge) == plain
+    assert train_merges(words, counts, num_merges) == plain
     for max_work in (10**9, -1):  # train on either side of its threshold: the same tokenizer
         with mock.patch.object(tokenizer_module, "PLAIN_TRAINING_MAX_WORK", max_work):
             t = BPETokenizer(pattern)
@@ -282,16 +289,17 @@ def test_plain_and_fast_trainers_learn_the_same_merges(text, pattern, num_merges
 
 
 @pytest.mark.parametrize("text, trainer", [("hello world " * 20, "train_merges_plain"),
-                                           (corpus()[:50_000], "fast_bpe")])
+                                           (corpus()[:50_000], "train_merges")])
 def test_train_runs_the_plain_trainer_on_small_inputs(text, trainer, capsys):
     """What the chapter teaches is what runs, until the optimisation pays (verbose says which:
     both print the same lines, so the spy is on the functions)."""
     with mock.patch.object(tokenizer_module, "train_merges_plain",
                            wraps=train_merges_plain) as plain, \
-            mock.patch.object(fast_bpe, "train_merges", wraps=fast_bpe.train_merges) as fast:
+            mock.patch.object(tokenizer_module, "train_merges", wraps=train_merges) as fast:
         t = BPETokenizer()
         t.train(text, 300, verbose=True)
-    assert (plain.called, fast.called) == (trainer == "train_merges_plain", trainer == "fast_bpe")
+    assert (plain.called, fast.called) == (trainer == "train_merges_plain",
+                                           trainer == "train_merges")
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(t.merges) and lines[0].startswith("merge 1/43: (")
 
@@ -301,7 +309,7 @@ def test_plain_and_fast_trainers_agree_on_real_text(capsys):
     plain = train_merges_plain(words, counts, 200, verbose=True)
     plain_lines = capsys.readouterr().out
     assert len(plain) == 200
-    assert fast_bpe.train_merges(words, counts, 200, merge, verbose=True) == plain
+    assert train_merges(words, counts, 200, verbose=True) == plain
     assert capsys.readouterr().out == plain_lines  # verbose says the same, whichever runs
 
 
@@ -377,7 +385,7 @@ def test_tiktoken_equivalence_property(tok, tik, text):
 
 def test_heap_bpe_breaks_ties_leftmost():
     ranks = {bytes([b]): b for b in range(256)} | {b"aa": 256}
-    assert fast_bpe.bpe_heap(b"aaa", ranks) == [b"aa", b"a"]
+    assert bpe_heap(b"aaa", ranks) == [b"aa", b"a"]
     long = b"a" * (tokenizer_module.LONG_PIECE + 1)  # odd: the last "a" is left over
     assert tokenizer_module._bpe(long, ranks) == [b"aa"] * (len(long) // 2) + [b"a"]
 
@@ -389,7 +397,7 @@ def test_heap_bpe_breaks_ties_leftmost():
        st.integers(256, 1100))
 def test_heap_bpe_merges_exactly_like_the_rescan(tok, piece, max_rank):
     ranks = tok.mergeable_ranks()  # short pieces: _bpe itself rescans
-    assert fast_bpe.bpe_heap(piece, ranks, max_rank) == \
+    assert bpe_heap(piece, ranks, max_rank) == \
         tokenizer_module._bpe(piece, ranks, max_rank)
 
 

@@ -1,40 +1,46 @@
-"""Token files: a corpus encoded once into one file of token ids per split, reused after.
+"""Your own text as training data: documents -> seeded splits -> a tokenizer sample -> token files.
 
-data_utils.py teaches how windows of a token array become training batches; this module makes
-those arrays, nanoGPT's ``prepare.py`` for any text:
+main.py trains on TinyShakespeare, or on any text you point it at: ``--text`` files and
+folders, or ``--hf-dataset``. This chapter turns that text, once, into what data_utils.py cuts
+its windows from: one file of token ids per split (nanoGPT's ``prepare.py``, for any text).
 
-- ``Corpus``: what to read. Text files (a file, a folder searched recursively for ``include``
-  patterns, or several), or a Hugging Face dataset streamed through ``datasets`` (a local
-  JSONL/parquet/CSV file goes through the very same ``load_dataset`` call).
-- Splits. One text (a single file, TinyShakespeare) splits by characters as data_utils'
-  ``split_shakespeare`` does. Several documents split by document: each gets a seeded hash
-  u in [0, 1) of its name; files in u order give the first 10 % to test and the next 5 % to
-  val (at least one each), a stream's rows go to test when u < 0.10 and to val when u < 0.15.
-  The split is recorded (tokens.json, the checkpoint), and no test text is ever trained on.
-- ``draw_sample``: a bounded sample of train text, drawn evenly at random (a reservoir of
-  pieces: a gigabyte is neither needed nor fast to train on), that main.py's
-  ``corpus_tokenizer`` trains BPE on.
-- ``prepare_token_files``: every document is encoded on all cores (through a
-  ``tiktoken.Encoding`` built from our own ranks and pattern where tiktoken is installed; our
-  encoder otherwise: the two give the same ids) into ``train.bin`` / ``val.bin`` /
-  ``test.bin`` (uint16 when the vocabulary fits, else uint32) and ``tokens.json``: the
-  sources with their sizes and modification times, the tokenizer's fingerprint, the split
-  rule, and token and character counts per split. Documents are joined by <|endoftext|>,
-  which counts as one character (the boundary), so nats per character stay exact.
-- Reuse. Files whose JSON matches the sources and the tokenizer are reused; otherwise they are
-  rebuilt, with one line saying why. Files are written under temporary names and renamed when
-  complete, the JSON last: an interrupted prepare leaves no half-written file behind.
+1. Documents (``Corpus``, ``list_documents``). Each text file is one document (a file, a folder
+   searched recursively for ``include`` patterns, or several; binary and non-UTF-8 files are
+   skipped and counted), or each row of a Hugging Face dataset streamed through ``datasets``
+   (a local JSONL/parquet/CSV file goes through the very same ``load_dataset`` call).
+2. Seeded splits (``assign_splits``). One text (a single file, TinyShakespeare) splits by
+   characters (``character_splits``: train 85 %, val 5 %, test the last 10 %). Several
+   documents split by document, so no document is cut in two: each gets a seeded hash u in
+   [0, 1) of its name; files in u order give the first 10 % to test and the next 5 % to val
+   (at least one each), a stream's rows go to test when u < 0.10 and to val when u < 0.15.
+   The split is recorded (tokens.json, the checkpoint), and no test text is ever trained on.
+3. A tokenizer sample (``draw_sample``): a bounded sample of train text, drawn evenly at random
+   (a reservoir of pieces: a gigabyte is neither needed nor fast to train BPE on), that
+   main.py's ``corpus_tokenizer`` trains on.
+4. Token files (``prepare_token_files``): every document is encoded on all cores (through a
+   ``tiktoken.Encoding`` built from our own ranks and pattern where tiktoken is installed; our
+   encoder otherwise: the two give the same ids) into ``train.bin`` / ``val.bin`` /
+   ``test.bin`` (uint16 when the vocabulary fits, else uint32) and ``tokens.json``: the
+   sources with their sizes and modification times, the tokenizer's fingerprint, the split
+   rule, and token and character counts per split. Documents are joined by <|endoftext|>,
+   which counts as one character (the boundary), so nats per character stay exact.
+5. Reuse (``ready_token_files``). Files whose JSON matches the sources and the tokenizer are
+   reused; otherwise they are rebuilt, with one line saying why. Files are written under
+   temporary names and renamed when complete, the JSON last: an interrupted prepare leaves
+   no half-written file behind.
+
+The idea reads top to bottom down to ``describe``; below it is the plumbing: the streamed
+dataset, the fingerprints reuse compares, the encoding processes, the file writer, the flags.
+What bad input is told is in support/checks.py.
 """
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import hashlib
 import json
 import os
 import random
-import shutil
 import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -46,9 +52,20 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from support.checks import (
+    check_hf_field,
+    check_no_empty_split,
+    check_one_source,
+    check_some_text,
+    check_split_by_document,
+    check_text_files,
+    check_unchanged,
+    disk_space_for,
+    hf_dataset_readable,
+)
 from support.cli import nonnegative_int, path_arg, positive_int
-from support.errors import DataFileError, DataMissingError
 from support.files import atomic_write_text
+from support.optional_packages import import_datasets
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
 SPLITS = ("train", "val", "test")
@@ -142,17 +159,9 @@ def list_documents(corpus: Corpus) -> list[Document]:
     docs = []
     for given in corpus.paths:
         root = Path(given).expanduser()
-        if not root.exists():
-            raise DataMissingError(f"--text {given}: no such file or folder.")
-        if root.is_dir():
-            files = _matching_files(root, include, exclude)
-            if not files:
-                what = ("is an empty folder" if not any(root.iterdir()) else
-                        f"holds no file matching --include {corpus.include}")
-                raise DataMissingError(f"--text {given} {what}; point it at text files or "
-                                       "change --include.")
-        else:
-            files, root = [root], root.parent
+        files = _matching_files(root, include, exclude) if root.is_dir() else [root]
+        check_text_files(given, root, files, corpus.include)
+        root = root if root.is_dir() else root.parent  # keys are relative to the folder
         for path in files:
             stat = path.stat()
             docs.append(Document(str(path.relative_to(root)), path=str(path.resolve()),
@@ -184,26 +193,30 @@ def scan_files(docs: list[Document]) -> tuple[list[Document], list[tuple[str, st
     return kept, skipped
 
 
+def character_splits(n: int, nanogpt: bool = False) -> dict[str, tuple[int, int]]:
+    """One text of ``n`` characters cut into (start, stop) per split: train the first 85 %,
+    val the next 5 %, test the last 10 %, which is exactly the slice nanoGPT reports its
+    validation loss on (``data[int(n * 0.9):]``). ``nanogpt=True`` trains on the first 90 %,
+    as nanoGPT does, so that losses on the test slice compare with nanoGPT's published ones;
+    val then lies inside the training text, and the test slice stays unseen either way."""
+    # Integer arithmetic gives the same cut as nanoGPT's int(n * 0.9), without float surprises.
+    train_end, val_end = n * 85 // 100, n * 90 // 100
+    return {"train": (0, val_end if nanogpt else train_end), "val": (train_end, val_end),
+            "test": (val_end, n)}
+
+
 def assign_splits(docs: list[Document], corpus: Corpus) -> list[Document]:
     """Each document's split (see the module docstring); one text is cut by characters."""
     if len(docs) == 1:  # as data_utils.split_shakespeare cuts TinyShakespeare
-        (doc,), n = docs, docs[0].chars
-        train_end, val_end = n * 85 // 100, n * 90 // 100
+        (doc,) = docs
         return [Document(**{**asdict(doc), "split": split, "start": a, "stop": b})
-                for split, a, b in (("train", 0, val_end if corpus.nanogpt else train_end),
-                                    ("val", train_end, val_end), ("test", val_end, n))]
-    if corpus.nanogpt:
-        raise DataFileError(f"--nanogpt-split cuts one text by characters, and "
-                            f"{corpus.label()} holds {len(docs)} documents; leave it out.")
+                for split, (a, b) in character_splits(doc.chars, corpus.nanogpt).items()]
+    check_split_by_document(corpus.label(), len(docs), corpus.nanogpt)
     order = sorted(docs, key=lambda d: _unit_hash(corpus.split_seed, d.key))
     n_test = max(1, round(len(docs) * TEST_FRACTION))
     n_val = max(1, round(len(docs) * VAL_FRACTION))
     for i, doc in enumerate(order):
         doc.split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    if len(docs) < 3:
-        raise DataFileError(f"{corpus.label()} holds {len(docs)} readable documents: too few "
-                            "for train, val and test splits by document; give one file "
-                            "(split by characters) or at least three.")
     return docs
 
 
@@ -218,51 +231,7 @@ def split_rule(corpus: Corpus, n_docs: int) -> str:
             "next 5 % val (at least one each), rest train")
 
 
-# ---------------------------------------------------------------------------- a streamed dataset
-
-def hf_rows(corpus: Corpus) -> Iterator[str]:
-    """The text of each row of a Hugging Face dataset, streamed (a local file the same way)."""
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("--hf-dataset needs the `datasets` package: pip install datasets") \
-            from None
-    local = Path(corpus.hf_name)
-    builder = HF_SUFFIXES.get(local.suffix) if local.is_file() else None
-    source = dict(path=builder, data_files=str(local)) if builder else dict(
-        path=corpus.hf_name, name=corpus.hf_config)
-    try:
-        rows = datasets.load_dataset(**source, split=corpus.hf_split, streaming=True)
-        for i, row in enumerate(rows):
-            if corpus.hf_max_docs is not None and i >= corpus.hf_max_docs:
-                return
-            if corpus.hf_field not in row:
-                raise DataFileError(f"--hf-dataset {corpus.hf_name} has no field "
-                                    f"'{corpus.hf_field}' (it has {', '.join(row)}); "
-                                    "name the text field with --hf-field.")
-            yield str(row[corpus.hf_field] or "")
-    except (ConnectionError, OSError) as err:
-        raise DataMissingError(f"--hf-dataset {corpus.hf_name} could not be read ({err}).") \
-            from None
-
-
-def hf_documents(corpus: Corpus) -> Iterator[tuple[Document, str]]:
-    for i, text in enumerate(hf_rows(corpus)):
-        u = _unit_hash(corpus.split_seed, i)
-        split = "test" if u < TEST_FRACTION else "val" if u < TEST_FRACTION + VAL_FRACTION \
-            else "train"
-        yield Document(str(i), split=split, chars=len(text)), text
-
-
-def hf_fingerprint(corpus: Corpus) -> dict:
-    local = Path(corpus.hf_name)
-    if local.is_file():
-        stat = local.stat()
-        return {"file": str(local.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return {"dataset": corpus.hf_name, "config": corpus.hf_config, "split": corpus.hf_split}
-
-
-# ---------------------------------------------------------------------------- documents' text
+# ---------------------------------------------------------------------------- text and sample
 
 def document_texts(docs: list[Document], corpus: Corpus) -> Iterator[tuple[Document, str]]:
     """(document, its text) in corpus order: files read one at a time, or the stream's rows."""
@@ -274,9 +243,7 @@ def document_texts(docs: list[Document], corpus: Corpus) -> Iterator[tuple[Docum
         if doc.path != path:  # the three parts of one text are read once
             stat = Path(doc.path).stat()
             path, text = doc.path, _file_text(doc.path)
-            if text is None or (stat.st_size, stat.st_mtime_ns) != (doc.size, doc.mtime_ns):
-                raise DataFileError(f"{doc.path} changed while it was being prepared; "
-                                    "run again.")
+            check_unchanged(path, text, (stat.st_size, stat.st_mtime_ns), (doc.size, doc.mtime_ns))
         yield doc, text[doc.start:doc.stop]
 
 
@@ -309,6 +276,150 @@ def draw_sample(texts: Iterable[str], budget: int, seed: int) -> str:
                     kept[j] = (seen, piece)
             seen += 1
     return "\n".join(piece for _, piece in sorted(kept))
+
+
+# ---------------------------------------------------------------------------- the whole prepare
+
+@dataclass
+class Survey:
+    """A corpus before encoding: its documents (files) and what they are made from."""
+
+    corpus: Corpus
+    docs: list[Document]
+    fingerprint: dict
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    scanned: bool = False
+
+    def readable(self) -> Survey:
+        """Read every file once: keep the UTF-8 text files, count characters, assign splits."""
+        if self.scanned or self.corpus.hf_name:
+            return self
+        kept, skipped = scan_files(self.docs)
+        self.skipped = skipped
+        check_some_text(self.corpus.paths, len(self.docs), skipped)
+        self.docs, self.scanned = assign_splits(kept, self.corpus), True
+        return self
+
+    def train_texts(self) -> Iterator[str]:
+        return (text for doc, text in document_texts(self.readable().docs, self.corpus)
+                if doc.split == "train")
+
+    def skipped_note(self) -> str:
+        if not self.skipped:
+            return ""
+        whys = Counter(why for _, why in self.skipped)
+        kinds = ", ".join(f"{n} {why}" for why, n in whys.items())
+        return (f"Skipped {len(self.skipped)} file(s) that are not text ({kinds}; e.g. "
+                f"{self.skipped[0][0]}).")
+
+
+def survey(corpus: Corpus) -> Survey:
+    """The corpus's files and their fingerprint, without reading them (fast)."""
+    docs = [] if corpus.hf_name else list_documents(corpus)
+    return Survey(corpus, docs, sources_fingerprint(corpus, docs))
+
+
+def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
+                        use_tiktoken: bool | None = None) -> dict:
+    """Encode the corpus into ``folder``'s token files and tokens.json; returns the JSON."""
+    corpus, docs = found.corpus, found.readable().docs
+    workers = workers or os.cpu_count() or 1
+    use_tiktoken = tiktoken_available() if use_tiktoken is None else use_tiktoken
+    dtype = token_dtype(tokenizer.vocab_size)
+    several = bool(corpus.hf_name) or len({d.path for d in docs}) > 1  # else: one text
+    documents: Counter[str] = Counter()
+
+    def counted(pairs: Iterator[tuple[Document, str]]) -> Iterator[tuple[Document, str]]:
+        for doc, text in pairs:
+            documents[doc.split] += 1
+            yield doc, text
+
+    tasks = encoding_tasks(counted(document_texts(docs, corpus)),
+                           tokenizer.special_tokens.get("<|endoftext|>"), dtype, several)
+    writer = SplitWriter(folder)
+    bar = tqdm(total=sum({d.path: d.size for d in docs}.values()) or None, unit="B",
+               unit_scale=True, desc=f"encode ({workers} processes, "
+               f"{'tiktoken' if use_tiktoken else 'our encoder'})", file=sys.stderr)
+    with disk_space_for(folder), writer:  # an error anywhere leaves no token file behind
+        with bar:
+            for split, ids, data, chars in _in_order(tasks, tokenizer, use_tiktoken, workers):
+                writer.write(split, ids, data, chars)
+                bar.update(data)
+        for split in SPLITS:
+            writer.counts[split]["documents"] = documents[split]
+        meta = {"format": FORMAT, "corpus": corpus.to_dict(), "sources": found.fingerprint,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": tokenizer.vocab_size,
+                "dtype": dtype.name, "split_rule": split_rule(corpus, 3 if several else 1),
+                "document_separator": "<|endoftext|> (counted as one character)" if several
+                else None, "skipped": found.skipped[:100], "splits": writer.counts}
+        check_no_empty_split(writer.counts, corpus.label(), split_rule(corpus, 3))
+        writer.commit(meta)
+    return meta
+
+
+def ready_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
+                      use_tiktoken: bool | None = None) -> dict:
+    """The corpus's token files in ``folder``: reused when they match the sources and the
+    tokenizer, else (re)made, with one line saying why."""
+    why = stale_reason(folder, found.fingerprint, tokenizer)
+    if why is None:
+        print(f"Reusing the token files in {folder}")
+        return read_token_meta(folder)
+    if (folder / "tokens.json").exists():
+        print(f"Rebuilding the token files in {folder}: {why}.")
+    else:
+        print(f"Preparing token files for {found.corpus.label()} in {folder} ...")
+    meta = prepare_token_files(found, tokenizer, folder, workers, use_tiktoken)
+    if found.skipped_note():
+        print(found.skipped_note())
+    return meta
+
+
+def describe(meta: dict) -> str:
+    """What a model was trained on, in a line (the app's overview shows it)."""
+    splits = meta["splits"]
+    documents = sum(s["documents"] for s in splits.values())
+    chars = sum(s["chars"] for s in splits.values())
+    label = Corpus.from_dict(meta["corpus"]).label()
+    what = f"{documents:,} documents, " if meta["document_separator"] else ""
+    return (f"{label} ({what}{chars / 1e6:,.1f} M characters; "
+            f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
+
+
+# The plumbing: what the idea above calls, one step away.
+
+# ---------------------------------------------------------------------------- a streamed dataset
+
+def hf_rows(corpus: Corpus) -> Iterator[str]:
+    """The text of each row of a Hugging Face dataset, streamed (a local file the same way)."""
+    datasets = import_datasets()
+    local = Path(corpus.hf_name)
+    builder = HF_SUFFIXES.get(local.suffix) if local.is_file() else None
+    source = dict(path=builder, data_files=str(local)) if builder else dict(
+        path=corpus.hf_name, name=corpus.hf_config)
+    with hf_dataset_readable(corpus.hf_name):
+        rows = datasets.load_dataset(**source, split=corpus.hf_split, streaming=True)
+        for i, row in enumerate(rows):
+            if corpus.hf_max_docs is not None and i >= corpus.hf_max_docs:
+                return
+            check_hf_field(corpus.hf_name, corpus.hf_field, row)
+            yield str(row[corpus.hf_field] or "")
+
+
+def hf_documents(corpus: Corpus) -> Iterator[tuple[Document, str]]:
+    for i, text in enumerate(hf_rows(corpus)):
+        u = _unit_hash(corpus.split_seed, i)
+        split = "test" if u < TEST_FRACTION else "val" if u < TEST_FRACTION + VAL_FRACTION \
+            else "train"
+        yield Document(str(i), split=split, chars=len(text)), text
+
+
+def hf_fingerprint(corpus: Corpus) -> dict:
+    local = Path(corpus.hf_name)
+    if local.is_file():
+        stat = local.stat()
+        return {"file": str(local.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"dataset": corpus.hf_name, "config": corpus.hf_config, "split": corpus.hf_split}
 
 
 # ---------------------------------------------------------------------------- what was read
@@ -462,8 +573,27 @@ def encoding_tasks(texts: Iterable[tuple[Document, str]], eot: int | None, dtype
             yield split, texts_, eot, dtype
 
 
+def _in_order(tasks: Iterable[tuple], tokenizer, use_tiktoken: bool, workers: int
+              ) -> Iterator[tuple]:
+    """``_encode_task`` of every task, on ``workers`` processes, results in task order. At most
+    two tasks per worker wait at a time, so memory does not grow with the corpus."""
+    if workers <= 1:
+        _start_worker(tokenizer, use_tiktoken)
+        yield from map(_encode_task, tasks)
+        return
+    with get_context().Pool(workers, _start_worker, (tokenizer, use_tiktoken)) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_encode_task, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 class SplitWriter:
-    """Appends ids to ``<split>.bin.part`` files; ``commit`` renames them into place."""
+    """Appends ids to ``<split>.bin.part`` files; ``commit`` renames them into place. Used as a
+    context manager, it discards the .part files when anything goes wrong before the commit."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -491,166 +621,12 @@ class SplitWriter:
             f.close()
             (self.folder / f"{split}.bin.part").unlink(missing_ok=True)
 
-
-# ---------------------------------------------------------------------------- the whole prepare
-
-@dataclass
-class Survey:
-    """A corpus before encoding: its documents (files) and what they are made from."""
-
-    corpus: Corpus
-    docs: list[Document]
-    fingerprint: dict
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
-    scanned: bool = False
-
-    def readable(self) -> Survey:
-        """Read every file once: keep the UTF-8 text files, count characters, assign splits."""
-        if self.scanned or self.corpus.hf_name:
-            return self
-        kept, skipped = scan_files(self.docs)
-        self.skipped = skipped
-        if not kept:
-            raise DataFileError(f"--text {' '.join(self.corpus.paths)}: none of its "
-                                f"{len(self.docs)} files is UTF-8 text "
-                                f"(e.g. {skipped[0][0]}: {skipped[0][1]}).")
-        self.docs, self.scanned = assign_splits(kept, self.corpus), True
+    def __enter__(self) -> SplitWriter:
         return self
 
-    def train_texts(self) -> Iterator[str]:
-        return (text for doc, text in document_texts(self.readable().docs, self.corpus)
-                if doc.split == "train")
-
-    def skipped_note(self) -> str:
-        if not self.skipped:
-            return ""
-        whys = Counter(why for _, why in self.skipped)
-        kinds = ", ".join(f"{n} {why}" for why, n in whys.items())
-        return (f"Skipped {len(self.skipped)} file(s) that are not text ({kinds}; e.g. "
-                f"{self.skipped[0][0]}).")
-
-
-def survey(corpus: Corpus) -> Survey:
-    """The corpus's files and their fingerprint, without reading them (fast)."""
-    docs = [] if corpus.hf_name else list_documents(corpus)
-    return Survey(corpus, docs, sources_fingerprint(corpus, docs))
-
-
-def _in_order(tasks: Iterable[tuple], tokenizer, use_tiktoken: bool, workers: int
-              ) -> Iterator[tuple]:
-    """``_encode_task`` of every task, on ``workers`` processes, results in task order. At most
-    two tasks per worker wait at a time, so memory does not grow with the corpus."""
-    if workers <= 1:
-        _start_worker(tokenizer, use_tiktoken)
-        yield from map(_encode_task, tasks)
-        return
-    with get_context().Pool(workers, _start_worker, (tokenizer, use_tiktoken)) as pool:
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(pool.apply_async(_encode_task, (task,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
-                        use_tiktoken: bool | None = None) -> dict:
-    """Encode the corpus into ``folder``'s token files and tokens.json; returns the JSON."""
-    corpus, docs = found.corpus, found.readable().docs
-    workers = workers or os.cpu_count() or 1
-    use_tiktoken = tiktoken_available() if use_tiktoken is None else use_tiktoken
-    dtype = token_dtype(tokenizer.vocab_size)
-    several = bool(corpus.hf_name) or len({d.path for d in docs}) > 1  # else: one text
-    documents: Counter[str] = Counter()
-
-    def counted(pairs: Iterator[tuple[Document, str]]) -> Iterator[tuple[Document, str]]:
-        for doc, text in pairs:
-            documents[doc.split] += 1
-            yield doc, text
-
-    tasks = encoding_tasks(counted(document_texts(docs, corpus)),
-                           tokenizer.special_tokens.get("<|endoftext|>"), dtype, several)
-    writer = SplitWriter(folder)
-    bar = tqdm(total=sum({d.path: d.size for d in docs}.values()) or None, unit="B",
-               unit_scale=True, desc=f"encode ({workers} processes, "
-               f"{'tiktoken' if use_tiktoken else 'our encoder'})", file=sys.stderr)
-    try:
-        with bar:
-            for split, ids, data, chars in _in_order(tasks, tokenizer, use_tiktoken, workers):
-                writer.write(split, ids, data, chars)
-                bar.update(data)
-        for split in SPLITS:
-            writer.counts[split]["documents"] = documents[split]
-        meta = {"format": FORMAT, "corpus": corpus.to_dict(), "sources": found.fingerprint,
-                "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": tokenizer.vocab_size,
-                "dtype": dtype.name, "split_rule": split_rule(corpus, 3 if several else 1),
-                "document_separator": "<|endoftext|> (counted as one character)" if several
-                else None, "skipped": found.skipped[:100], "splits": writer.counts}
-        empty = [split for split in SPLITS if writer.counts[split]["tokens"] == 0]
-        if empty:
-            raise DataFileError(f"The {empty[0]} split of {corpus.label()} came out empty "
-                                f"({split_rule(corpus, 3)}); add more documents.")
-        writer.commit(meta)
-    except OSError as err:
-        writer.discard()
-        if err.errno != errno.ENOSPC:
-            raise
-        free = shutil.disk_usage(folder).free / 1e6
-        raise DataFileError(f"The disk filled up while writing token files to {folder} "
-                            f"({free:,.0f} MB free); free some space or pass --prepared-dir "
-                            "on another disk.") from None
-    except BaseException:
-        writer.discard()
-        raise
-    return meta
-
-
-def check_fills_window(meta: dict, context_length: int) -> None:
-    """Every split needed for training holds at least one window (context + 1 tokens)."""
-    label = Corpus.from_dict(meta["corpus"]).label()
-    for split in ("train", "val"):
-        tokens = meta["splits"][split]["tokens"]
-        if tokens < context_length + 1:
-            raise DataFileError(f"The {split} split of {label} holds {tokens:,} tokens, fewer "
-                                f"than one window of {context_length + 1}; use more text or a "
-                                "smaller --context-length.")
-
-
-def check_vocab_filled(got: int, asked: int, label: str, sample_chars: int) -> None:
-    if got < asked:
-        raise DataFileError(f"The {sample_chars:,} characters drawn from {label} fill only "
-                            f"{got} of the {asked} tokens of --vocab-size; give a --vocab-size "
-                            f"of at most {got}, or more text.")
-
-
-def ready_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
-                      use_tiktoken: bool | None = None) -> dict:
-    """The corpus's token files in ``folder``: reused when they match the sources and the
-    tokenizer, else (re)made, with one line saying why."""
-    why = stale_reason(folder, found.fingerprint, tokenizer)
-    if why is None:
-        print(f"Reusing the token files in {folder}")
-        return read_token_meta(folder)
-    if (folder / "tokens.json").exists():
-        print(f"Rebuilding the token files in {folder}: {why}.")
-    else:
-        print(f"Preparing token files for {found.corpus.label()} in {folder} ...")
-    meta = prepare_token_files(found, tokenizer, folder, workers, use_tiktoken)
-    if found.skipped_note():
-        print(found.skipped_note())
-    return meta
-
-
-def describe(meta: dict) -> str:
-    """What a model was trained on, in a line (the app's overview shows it)."""
-    splits = meta["splits"]
-    documents = sum(s["documents"] for s in splits.values())
-    chars = sum(s["chars"] for s in splits.values())
-    label = Corpus.from_dict(meta["corpus"]).label()
-    what = f"{documents:,} documents, " if meta["document_separator"] else ""
-    return (f"{label} ({what}{chars / 1e6:,.1f} M characters; "
-            f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
+    def __exit__(self, error_type, *_) -> None:
+        if error_type is not None:  # an interrupt, a full disk, an empty split: nothing stays
+            self.discard()
 
 
 # ---------------------------------------------------------------------------- the flags
@@ -685,8 +661,7 @@ def add_corpus_args(p, training: bool) -> None:
 
 def corpus_from_args(args) -> Corpus | None:
     """The corpus of --text or --hf-dataset; None when neither was given."""
-    if args.text and args.hf_dataset:
-        raise ValueError("Give --text or --hf-dataset, not both.")
+    check_one_source(args.text, args.hf_dataset)
     if not (args.text or args.hf_dataset):
         return None
     return Corpus(paths=[str(Path(t).expanduser().resolve()) for t in args.text or []],

@@ -1,4 +1,4 @@
-"""Token files: the ids equal the tokenizer's on every path (1 or 2 processes, tiktoken or ours),
+"""corpus.py: the ids equal the tokenizer's on every path (1 or 2 processes, tiktoken or ours),
 splits are by document and seeded, files are reused or rebuilt with a reason, writes are atomic,
 a streamed dataset reads local files through the same call, and bad input is one sentence."""
 
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import token_files as tf
+import corpus as cp
+from support.checks import check_fills_window, check_vocab_filled
 from support.errors import DataFileError, DataMissingError
 from tokenizer import BPETokenizer
 
@@ -54,39 +55,39 @@ def expected_ids(found, tok, split):
 @pytest.mark.parametrize("workers, use_tiktoken", [(1, False), (2, False), (2, True)])
 def test_token_files_hold_the_tokenizers_ids_for_each_split(tmp_path, tok, workers,
                                                             use_tiktoken):
-    corpus = tf.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
-    found = tf.survey(corpus)
-    meta = tf.prepare_token_files(found, tok, tmp_path / "p", workers, use_tiktoken)
-    for split in tf.SPLITS:
+    corpus = cp.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
+    found = cp.survey(corpus)
+    meta = cp.prepare_token_files(found, tok, tmp_path / "p", workers, use_tiktoken)
+    for split in cp.SPLITS:
         assert read_split(tmp_path / "p", split, meta) == expected_ids(found, tok, split)
         docs = [d for d in found.docs if d.split == split]
         # one character per document boundary (<|endoftext|>), so nats/char stay exact
         assert meta["splits"][split]["chars"] == sum(d.chars + 1 for d in docs)
         assert meta["splits"][split]["documents"] == len(docs)
-    assert meta["dtype"] == "uint16" and meta["tokenizer"] == tf.tokenizer_fingerprint(tok)
+    assert meta["dtype"] == "uint16" and meta["tokenizer"] == cp.tokenizer_fingerprint(tok)
     assert sorted(os.listdir(tmp_path / "p")) == ["test.bin", "tokens.json", "train.bin",
                                                   "val.bin"]
 
 
 def test_splits_are_by_document_seeded_and_recorded(tmp_path):
     make_corpus(tmp_path / "text", n_files=40)
-    corpus = tf.Corpus(paths=[str(tmp_path / "text")])
-    docs = tf.survey(corpus).readable().docs
-    by_split = {s: {d.key for d in docs if d.split == s} for s in tf.SPLITS}
-    assert [len(by_split[s]) for s in tf.SPLITS] == [34, 2, 4]  # 10 % test, 5 % val
-    again = tf.survey(corpus).readable().docs
+    corpus = cp.Corpus(paths=[str(tmp_path / "text")])
+    docs = cp.survey(corpus).readable().docs
+    by_split = {s: {d.key for d in docs if d.split == s} for s in cp.SPLITS}
+    assert [len(by_split[s]) for s in cp.SPLITS] == [34, 2, 4]  # 10 % test, 5 % val
+    again = cp.survey(corpus).readable().docs
     assert {d.key: d.split for d in again} == {d.key: d.split for d in docs}
-    other = tf.survey(tf.Corpus(paths=[str(tmp_path / "text")], split_seed=1)).readable().docs
+    other = cp.survey(cp.Corpus(paths=[str(tmp_path / "text")], split_seed=1)).readable().docs
     assert {d.key: d.split for d in other} != {d.key: d.split for d in docs}
-    assert "seed 0" in tf.split_rule(corpus, len(docs))
+    assert "seed 0" in cp.split_rule(corpus, len(docs))
 
 
 def test_one_file_splits_by_characters_like_tinyshakespeare(tmp_path, tok):
     text = "".join(f"line {i}: {WORDS}" for i in range(50))
     (tmp_path / "one.txt").write_text(text, encoding="utf-8")
     for nanogpt in (False, True):
-        corpus = tf.Corpus(paths=[str(tmp_path / "one.txt")], nanogpt=nanogpt)
-        meta = tf.prepare_token_files(tf.survey(corpus), tok, tmp_path / str(nanogpt), 1)
+        corpus = cp.Corpus(paths=[str(tmp_path / "one.txt")], nanogpt=nanogpt)
+        meta = cp.prepare_token_files(cp.survey(corpus), tok, tmp_path / str(nanogpt), 1)
         n = len(text)
         cuts = {"train": text[: n * (90 if nanogpt else 85) // 100],
                 "val": text[n * 85 // 100 : n * 90 // 100], "test": text[n * 90 // 100 :]}
@@ -96,67 +97,75 @@ def test_one_file_splits_by_characters_like_tinyshakespeare(tmp_path, tok):
         assert meta["document_separator"] is None
 
 
+def test_character_splits_cut_like_nanogpt():
+    assert cp.character_splits(1000) == {"train": (0, 850), "val": (850, 900),
+                                         "test": (900, 1000)}
+    assert cp.character_splits(1000, nanogpt=True)["train"] == (0, 900)
+    n = 1_115_394  # TinyShakespeare: the test split is exactly nanoGPT's data[int(n * 0.9):]
+    assert cp.character_splits(n)["test"] == (int(n * 0.9), n)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet="ab é1 \n\t.:_", min_size=0, max_size=400), st.integers(1, 50))
 def test_safe_pieces_encode_exactly_as_the_whole_text(tok, text, size):
-    pieces = list(tf.safe_pieces(text, size))
+    pieces = list(cp.safe_pieces(text, size))
     assert "".join(pieces) == text
     assert [i for piece in pieces for i in tok.encode(piece)] == tok.encode(text)
 
 
 def test_tokenizer_sample_is_bounded_seeded_and_drawn_from_the_whole_corpus():
     texts = [f"document {i}\n" + f"words of document {i}\n" * 2000 for i in range(30)]
-    sample = tf.draw_sample(texts, budget=200_000, seed=0)
+    sample = cp.draw_sample(texts, budget=200_000, seed=0)
     assert len(sample) <= 200_000
-    assert sample == tf.draw_sample(texts, budget=200_000, seed=0)
-    assert sample != tf.draw_sample(texts, budget=200_000, seed=1)
+    assert sample == cp.draw_sample(texts, budget=200_000, seed=0)
+    assert sample != cp.draw_sample(texts, budget=200_000, seed=1)
     seen = {int(n) for n in re.findall(r"document (\d+)", sample)}
     assert min(seen) < 10 and max(seen) > 20  # from the beginning and the end
-    assert tf.draw_sample(["short text"], budget=10**6, seed=0) == "short text"
+    assert cp.draw_sample(["short text"], budget=10**6, seed=0) == "short text"
 
 
 # ---------------------------------------------------------------------------- reuse and rebuild
 
 def test_files_are_reused_then_rebuilt_with_the_reason(tmp_path, tok, capsys):
     text = make_corpus(tmp_path / "text")
-    corpus, folder = tf.Corpus(paths=[str(text)]), tmp_path / "p"
-    tf.ready_token_files(tf.survey(corpus), tok, folder, 1)
+    corpus, folder = cp.Corpus(paths=[str(text)]), tmp_path / "p"
+    cp.ready_token_files(cp.survey(corpus), tok, folder, 1)
     assert "Preparing token files" in capsys.readouterr().out
-    tf.ready_token_files(tf.survey(corpus), tok, folder, 1)
+    cp.ready_token_files(cp.survey(corpus), tok, folder, 1)
     assert "Reusing the token files" in capsys.readouterr().out
 
     (text / "f03.txt").write_text("changed\n", encoding="utf-8")
-    tf.ready_token_files(tf.survey(corpus), tok, folder, 1)
+    cp.ready_token_files(cp.survey(corpus), tok, folder, 1)
     assert "Rebuilding the token files in" in (out := capsys.readouterr().out)
     assert "f03.txt changed (size or modification time)" in out
     (text / "new.txt").write_text("new document\n", encoding="utf-8")
-    tf.ready_token_files(tf.survey(corpus), tok, folder, 1)
+    cp.ready_token_files(cp.survey(corpus), tok, folder, 1)
     assert "new.txt is new" in capsys.readouterr().out
 
     other = BPETokenizer()
     other.train(WORDS * 30, 290)
-    meta = tf.ready_token_files(tf.survey(corpus), other, folder, 1)
+    meta = cp.ready_token_files(cp.survey(corpus), other, folder, 1)
     assert "the tokenizer changed" in capsys.readouterr().out
-    assert meta["tokenizer"] == tf.tokenizer_fingerprint(other)
+    assert meta["tokenizer"] == cp.tokenizer_fingerprint(other)
 
     with open(folder / "train.bin", "ab") as f:  # a file that does not match its JSON
         f.write(b"\0\0")
     assert re.fullmatch(r"train\.bin holds [\d,]+ bytes but tokens\.json says [\d,]+ uint16 "
                         r"tokens \([\d,]+ bytes\)",
-                        tf.stale_reason(folder, tf.survey(corpus).fingerprint, other))
-    tf.prepare_token_files(tf.survey(corpus), other, folder, 1)
+                        cp.stale_reason(folder, cp.survey(corpus).fingerprint, other))
+    cp.prepare_token_files(cp.survey(corpus), other, folder, 1)
     ids = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r+")
     ids[0] = 299  # an id the smaller tokenizer does not have
     ids.flush()
     del ids
-    assert tf.stale_reason(folder, tf.survey(corpus).fingerprint, other) == \
+    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, other) == \
         "val.bin holds token ids the tokenizer does not have"
 
 
 def test_an_interrupted_prepare_leaves_no_file_behind(tmp_path, tok, monkeypatch):
-    corpus = tf.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
+    corpus = cp.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
     folder = tmp_path / "p"
-    tf.prepare_token_files(tf.survey(corpus), tok, folder, 1)
+    cp.prepare_token_files(cp.survey(corpus), tok, folder, 1)
     calls = []
 
     def interrupted(task):
@@ -165,28 +174,28 @@ def test_an_interrupted_prepare_leaves_no_file_behind(tmp_path, tok, monkeypatch
             raise KeyboardInterrupt
         return real(task)
 
-    real = tf._encode_task
-    monkeypatch.setattr(tf, "PIECE_CHARS", 200)
-    monkeypatch.setattr(tf, "_encode_task", interrupted)
+    real = cp._encode_task
+    monkeypatch.setattr(cp, "PIECE_CHARS", 200)
+    monkeypatch.setattr(cp, "_encode_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tf.prepare_token_files(tf.survey(corpus), tok, folder, 1)
+        cp.prepare_token_files(cp.survey(corpus), tok, folder, 1)
     # no half-written file, and no JSON that would vouch for the old ones
     assert not list(folder.glob("*.part")) and not (folder / "tokens.json").exists()
-    assert tf.stale_reason(folder, tf.survey(corpus).fingerprint, tok) == \
+    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, tok) == \
         "no complete token files yet"
 
 
 def test_a_full_disk_is_one_sentence_and_leaves_no_file(tmp_path, tok, monkeypatch):
-    corpus = tf.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
+    corpus = cp.Corpus(paths=[str(make_corpus(tmp_path / "text"))])
 
     def full(self, *args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tf.SplitWriter, "write", full)
+    monkeypatch.setattr(cp.SplitWriter, "write", full)
     with pytest.raises(DataFileError, match=r"^The disk filled up while writing token files to "
                        r".*p \([\d,]+ MB free\); free some space or pass --prepared-dir on "
                        r"another disk\.$"):
-        tf.prepare_token_files(tf.survey(corpus), tok, tmp_path / "p", 1)
+        cp.prepare_token_files(cp.survey(corpus), tok, tmp_path / "p", 1)
     assert not list((tmp_path / "p").iterdir())
 
 
@@ -202,19 +211,19 @@ def test_a_local_dataset_file_streams_through_load_dataset(tmp_path, tok, suffix
         import pandas as pd
 
         pd.DataFrame(rows).to_parquet(path)
-    corpus = tf.Corpus(hf_name=str(path))
-    assert list(tf.hf_rows(corpus)) == [r["text"] for r in rows]
-    meta = tf.prepare_token_files(tf.survey(corpus), tok, tmp_path / "p", 2)
+    corpus = cp.Corpus(hf_name=str(path))
+    assert list(cp.hf_rows(corpus)) == [r["text"] for r in rows]
+    meta = cp.prepare_token_files(cp.survey(corpus), tok, tmp_path / "p", 2)
     assert sum(s["documents"] for s in meta["splits"].values()) == 200
-    expected = {s: [] for s in tf.SPLITS}
-    for doc, text in tf.hf_documents(corpus):
+    expected = {s: [] for s in cp.SPLITS}
+    for doc, text in cp.hf_documents(corpus):
         expected[doc.split] += tok.encode(text) + [tok.eot_id]
-    for split in tf.SPLITS:
+    for split in cp.SPLITS:
         assert read_split(tmp_path / "p", split, meta) == expected[split]
-    assert len(list(tf.hf_rows(tf.Corpus(hf_name=str(path), hf_max_docs=7)))) == 7
+    assert len(list(cp.hf_rows(cp.Corpus(hf_name=str(path), hf_max_docs=7)))) == 7
     with pytest.raises(DataFileError, match="has no field 'body' \\(it has text, id\\); name "
                                             "the text field with --hf-field"):
-        list(tf.hf_rows(tf.Corpus(hf_name=str(path), hf_field="body")))
+        list(cp.hf_rows(cp.Corpus(hf_name=str(path), hf_field="body")))
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -223,19 +232,19 @@ def test_an_empty_folder_or_no_matching_file_is_one_sentence(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataMissingError, match=r"--text .*empty is an empty folder; point it "
                                                r"at text files or change --include\.$"):
-        tf.survey(tf.Corpus(paths=[str(tmp_path / "empty")]))
+        cp.survey(cp.Corpus(paths=[str(tmp_path / "empty")]))
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.py").write_text("x = 1\n")
     with pytest.raises(DataMissingError, match=r"holds no file matching --include \*\.txt,\*\.md"):
-        tf.survey(tf.Corpus(paths=[str(tmp_path / "code")]))
+        cp.survey(cp.Corpus(paths=[str(tmp_path / "code")]))
     (tmp_path / "code" / "notes.md").write_text("# notes\n")
     (tmp_path / "code" / "site-packages").mkdir()
     (tmp_path / "code" / "site-packages" / "b.py").write_text("y = 2\n")
-    found = tf.survey(tf.Corpus(paths=[str(tmp_path / "code")], include="*.py,*.md",
+    found = cp.survey(cp.Corpus(paths=[str(tmp_path / "code")], include="*.py,*.md",
                                 exclude="site-packages"))
     assert [d.key for d in found.docs] == ["a.py", "notes.md"]
     with pytest.raises(DataMissingError, match="--text .*nowhere: no such file or folder"):
-        tf.survey(tf.Corpus(paths=[str(tmp_path / "nowhere")]))
+        cp.survey(cp.Corpus(paths=[str(tmp_path / "nowhere")]))
 
 
 def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, tok, capsys):
@@ -243,8 +252,8 @@ def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, tok, capsy
     (text / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
     (text / "latin1.txt").write_bytes("café".encode("latin-1"))
     (text / "empty.txt").write_bytes(b"")
-    found = tf.survey(tf.Corpus(paths=[str(text)]))
-    tf.ready_token_files(found, tok, tmp_path / "p", 1)
+    found = cp.survey(cp.Corpus(paths=[str(text)]))
+    cp.ready_token_files(found, tok, tmp_path / "p", 1)
     out = capsys.readouterr().out
     assert ("Skipped 3 file(s) that are not text (1 empty, 2 binary or not UTF-8; e.g. "
             "empty.txt).") in out
@@ -254,31 +263,31 @@ def test_binary_and_non_utf8_files_are_skipped_with_a_count(tmp_path, tok, capsy
     (only_binary / "a.txt").write_bytes(b"\0\1\2")
     with pytest.raises(DataFileError, match=r"none of its 1 files is UTF-8 text \(e\.g\. a\.txt: "
                                             r"binary or not UTF-8\)"):
-        tf.survey(tf.Corpus(paths=[str(only_binary)])).readable()
+        cp.survey(cp.Corpus(paths=[str(only_binary)])).readable()
 
 
 def test_too_few_documents_small_splits_and_a_vocabulary_too_large_are_one_sentence(tmp_path):
     two = make_corpus(tmp_path / "two", n_files=2)
     with pytest.raises(DataFileError, match="holds 2 readable documents: too few for train, val "
                                             "and test splits by document"):
-        tf.survey(tf.Corpus(paths=[str(two)])).readable()
+        cp.survey(cp.Corpus(paths=[str(two)])).readable()
     meta = {"splits": {"train": {"tokens": 500}, "val": {"tokens": 20}, "test": {"tokens": 9}},
             "corpus": {"paths": ["/home/me/notes"]}}
     with pytest.raises(DataFileError, match=r"^The val split of notes holds 20 tokens, fewer "
                                             r"than one window of 33; use more text or a smaller "
                                             r"--context-length\.$"):
-        tf.check_fills_window(meta, 32)
+        check_fills_window(meta["splits"], 32, cp.Corpus.from_dict(meta["corpus"]).label())
     with pytest.raises(DataFileError, match=r"^The 1,000 characters drawn from notes fill only "
                                             r"300 of the 1024 tokens of --vocab-size; give a "
                                             r"--vocab-size of at most 300, or more text\.$"):
-        tf.check_vocab_filled(300, 1024, "notes", 1000)
+        check_vocab_filled(300, 1024, "notes", 1000)
 
 
 def test_nanogpt_split_of_several_documents_is_one_sentence(tmp_path):
     text = make_corpus(tmp_path / "text", n_files=4)
     with pytest.raises(DataFileError, match="^--nanogpt-split cuts one text by characters, and "
                                             "text holds 4 documents; leave it out\\.$"):
-        tf.survey(tf.Corpus(paths=[str(text)], nanogpt=True)).readable()
+        cp.survey(cp.Corpus(paths=[str(text)], nanogpt=True)).readable()
 
 
 def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
@@ -286,5 +295,5 @@ def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
     path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(3)))
     with pytest.raises(DataFileError, match=r"^The (val|test) split of few\.jsonl came out empty "
                                             r"\(by document: .*\); add more documents\.$"):
-        tf.prepare_token_files(tf.survey(tf.Corpus(hf_name=str(path))), tok, tmp_path / "p", 1)
+        cp.prepare_token_files(cp.survey(cp.Corpus(hf_name=str(path))), tok, tmp_path / "p", 1)
     assert not (tmp_path / "p" / "tokens.json").exists()
