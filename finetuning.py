@@ -47,13 +47,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from checkpoint import check_writable, weights_fingerprint
+from checkpoint import weights_fingerprint
 from classifier import encode_text, evaluate_accuracy
 from data_utils import INSTRUCTIONS_1100, DataMissingError, load_instructions, load_sst2
 from hf_gpt2 import is_hf_base
 from model import GPTModel
 from support.batching import LabelledText, example_loader, pad_labelled
 from support.errors import TrainingStopped
+from support.files import check_writable
 from support.flags import (
     fraction,
     nonnegative_float,

@@ -49,13 +49,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
+from checkpoint import make_checkpoint, read_checkpoint
 from classifier import load_adapters
 from generation import stream_text
 from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.batching import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
+from support.file_checks import check_metadata
+from support.files import atomic_save
 from support.finetune_checks import check_text
 from tokenizer import BPETokenizer
 

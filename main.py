@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 
 from checkpoint import (
-    atomic_save,
-    check_writable,
     config_and_tokenizer,
     load_checkpoint,
     make_checkpoint,
@@ -43,8 +41,9 @@ from data_utils import (
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
-from support.checkpoint_checks import resume_settings
 from support.cli import run
+from support.file_checks import resume_settings
+from support.files import atomic_save, check_writable
 from support.flags import (
     FlagParser,
     fraction,

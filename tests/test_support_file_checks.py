@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from support.checkpoint_checks import (
+from support.errors import CheckpointError
+from support.file_checks import (
     adapter_metadata,
     check_config_sizes,
     check_weights,
 )
-from support.errors import CheckpointError
 
 
 def adapter_file(r_meta: int, r_saved: int) -> dict:
