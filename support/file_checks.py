@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 from support.errors import CheckpointError, one_sentence
 from support.validate import is_int, is_number
 
+REMAKE = "make the file again with the script that wrote it"  # a file no loader can use
+
 
 def int_at_least(value: Any, low: int) -> bool:
     """A whole number (not a bool) of at least ``low``."""
@@ -63,8 +65,8 @@ def check_weights(state_dict: Mapping[str, Any], path: str | Path, file_bytes: i
     claimed = 0
     for name, tensor in state_dict.items():
         if not isinstance(name, str):
-            raise CheckpointError(f"{path}: a weight is named {name!r:.60}, not with text; make "
-                                  "the file again with the script that wrote it.")
+            raise CheckpointError(f"{path}: a weight is named {name!r:.60}, not with text; "
+                                  f"{REMAKE}.")
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{path}: its weight {name} is not a tensor.")
         if not tensor.dtype.is_floating_point:
@@ -94,8 +96,8 @@ def check_gpt_config(config: Any, where: str, keys: Mapping[str, str] = GPT_SIZE
     heads. One sentence names the file (``where``) and its own key (``keys``: GPT_SIZES or
     HF_SIZES)."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{where} holds no config (a dict of the model's sizes); make "
-                              "the file again with the script that wrote it.")
+        raise CheckpointError(f"{where} holds no config (a dict of the model's sizes); "
+                              f"{REMAKE}.")
     for key in keys.values():
         value = config.get(key)
         if not int_at_least(value, 1):
@@ -148,8 +150,6 @@ def load_weights(module: torch.nn.Module, state_dict: dict, path: str | Path,
 
 
 # ---------------------------------------------------------------------------- metadata
-
-REMAKE = "make the file again with the script that wrote it"
 
 
 def check_metadata(path: str | Path, name: str, value: Any, ok: bool, remedy: str = REMAKE
@@ -262,7 +262,7 @@ def check_training_args(text: object, vocab_size: object, special_tokens: Iterab
     specials = list(special_tokens)
     if len(set(specials)) != len(specials) or not all(s and isinstance(s, str) for s in specials):
         raise ValueError(f"special tokens must be distinct non-empty strings, got {specials}.")
-    if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+    if not int_at_least(vocab_size, 256 + len(specials)):
         raise ValueError(f"vocab_size must be an int >= 256 bytes + {len(specials)} special "
                          f"tokens = {256 + len(specials)}, got {vocab_size!r}.")
     return specials
