@@ -280,9 +280,10 @@ def check_encode_args(text: object, allowed: set[str], special_tokens: dict[str,
 def check_token_id(token_id: object, vocab: dict[int, bytes], special_tokens: dict[str, int]
                    ) -> int:
     """`token_id` as an int that names a token (a regular one or a special one)."""
-    with one_sentence(ValueError, {TypeError:
-                                   lambda _: f"token ids must be integers, got {token_id!r}."}):
-        token_id = operator.index(token_id)  # a 0-d tensor hashes by identity: use its int
+    try:  # a 0-d tensor hashes by identity, so `in vocab` needs its int value
+        token_id = operator.index(token_id)
+    except TypeError:  # (not one_sentence: decode calls this once per token, it must be cheap)
+        raise ValueError(f"token ids must be integers, got {token_id!r}.") from None
     if token_id not in vocab and token_id not in special_tokens.values():
         size = max([len(vocab) - 1, *special_tokens.values()]) + 1
         raise ValueError(f"unknown token id {token_id!r}: this tokenizer's ids are 0.."
