@@ -1,23 +1,16 @@
 """Hugging Face model folders, in and out.
 
-In: ``resolve("gpt2")`` downloads the files hf_gpt2.from_hf reads through ``huggingface_hub``
-once and then finds them in its cache (``~/.cache/huggingface``, or ``HF_HOME``);
-``resolve(path)`` uses a local folder as it is. Without a network (or with
-``HF_HUB_OFFLINE=1``) a name that is not cached yet fails with one sentence that says what to do.
+In: ``resolve(path)`` uses a local folder as it is; ``resolve("gpt2")`` downloads the files
+hf_gpt2.from_hf reads once through ``huggingface_hub`` and then finds them in its cache
+(``~/.cache/huggingface``, or ``HF_HOME``). Offline (or with ``HF_HUB_OFFLINE=1``) a name not
+cached yet is one sentence saying what to do.
 
-Out: the folder ``export_hf.py --out`` writes, where only files the exporter wrote are ever
-replaced. A user's folder must not lose a file to an export (``--out .`` once wrote over the
-project's README.md and tokenizer.json). So:
-
-- ``check_export_folder`` refuses, in one sentence and before any work, an ``--out`` that is
-  empty text, a file, inside a file, not writable, or a folder that holds files the exporter
-  did not write. The exporter recognises its own folders by a manifest (``MANIFEST``) that
-  lists every file it wrote with its SHA-256: a listed file that has been edited since is not
-  the exporter's any more, and is refused too.
-- ``publish`` moves a finished export into place. The files are first written to a staging
-  folder beside ``--out`` (same filesystem), so a crash leaves the old folder or the new one:
-  a new folder appears by one rename; in a folder of an earlier export each file is replaced
-  by a rename, the manifest accepting the old and the new contents until all have moved.
+Out: ``export_hf.py --out`` never replaces a file it did not write (``--out .`` once wrote over
+the project's README.md). ``check_export_folder`` refuses, before any work, an ``--out`` that
+is empty, a file, inside a file, not writable, or a folder holding files the exporter did not
+write: its own are listed with their SHA-256 in a manifest (``MANIFEST``), so an edited one is
+refused too. The export is written to a staging folder beside ``--out`` and ``publish`` moves
+it into place by renames, so a crash leaves the old folder or the new one.
 """
 
 from __future__ import annotations
@@ -157,8 +150,10 @@ def _ordinary_permissions(folder: Path) -> None:
 
 
 def publish(staging: Path, out: Path) -> list[Path]:
-    """Move the files written in ``staging`` into ``out`` (see the module's docstring); the
-    files now in ``out`` that this export wrote."""
+    """Move the files written in ``staging`` into ``out``; the files now in ``out`` that this
+    export wrote. A new folder appears by one rename; in a folder of an earlier export each
+    file is replaced by a rename, the manifest accepting the old and the new contents until
+    all have moved."""
     names = sorted(p.name for p in staging.iterdir())
     new = {name: [_sha256(staging / name)] for name in names}
     with one_sentence(ValueError, {OSError: lambda e: (
