@@ -21,8 +21,8 @@ Why this shape:
   allocate is bounded by the file itself.
 
 The meta-device shape check is ``check_config_fits_weights`` below. The mechanics live one step
-away: ``support/files.py`` (the atomic write, the safe load) and ``support/checkpoint_checks.py``
-(every other way a file can be wrong, one sentence each).
+away: ``support/files.py`` (the atomic write, the safe load) and ``support/file_checks.py``
+(every other way a file can be wrong, one sentence each, and ``load_weights``).
 
 Adapter checkpoints (LoRA / QLoRA) store only their small tensors plus the base model's
 ``weights_fingerprint`` so they can refuse to load on top of the wrong base model;
@@ -42,17 +42,14 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from model import GPTConfig, GPTModel
-from support.checkpoint_checks import (  # noqa: F401  (adapter loaders import them from here)
-    adapter_metadata,
+from support.errors import CheckpointError
+from support.file_checks import (
     check_config_sizes,
-    check_metadata,
     check_structure,
-    checkpoint_metadata,
     invalid_config,
-    weights_mismatch,
+    load_weights,
 )
-from support.errors import CheckpointError  # noqa: F401  (re-exported: loaders catch it here)
-from support.files import atomic_save, check_writable, safe_torch_load  # noqa: F401
+from support.files import atomic_save, safe_torch_load
 from tokenizer import BPETokenizer
 
 FORMAT = "llm-from-scratch"
@@ -156,13 +153,6 @@ def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""
     check_config_fits_weights(path, ckpt["state_dict"], config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config), weights_prefix)
     return config, tokenizer
-
-
-def load_weights(module: nn.Module, state_dict: dict, path: str | Path,
-                 strict: bool = True) -> None:
-    """``load_state_dict`` that turns name/shape mismatches into one clear CheckpointError."""
-    with weights_mismatch(path):
-        module.load_state_dict(state_dict, strict=strict)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"

@@ -50,21 +50,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import (
-    adapter_metadata,
-    atomic_save,
-    check_metadata,
-    checkpoint_metadata,
-    config_and_tokenizer,
-    load_weights,
-    make_checkpoint,
-    read_checkpoint,
-    weights_fingerprint,
-)
+from checkpoint import config_and_tokenizer, make_checkpoint, read_checkpoint, weights_fingerprint
 from hf_gpt2 import load_base
 from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
 from support.checks import check_adapter_names, check_adapters_fit, check_text
+from support.file_checks import adapter_metadata, check_metadata, checkpoint_metadata, load_weights
+from support.files import atomic_save
 from tokenizer import BPETokenizer
 
 LABELS = ("negative", "positive")  # SST-2: label 0, label 1

@@ -55,8 +55,8 @@ from instructions import load_instruction_model
 from model import GPTConfig, GPTModel
 from quantization import dense_state_dict
 from support.cli import FlagParser, path_arg, run
-from support.export_folder import check_export_folder, publish, staged
-from support.hf_checks import check_exportable
+from support.file_checks import check_exportable
+from support.hub import check_export_folder, publish, staged
 from tokenizer import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer
 
 

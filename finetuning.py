@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from checkpoint import check_writable, weights_fingerprint
+from checkpoint import weights_fingerprint
 from classifier import encode_text, evaluate_accuracy
 from data_utils import example_loader, load_instructions, load_sst2, pad_labelled
 from hf_gpt2 import is_hf_base
@@ -68,6 +68,7 @@ from support.cli import (
 )
 from support.datasets import INSTRUCTIONS_1100, LabelledText
 from support.errors import DataMissingError, TrainingStopped
+from support.files import check_writable
 from support.metrics import (
     CLASSIFIER_COLUMNS,
     INSTRUCTION_COLUMNS,

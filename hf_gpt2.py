@@ -51,11 +51,18 @@ from pathlib import Path
 import regex
 import torch
 
-from checkpoint import check_config_fits_weights, load_checkpoint, load_weights, model_shapes
+from checkpoint import check_config_fits_weights, load_checkpoint, model_shapes
 from model import GPTConfig, GPTModel
-from support import hf_checks, hub
+from support import hub
+from support.file_checks import (
+    check_gpt2_vocab,
+    load_weights,
+    read_gpt2_config,
+    read_weights,
+    tokenizer_file,
+)
 from support.files import shown_path
-from tokenizer import ENDOFTEXT, FORMAT_VERSION, GPT2_SPLIT_PATTERN, BPETokenizer, tokenizer_file
+from tokenizer import ENDOFTEXT, FORMAT_VERSION, GPT2_SPLIT_PATTERN, BPETokenizer
 
 PAD = "<|pad|>"  # the classifier export's padding token (an id our tokenizer never produces)
 
@@ -121,7 +128,7 @@ def hf_to_gpt_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def gpt_config(hf: dict, dropout: float = 0.0) -> GPTConfig:
-    """Our GPTConfig for GPT-2's config.json (hf_checks.check_gpt2_config has vetted it)."""
+    """Our GPTConfig for GPT-2's config.json (file_checks.check_gpt2_config has vetted it)."""
     return GPTConfig(vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
                      n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                      dropout=dropout, bias=True)
@@ -173,7 +180,7 @@ def tokenizer_from_hf(folder: Path) -> BPETokenizer:
     with tokenizer_file(folder / name) as spec:  # any fault: one sentence naming the file
         vocab, merges, pattern, specials = read_vocab_and_merges(folder, spec)
         specials = {s: i for s, i in specials.items() if s != PAD}  # our classifier's pad
-        hf_checks.check_gpt2_vocab(vocab, merges, specials, folder)
+        check_gpt2_vocab(vocab, merges, specials, folder)
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
         by_id = {i: s for s, i in vocab.items()}
         return BPETokenizer.from_dict({
@@ -193,10 +200,10 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     and cached (support/hub.py). ``dropout`` is ours to choose: GPT-2 trained with 0.1.
     """
     folder = hub.resolve(path_or_name)
-    config = gpt_config(hf_checks.read_gpt2_config(folder), dropout)
+    config = gpt_config(read_gpt2_config(folder), dropout)
     tokenizer = tokenizer_from_hf(folder)
     # The config is only a claim: the weights' shapes must be its model's before it is built.
-    state = hf_checks.read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
+    state = read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
     check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
                               tokenizer.vocab_size, lambda: model_shapes(config),
                               shown=file_name)

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import atomic_save, check_metadata, make_checkpoint, read_checkpoint
+from checkpoint import make_checkpoint, read_checkpoint
 from classifier import load_adapters
 from data_utils import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from generation import stream_text
@@ -57,6 +57,8 @@ from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_di
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.checks import check_text
+from support.file_checks import check_metadata
+from support.files import atomic_save
 from tokenizer import BPETokenizer
 
 # IGNORE_INDEX = -100 is the target value F.cross_entropy skips (training.lm_loss uses it too).

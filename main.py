@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 
 from checkpoint import (
-    atomic_save,
-    check_writable,
     config_and_tokenizer,
     load_checkpoint,
     make_checkpoint,
@@ -56,7 +54,6 @@ from data_utils import (
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
-from support.checkpoint_checks import resume_settings
 from support.checks import NEW_TOKENS, check_fills_window, check_model_fits, check_vocab_filled
 from support.cli import (
     FlagParser,
@@ -71,6 +68,8 @@ from support.cli import (
     run_name_arg,
     seed_arg,
 )
+from support.file_checks import resume_settings
+from support.files import atomic_save, check_writable
 from support.metrics import forget_steps_after
 from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
 from tokenizer import BPETokenizer

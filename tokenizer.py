@@ -28,7 +28,7 @@ inputs. On larger ones it runs the named optimisation that follows them, `train_
 same merges (the tests check), with the counts updated instead of recounted (about 1 s instead
 of 100 s on TinyShakespeare). `_bpe` is the whole encoding idea; `bpe_heap`, its optimisation
 for long pieces, finds the same tokens with a heap. The file format is `to_dict` /
-`_read_format`; the limits a file from elsewhere must keep are in support/tokenizer_checks.py.
+`_read_format`; the limits a file from elsewhere must keep are in support/file_checks.py.
 """
 
 import codecs
@@ -41,8 +41,7 @@ from pathlib import Path
 
 import regex
 
-from support.files import atomic_write_text
-from support.tokenizer_checks import (
+from support.file_checks import (
     check_encode_args,
     check_merges,
     check_rank_table,
@@ -51,6 +50,7 @@ from support.tokenizer_checks import (
     check_training_args,
     tokenizer_file,
 )
+from support.files import atomic_write_text
 
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""

@@ -1,5 +1,9 @@
 """The errors a user can meet. Each carries one sentence that says what to change."""
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be used (corrupt, foreign, unsafe, mismatched)."""
@@ -20,3 +24,21 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, signal: int) -> None:
         super().__init__(message)
         self.signal = signal
+
+
+Kinds = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@contextmanager
+def one_sentence(error: type[Exception], sentences: Mapping[Kinds, Callable[[Any], str]]
+                 ) -> Iterator[None]:
+    """Re-raise an exception from the block as ``error`` with the sentence for its kind
+    (``sentences`` maps kinds to sentences; the first kind that matches wins), without the
+    traceback: what torch, json or the filesystem raised becomes what the user can fix."""
+    try:
+        yield
+    except Exception as e:
+        sentence = next((say for kinds, say in sentences.items() if isinstance(e, kinds)), None)
+        if sentence is None:  # not one the caller can name: a bug, let it show
+            raise
+        raise error(sentence(e)) from None

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from support.errors import CheckpointError
+from support.errors import CheckpointError, one_sentence
 
 
 def _refuse_folder(path: Path) -> None:
@@ -31,31 +31,29 @@ def _refuse_folder(path: Path) -> None:
         raise CheckpointError(f"{path} is a folder; give a file name for the checkpoint.")
 
 
+def cannot_write(what: str | Path) -> dict[type[OSError], Callable[[OSError], str]]:
+    """``one_sentence``'s sentence for a place the system will not let us write."""
+    return {OSError: lambda e: f"Cannot write {what}: {e.strerror or e}."}
+
+
 def check_writable(path: str | Path) -> None:
     """One sentence now, not after the training, if a checkpoint cannot be written to ``path``."""
     path = Path(path)
     _refuse_folder(path)
-    try:
+    with one_sentence(CheckpointError, cannot_write(path)):
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that readers see either the old file or the new one."""
     path = Path(path)
     _refuse_folder(path)
-    try:
+    with one_sentence(CheckpointError, cannot_write(path)):
         fd, tmp = _temp_beside(path)
-    except OSError as e:
-        raise CheckpointError(f"Cannot write {path}: {e.strerror or e}.") from None
-    try:
+    with one_sentence(CheckpointError, {OSError: lambda e: (
+            f"Could not write {path} ({e.strerror or e}); the previous file is untouched.")}):
         _write_and_rename(fd, tmp, path, lambda f: torch.save(obj, f))
-    except OSError as e:
-        raise CheckpointError(
-            f"Could not write {path} ({e.strerror or e}); the previous file is untouched."
-        ) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -97,12 +95,11 @@ def _check_zip_members(path: Path) -> None:
 
     torch reads a member by allocating the size the zip's directory declares, so a member that
     is compressed, or declares more bytes than it stores, is refused before torch sees it."""
-    try:
+    with one_sentence(CheckpointError, {(zipfile.BadZipFile, OSError, ValueError, EOFError):
+                                        lambda _: f"{path} is corrupted or not a checkpoint "
+                                                  "(not a zip file as torch.save writes)."}):
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint (not a zip file as "
-                              "torch.save writes).") from None
     size = path.stat().st_size
     for m in members:
         if m.compress_type != zipfile.ZIP_STORED or m.file_size != m.compress_size:
@@ -152,25 +149,23 @@ def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     holds (see the module docstring) is one CheckpointError sentence.
     """
     path = Path(path)
-    try:
+    # pathlib lets a name longer than the filesystem allows through to an OSError here
+    with one_sentence(CheckpointError, {OSError: lambda e: (
+            f"No checkpoint at {shown_path(path)}: {e.strerror}.")}):
         is_dir, is_file = path.is_dir(), path.is_file()
-    except OSError as e:  # pathlib lets a name longer than the filesystem allows through
-        raise CheckpointError(f"No checkpoint at {shown_path(path)}: {e.strerror}.") from None
     if is_dir:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass the .pth file.")
     if not is_file:
         raise FileNotFoundError(f"No checkpoint at {path}: {missing_hint}.")
     _check_zip_members(path)
-    try:
+    refused = (f"{path} was refused: it contains Python objects that could run code, so it "
+               "was not loaded.")
+    with one_sentence(CheckpointError, {
+            pickle.UnpicklingError: lambda e: (  # "global": it asks to import and call something
+                refused if "global" in str(e).lower()
+                else f"{path} is corrupted or not a checkpoint (unreadable pickle)."),
+            Exception: lambda e: (  # truncated zip, random bytes, ...
+                f"{path} is corrupted or not a checkpoint ({type(e).__name__}).")}):
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # the file asks to import and call something
-            raise CheckpointError(f"{path} was refused: it contains Python objects that could "
-                                  "run code, so it was not loaded.") from None
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint (unreadable pickle).") \
-            from None
-    except Exception as e:  # truncated zip, random bytes, ...
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint ({type(e).__name__}).") \
-            from None
     check_tensor_bytes(obj, path)
     return obj

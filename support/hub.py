@@ -1,14 +1,33 @@
-"""Finding a Hugging Face model folder: a local path, or a Hub name downloaded once and cached.
+"""Hugging Face model folders, in and out.
 
-``resolve("gpt2")`` downloads the files hf_gpt2.from_hf reads through ``huggingface_hub`` once
-and then finds them in its cache (``~/.cache/huggingface``, or ``HF_HOME``); ``resolve(path)``
-uses a local folder as it is. Without a network (or with ``HF_HUB_OFFLINE=1``) a name that is
-not cached yet fails with one sentence that says what to do.
+In: ``resolve(path)`` uses a local folder as it is; ``resolve("gpt2")`` downloads the files
+hf_gpt2.from_hf reads once through ``huggingface_hub`` and then finds them in its cache
+(``~/.cache/huggingface``, or ``HF_HOME``). Offline (or with ``HF_HUB_OFFLINE=1``) a name not
+cached yet is one sentence saying what to do.
+
+Out: ``export_hf.py --out`` never replaces a file it did not write (``--out .`` once wrote over
+the project's README.md). ``check_export_folder`` refuses, before any work, an ``--out`` that
+is empty, a file, inside a file, not writable, or a folder holding files the exporter did not
+write: its own are listed with their SHA-256 in a manifest (``MANIFEST``), so an edited one is
+refused too. The export is written to a staging folder beside ``--out`` and ``publish`` moves
+it into place by renames, so a crash leaves the old folder or the new one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from support.errors import one_sentence
+from support.files import atomic_write_text, cannot_write, current_umask
+
+# ---------------------------------------------------------------------------- in: from_hf
 
 # The files from_hf can read; a download fetches only these (not the TF / Flax / ONNX copies).
 WEIGHTS = "model.safetensors"
@@ -39,15 +58,117 @@ def resolve(name_or_path: str | Path) -> Path:
     from huggingface_hub import snapshot_download  # installed with datasets
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    try:
+    with one_sentence(FileNotFoundError, {
+            LocalEntryNotFoundError: lambda _: (
+                f"Cannot download {name}: there is no network (or HF_HUB_OFFLINE=1 is set) and "
+                "it is not in the Hugging Face cache yet; run once with a network to cache it, "
+                "or pass the path of a folder holding its config.json, model.safetensors and "
+                "tokenizer.json."),
+            RepositoryNotFoundError: lambda _: (
+                f"There is no model named {name} on the Hugging Face Hub (try gpt2, "
+                "gpt2-medium, gpt2-large or gpt2-xl).")}):
         folder = snapshot_download(name, allow_patterns=FILES)
-    except LocalEntryNotFoundError:
-        raise FileNotFoundError(
-            f"Cannot download {name}: there is no network (or HF_HUB_OFFLINE=1 is set) and it "
-            "is not in the Hugging Face cache yet; run once with a network to cache it, or "
-            "pass the path of a folder holding its config.json, model.safetensors and "
-            "tokenizer.json.") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"There is no model named {name} on the Hugging Face Hub "
-                                "(try gpt2, gpt2-medium, gpt2-large or gpt2-xl).") from None
     return check_folder(Path(folder))
+
+
+# ---------------------------------------------------------------------------- out: export_hf.py
+
+MANIFEST = ".export_hf.json"  # {"written_by": "export_hf.py", "files": {name: [sha256, ...]}}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, list[str]] | None:
+    """The files an earlier export wrote into ``folder`` (name -> accepted hashes), or None."""
+    with suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not ours
+        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return {str(name): list(hashes) for name, hashes in record["files"].items()}
+    return None
+
+
+def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
+    atomic_write_text(folder / MANIFEST,
+                      json.dumps({"written_by": "export_hf.py", "files": files}, indent=1))
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """The files in ``folder`` the exporter did not write (or that changed since it did)."""
+    ours = _manifest(folder) or {}
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        if path.name == MANIFEST and ours:
+            continue
+        if not (path.is_file() and path.name in ours and _sha256(path) in ours[path.name]):
+            foreign.append(path.name)
+    return foreign
+
+
+def check_export_folder(out: str) -> Path:
+    """``out`` as a folder the exporter may write, or one ValueError sentence naming --out."""
+    if not out.strip():
+        raise ValueError("--out is empty; give the name of a new folder, e.g. --out hf-model.")
+    folder = Path(out)
+    with one_sentence(ValueError, cannot_write(f"--out {out}")):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            where = "is a file" if existing == folder else f"is inside {existing}, which is a file"
+            raise ValueError(f"--out {out} {where}; give a folder name.")
+        foreign = _foreign_files(folder) if existing == folder else []
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                             if len(foreign) > 3 else "")
+            raise ValueError(f"--out {out} holds files export_hf.py did not write ({shown}); "
+                             "give a new or empty folder.")
+        tempfile.TemporaryFile(dir=existing).close()  # writable, before the model is loaded
+    return folder
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out`` to write the export into; removed if the block fails."""
+    with one_sentence(ValueError, cannot_write(f"--out {out}")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """mkdtemp makes a private folder; an export is an ordinary one (the umask applies)."""
+    umask = current_umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+def publish(staging: Path, out: Path) -> list[Path]:
+    """Move the files written in ``staging`` into ``out``; the files now in ``out`` that this
+    export wrote. A new folder appears by one rename; in a folder of an earlier export each
+    file is replaced by a rename, the manifest accepting the old and the new contents until
+    all have moved."""
+    names = sorted(p.name for p in staging.iterdir())
+    new = {name: [_sha256(staging / name)] for name in names}
+    with one_sentence(ValueError, {OSError: lambda e: (
+            f"Could not write --out {out} ({e.strerror or e}); every file in it is either the "
+            "old one or the new one.")}):
+        _ordinary_permissions(staging)
+        if not out.is_dir() or not any(out.iterdir()):
+            _write_manifest(staging, new)
+            os.replace(staging, out)  # an empty folder is replaced whole, in one rename
+            return [out / name for name in names]
+        check_export_folder(str(out))  # still ours: nobody wrote into it meanwhile
+        old = _manifest(out)
+        _write_manifest(out, {name: old.get(name, []) + new.get(name, [])
+                              for name in {*old, *new}})
+        for name in names:
+            os.replace(staging / name, out / name)
+        _write_manifest(out, {**old, **new})
+    return [out / name for name in names]

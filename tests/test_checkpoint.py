@@ -8,10 +8,7 @@ import torch
 
 import checkpoint
 from checkpoint import (
-    CheckpointError,
-    atomic_save,
     check_config_fits_weights,
-    check_writable,
     load_checkpoint,
     meta_shapes,
     read_checkpoint,
@@ -19,6 +16,8 @@ from checkpoint import (
     weights_fingerprint,
 )
 from model import GPTConfig, GPTModel
+from support.errors import CheckpointError
+from support.files import atomic_save, check_writable
 from tokenizer import BPETokenizer
 
 

@@ -6,7 +6,7 @@ from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checkpoint import CheckpointError, save_checkpoint, weights_fingerprint
+from checkpoint import save_checkpoint, weights_fingerprint
 from classifier import (
     LABELS,
     GPTClassifier,
@@ -19,6 +19,7 @@ from classifier import (
 )
 from lora import apply_lora, freeze_all_but_lora
 from model import GPTConfig, GPTModel
+from support.errors import CheckpointError
 from tokenizer import BPETokenizer
 
 CFG = GPTConfig(vocab_size=320, context_length=32, n_layer=2, n_head=2, n_embd=32)

@@ -11,16 +11,12 @@ from conftest import ROOT
 from test_hf_gpt2 import TOL, max_diff, tiny_model, tiny_tokenizer
 
 import export_hf
-from checkpoint import (
-    CheckpointError,
-    atomic_save,
-    make_checkpoint,
-    save_checkpoint,
-    weights_fingerprint,
-)
+from checkpoint import make_checkpoint, save_checkpoint, weights_fingerprint
 from classifier import GPTClassifier, load_classifier, save_classifier, save_lora_classifier
 from instructions import load_instruction_model, make_qlora, save_instruction_adapters
 from lora import apply_lora
+from support.errors import CheckpointError
+from support.files import atomic_save
 
 
 @pytest.fixture(scope="module")

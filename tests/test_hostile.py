@@ -14,12 +14,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from classifier import GPTClassifier, load_classifier, predict, save_classifier
 from generation import generate_text
 from instructions import answer, format_prompt
 from model import GPTConfig, GPTModel
-from support.tokenizer_checks import MAX_TOKEN_BYTES
+from support.errors import CheckpointError
+from support.file_checks import MAX_TOKEN_BYTES
 from tokenizer import BPETokenizer
 
 # Any code point, lone surrogates included, and long strings now and then.

@@ -30,7 +30,7 @@ from classifier import GPTClassifier, save_classifier
 from generation import generate_text
 from model import GPTConfig, GPTModel
 from support.cli import run
-from support.export_folder import MANIFEST
+from support.hub import MANIFEST
 from support.runtime import Bookkeeping
 from tokenizer import BPETokenizer
 from training import TrainConfig, lm_loss, train_model

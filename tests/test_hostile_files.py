@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks import probe_hostile_files as probe
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import load_checkpoint
 from classifier import GPTClassifier, load_classifier, save_classifier
 from hf_gpt2 import from_hf
 from lora import LoRALayer
 from model import GPTModel
 from support.cli import USER_ERRORS
 from support.datasets import read_instruction_records
+from support.errors import CheckpointError
 from support.metrics import compared_rows
 from tokenizer import BPETokenizer
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, read_checkpoint, save_checkpoint, weights_fingerprint
+from checkpoint import read_checkpoint, save_checkpoint, weights_fingerprint
 from generation import text_mask
 from instructions import (
     IGNORE_INDEX,
@@ -25,6 +25,7 @@ from instructions import (
 from lora import LoRALayer, lora_layers
 from model import GPTConfig, GPTModel
 from quantization import is_quantized
+from support.errors import CheckpointError
 from tokenizer import BPETokenizer
 from training import lm_loss
 

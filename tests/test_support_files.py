@@ -2,7 +2,7 @@
 
 import pytest
 
-from checkpoint import CheckpointError
+from support.errors import CheckpointError
 from support.files import safe_torch_load
 
 

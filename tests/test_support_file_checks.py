@@ -1,14 +1,15 @@
-"""What an adapter file says about itself must match the tensors it holds."""
+"""support/file_checks.py: what a file says about itself must match the tensors it holds."""
 
 import pytest
 import torch
 
-from support.checkpoint_checks import (
+from support.errors import CheckpointError
+from support.file_checks import (
     adapter_metadata,
     check_config_sizes,
     check_weights,
+    load_weights,
 )
-from support.errors import CheckpointError
 
 
 def adapter_file(r_meta: int, r_saved: int) -> dict:
@@ -45,3 +46,15 @@ def test_a_weight_whose_name_is_not_text_is_one_sentence(name):
     state = {"tok_emb.weight": torch.zeros(4, 2), name: torch.zeros(3)}
     with pytest.raises(CheckpointError, match=r"^x.pth: a weight is named .+, not with text; "):
         check_weights(state, "x.pth", 10_000)
+
+
+def test_weights_that_do_not_fit_the_module_are_one_sentence_naming_the_file():
+    layer = torch.nn.Linear(3, 2)
+    with pytest.raises(CheckpointError, match=r"^m.pth does not match this model: size mismatch "
+                       r"for weight: copying a param with shape torch.Size\(\[2, 4\]\)") as err:
+        load_weights(layer, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "m.pth")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"^m.pth does not match this model: Missing key"):
+        load_weights(layer, {"weight": torch.zeros(2, 3)}, "m.pth")
+    load_weights(layer, {"weight": torch.ones(2, 3)}, "m.pth", strict=False)
+    assert layer.weight.sum() == 6
