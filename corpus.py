@@ -64,7 +64,7 @@ from support.checks import (
     hf_dataset_readable,
 )
 from support.cli import nonnegative_int, path_arg, positive_int
-from support.files import atomic_write_text
+from support.files import atomic_write
 from support.optional_packages import import_datasets
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
@@ -614,7 +614,7 @@ class SplitWriter:
             f.close()
             os.replace(self.folder / f"{split}.bin.part", self.folder / f"{split}.bin")
         # last: the token files are complete
-        atomic_write_text(self.folder / "tokens.json", json.dumps(meta, indent=1))
+        atomic_write(self.folder / "tokens.json", json.dumps(meta, indent=1))
 
     def discard(self) -> None:
         for split, f in self.files.items():

@@ -48,11 +48,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from corpus import Corpus, character_splits
 from support.checks import (
+    Range,
     check_batches,
     check_example_loader,
     check_loader,
     check_test_split,
     check_windows,
+    need,
 )
 from support.datasets import (
     DOLLY,
@@ -321,8 +323,8 @@ def load_sst2(
     """
     glue_train = read_sst2(SST2_TRAIN, data_dir, download, verify)
     test = read_sst2(SST2_DEV, data_dir, download, verify)
-    if not 0 <= val_size < len(glue_train):
-        raise ValueError(f"val_size must be in [0, {len(glue_train)}), got {val_size}.")
+    need(val_size, Range(at_least=0, below=len(glue_train), whole=True),
+         f"val_size must be in [0, {len(glue_train)})")
     train, val = seeded_split(glue_train, val_size, seed)
     return {"train": train, "val": val, "test": test}
 

@@ -41,16 +41,9 @@ from pathlib import Path
 
 import regex
 
-from support.file_checks import (
-    check_encode_args,
-    check_merges,
-    check_rank_table,
-    check_token_id,
-    check_tokenizer_dict,
-    check_training_args,
-    tokenizer_file,
-)
-from support.files import atomic_write_text
+from support.checks import check_encode_args, check_token_id, check_training_args
+from support.file_checks import check_merges, check_rank_table, check_tokenizer_dict, tokenizer_file
+from support.files import atomic_write
 
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
@@ -408,7 +401,7 @@ class BPETokenizer:
         head = json.dumps(d, indent=1, ensure_ascii=False)[:-2]  # drop the closing "\n}"
         body = ",\n".join(f"  [{a}, {b}]" for a, b in merges)
         # whole or not at all: a crash mid-write leaves the old file, never half of one
-        atomic_write_text(path, f'{head},\n "merges": [\n{body}\n ]\n}}\n')
+        atomic_write(path, f'{head},\n "merges": [\n{body}\n ]\n}}\n')
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":

@@ -88,6 +88,44 @@ def check_text(value: Any, complaint: str) -> None:
         raise ValueError(f"{complaint}, got {type(value).__name__}.")
 
 
+# ---------------------------------------------------------------------------- tokenizer
+
+
+def check_training_args(text: Any, vocab_size: Any, special_tokens: Iterable[str]) -> list[str]:
+    """BPETokenizer.train's arguments; the special tokens as a list."""
+    check_text(text, "train() needs the corpus as a str")
+    if not text:
+        raise ValueError("train() got an empty corpus; there is nothing to learn merges from.")
+    specials = list(special_tokens)
+    if len(set(specials)) != len(specials) or not all(s and isinstance(s, str) for s in specials):
+        raise ValueError(f"special tokens must be distinct non-empty strings, got {specials}.")
+    need(vocab_size, Range(at_least=256 + len(specials), whole=True),
+         f"vocab_size must be an int >= 256 bytes + {len(specials)} special tokens = "
+         f"{256 + len(specials)}")
+    return specials
+
+
+def check_encode_args(text: Any, allowed: set[str], special_tokens: dict[str, int]) -> None:
+    """`encode` got a str, and the special tokens it may produce are ones this tokenizer has."""
+    check_text(text, "encode() needs a str")
+    if unknown := allowed - set(special_tokens):
+        raise ValueError(f"unknown special tokens {sorted(unknown)}; this tokenizer has "
+                         f"{sorted(special_tokens)}.")
+
+
+def check_token_id(token_id: Any, vocab: dict[int, bytes], special_tokens: dict[str, int]) -> int:
+    """`token_id` as an int that names a token (a regular one or a special one)."""
+    try:  # a 0-d tensor hashes by identity, so `in vocab` needs its int value
+        token_id = operator.index(token_id)
+    except TypeError:  # (not one_sentence: decode calls this once per token, it must be cheap)
+        raise ValueError(f"token ids must be integers, got {token_id!r}.") from None
+    if token_id not in vocab and token_id not in special_tokens.values():
+        size = max([len(vocab) - 1, *special_tokens.values()]) + 1
+        raise ValueError(f"unknown token id {token_id!r}: this tokenizer's ids are 0.."
+                         f"{size - 1}.")
+    return token_id
+
+
 # ---------------------------------------------------------------------------- generation
 
 MAX_NEW_TOKENS = 100_000  # about an hour on a CPU; the sequence and its cache grow with it
@@ -383,8 +421,7 @@ def check_quantize_request(backend: Any, backends: Sequence[str], targets: Seque
 def check_example_loader(n_examples: int, batch_size: int, training: bool, unit: str,
                          too_few: str) -> None:
     """data_utils.example_loader: a batch size, and enough training examples for one batch."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+    need(batch_size, POSITIVE_INT, "--batch-size must be at least 1")
     if training and n_examples < batch_size:
         raise ValueError(f"{n_examples} training {unit} cannot fill one batch of "
                          f"{batch_size}; {too_few} or a smaller --batch-size.")

@@ -40,7 +40,6 @@ CONTINUATIONS = {
     7: (0x90, 0xBF, 3),         # after F0
     8: (0x80, 0x8F, 3),         # after F4
 }
-N_STATES = 1 + len(CONTINUATIONS)
 REJECT = -1
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.errors import DataFileError, DataMissingError
+from support.files import atomic_write
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data"  # download cache, git-ignored
 
@@ -193,24 +193,13 @@ def verify_checksum(
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then move the finished file into place (no half files in cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _download_shakespeare(cache: Path) -> None:
     import requests
 
     response = requests.get(SHAKESPEARE_URL, timeout=60)
     response.raise_for_status()
     verify_checksum(TINYSHAKESPEARE, Path(SHAKESPEARE_URL), response.content)
-    _atomic_write(cache / TINYSHAKESPEARE, lambda tmp: tmp.write_bytes(response.content))
+    atomic_write(cache / TINYSHAKESPEARE, response.content)
 
 
 def _download_sst2(cache: Path) -> None:
@@ -226,7 +215,7 @@ def _download_sst2(cache: Path) -> None:
         data = "".join(lines).encode("utf-8")
         rows, _ = _parse_sst2(data.decode("utf-8"), name)
         verify_checksum(name, Path(f"{SST2_HF_NAME}:{split}"), data, _label_counts(rows))
-        _atomic_write(cache / name, lambda tmp, data=data: tmp.write_bytes(data))
+        atomic_write(cache / name, data)
 
 
 def _download_dolly(cache: Path) -> None:
@@ -234,8 +223,9 @@ def _download_dolly(cache: Path) -> None:
     from huggingface_hub import hf_hub_download
 
     hub_path = Path(hf_hub_download(DOLLY_HF_NAME, DOLLY, repo_type="dataset"))
-    verify_checksum(DOLLY, hub_path, hub_path.read_bytes())
-    _atomic_write(cache / DOLLY, lambda tmp: shutil.copyfile(hub_path, tmp))
+    data = hub_path.read_bytes()
+    verify_checksum(DOLLY, hub_path, data)
+    atomic_write(cache / DOLLY, data)
 
 
 def _no_download(cache: Path) -> None:

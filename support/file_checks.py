@@ -11,8 +11,7 @@ hf_gpt2.py); the atomic write and the safe load are support/files.py's.
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from support.checks import is_int, is_number
+from support.checks import FRACTION, NONNEGATIVE_INT, POSITIVE_INT, Range, is_number
 from support.errors import CheckpointError, one_sentence
 
 REMAKE = "make the file again with the script that wrote it"  # a file no loader can use
-
-
-def int_at_least(value: Any, low: int) -> bool:
-    """A whole number (not a bool) of at least ``low``."""
-    return is_int(value) and value >= low
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -100,7 +94,7 @@ def check_gpt_config(config: Any, where: str, keys: Mapping[str, str] = GPT_SIZE
                               f"{REMAKE}.")
     for key in keys.values():
         value = config.get(key)
-        if not int_at_least(value, 1):
+        if not POSITIVE_INT.holds(value):
             problem = "is missing" if value is None else f"is {value!r:.40}"
             raise CheckpointError(f"{where}: its {entry} '{key}' {problem}; it must be a "
                                   "positive integer.")
@@ -203,9 +197,9 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
     r, alpha, dropout, targets = (lora.get(k) for k in ("r", "alpha", "dropout", "targets"))
     fingerprint, stored_base = meta.get("base_fingerprint"), meta.get("base_path")
     check_entries(path, {
-        "lora.r": (r, int_at_least(r, 1) and _rank_matches_tensors(r, ckpt["state_dict"])),
+        "lora.r": (r, POSITIVE_INT.holds(r) and _rank_matches_tensors(r, ckpt["state_dict"])),
         "lora.alpha": (alpha, is_number(alpha)),
-        "lora.dropout": (dropout, dropout is None or (is_number(dropout) and 0 <= dropout < 1)),
+        "lora.dropout": (dropout, dropout is None or FRACTION.holds(dropout)),
         "lora.targets": (targets, isinstance(targets, list | tuple) and len(targets) > 0
                          and all(isinstance(t, str) for t in targets)),
         "base_fingerprint": (fingerprint, isinstance(fingerprint, str)),
@@ -223,7 +217,7 @@ def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> 
     check_metadata(path, "training", training, isinstance(training, dict), remedy)
     optimizer, rng, best = (training.get(k) for k in ("optimizer", "rng", "best_val"))
     check_entries(path, {
-        "training.step": (training.get("step"), int_at_least(training.get("step"), 0)),
+        "training.step": (training.get("step"), NONNEGATIVE_INT.holds(training.get("step"))),
         "training.optimizer": (optimizer, isinstance(optimizer, dict)
                                and isinstance(optimizer.get("state"), dict)
                                and isinstance(optimizer.get("param_groups"), list)),
@@ -233,8 +227,8 @@ def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> 
         "training.elapsed": (training.get("elapsed"), is_number(training.get("elapsed", 0.0))),
         "training.best_val": (best, best is None or (isinstance(best, list | tuple)
                                                      and len(best) == 2 and is_number(best[0])
-                                                     and int_at_least(best[1], 0))),
-        "batch_size": (meta.get("batch_size"), int_at_least(meta.get("batch_size"), 1)),
+                                                     and NONNEGATIVE_INT.holds(best[1]))),
+        "batch_size": (meta.get("batch_size"), POSITIVE_INT.holds(meta.get("batch_size"))),
         "train_config": (meta.get("train_config"), isinstance(meta.get("train_config"), dict)),
     }, remedy)
     with one_sentence(CheckpointError, {(TypeError, ValueError):
@@ -250,45 +244,6 @@ MAX_TOKEN_BYTES = 1024  # a chain of merges could otherwise spell gigabyte-long 
 MAX_VOCAB_BYTES = 64 << 20  # all tokens' bytes together; cl100k's take 0.7 MB, o200k's 1.4 MB
 
 Pair = tuple[int, int]
-
-
-def check_training_args(text: object, vocab_size: object, special_tokens: Iterable[str]
-                        ) -> list[str]:
-    """The special tokens as a list, once the corpus and vocabulary size are usable."""
-    if not isinstance(text, str):
-        raise ValueError(f"train() needs the corpus as a str, got {type(text).__name__}.")
-    if not text:
-        raise ValueError("train() got an empty corpus; there is nothing to learn merges from.")
-    specials = list(special_tokens)
-    if len(set(specials)) != len(specials) or not all(s and isinstance(s, str) for s in specials):
-        raise ValueError(f"special tokens must be distinct non-empty strings, got {specials}.")
-    if not int_at_least(vocab_size, 256 + len(specials)):
-        raise ValueError(f"vocab_size must be an int >= 256 bytes + {len(specials)} special "
-                         f"tokens = {256 + len(specials)}, got {vocab_size!r}.")
-    return specials
-
-
-def check_encode_args(text: object, allowed: set[str], special_tokens: dict[str, int]) -> None:
-    """`encode` got a str, and the special tokens it may produce are ones this tokenizer has."""
-    if not isinstance(text, str):
-        raise ValueError(f"encode() needs a str, got {type(text).__name__}.")
-    if unknown := allowed - set(special_tokens):
-        raise ValueError(f"unknown special tokens {sorted(unknown)}; this tokenizer has "
-                         f"{sorted(special_tokens)}.")
-
-
-def check_token_id(token_id: object, vocab: dict[int, bytes], special_tokens: dict[str, int]
-                   ) -> int:
-    """`token_id` as an int that names a token (a regular one or a special one)."""
-    try:  # a 0-d tensor hashes by identity, so `in vocab` needs its int value
-        token_id = operator.index(token_id)
-    except TypeError:  # (not one_sentence: decode calls this once per token, it must be cheap)
-        raise ValueError(f"token ids must be integers, got {token_id!r}.") from None
-    if token_id not in vocab and token_id not in special_tokens.values():
-        size = max([len(vocab) - 1, *special_tokens.values()]) + 1
-        raise ValueError(f"unknown token id {token_id!r}: this tokenizer's ids are 0.."
-                         f"{size - 1}.")
-    return token_id
 
 
 def check_merges(merges: dict[Pair, int]) -> None:
@@ -353,7 +308,8 @@ def check_tokenizer_dict(d: object, version: int, patterns: Mapping[str, str],
         if byte_order is not None and sorted(byte_order) != list(range(256)):
             raise ValueError("byte_order must be a permutation of 0..255")
     ids, first = list(special_tokens.values()), 256 + len(merges)  # 256 bytes + merges
-    if not all(int_at_least(i, first) for i in ids) or len(set(ids)) != len(ids):
+    after_merges = Range(at_least=first, whole=True)
+    if not all(after_merges.holds(i) for i in ids) or len(set(ids)) != len(ids):
         raise ValueError(f"special token ids must be distinct ints >= {first}, so that they "
                          "do not collide with the bytes and merges.")
     return pattern, merges, byte_order, special_tokens

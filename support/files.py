@@ -56,11 +56,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         _write_and_rename(fd, tmp, path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """``text`` (UTF-8) to ``path`` so that readers see either the old file or the new one; a
-    failure is the system's OSError, naming the path."""
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """``data`` (text as UTF-8) to ``path`` so that readers see either the old file or the new
+    one; a failure is the system's OSError, naming the path."""
     path = Path(path)
-    _write_and_rename(*_temp_beside(path), path, lambda f: f.write(text.encode("utf-8")))
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    _write_and_rename(*_temp_beside(path), path, lambda f: f.write(data))
 
 
 def current_umask() -> int:

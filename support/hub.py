@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from support.errors import one_sentence
-from support.files import atomic_write_text, cannot_write, current_umask
+from support.files import atomic_write, cannot_write, current_umask
 
 # ---------------------------------------------------------------------------- in: from_hf
 
@@ -93,7 +93,7 @@ def _manifest(folder: Path) -> dict[str, list[str]] | None:
 
 
 def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
-    atomic_write_text(folder / MANIFEST,
+    atomic_write(folder / MANIFEST,
                       json.dumps({"written_by": "export_hf.py", "files": files}, indent=1))
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-LabelledText = tuple[str, int]  # a sentence and its class (SST-2's rows)
+from support.checks import is_number
+from support.datasets import LabelledText
 
 # ---------------------------------------------------------------------------- the metrics log
 
@@ -227,8 +228,7 @@ def measured_peak(row: dict) -> str:
     name no source) or "9 MB CUDA allocated"; '-' where the run has none, or none a report can
     show (NaN, not a number, a source that is not words: a hand-edited metrics.json)."""
     peak, source = row.get("peak_mem_mb"), row.get("peak_mem_source", "")
-    number = isinstance(peak, int | float) and not isinstance(peak, bool) and not math.isnan(peak)
-    if not (number and isinstance(source, str)):
+    if not (is_number(peak) and not math.isnan(peak) and isinstance(source, str)):
         return "-"
     kind = "CUDA allocated" if source.startswith("torch.cuda") else "process RSS"
     return f"{peak:,.0f} MB {kind}"
