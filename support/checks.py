@@ -15,14 +15,14 @@ import operator
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from support.errors import CheckpointError, DataFileError, DataMissingError
+from support.errors import CheckpointError, DataFileError, DataMissingError, one_sentence
 
 
 def is_int(value: Any) -> bool:
@@ -472,13 +472,10 @@ def check_hf_field(name: str, field: str, row: dict) -> None:
                             f"{', '.join(row)}); name the text field with --hf-field.")
 
 
-@contextmanager
-def hf_dataset_readable(name: str) -> Iterator[None]:
+def hf_dataset_readable(name: str) -> AbstractContextManager[None]:
     """A dataset that cannot be reached or read is one sentence naming --hf-dataset."""
-    try:
-        yield
-    except (ConnectionError, OSError) as err:
-        raise DataMissingError(f"--hf-dataset {name} could not be read ({err}).") from None
+    return one_sentence(DataMissingError, {(ConnectionError, OSError): lambda err: (
+        f"--hf-dataset {name} could not be read ({err}).")})
 
 
 def check_unchanged(path: str, text: str | None, now: tuple[int, int],

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.errors import DataFileError, DataMissingError
+from support.errors import DataFileError, DataMissingError, one_sentence
 from support.files import atomic_write
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data"  # download cache, git-ignored
@@ -243,12 +243,9 @@ _DOWNLOADERS = {
 
 def read_text(path: Path) -> tuple[str, bytes]:
     data = path.read_bytes()  # bytes, not read_text: no newline translation, exact char counts
-    try:
+    with one_sentence(DataFileError, {UnicodeDecodeError: lambda err: (
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}).")}):
         return data.decode("utf-8"), data
-    except UnicodeDecodeError as err:
-        raise DataFileError(
-            f"{path} is not UTF-8 text ({err.reason} at byte {err.start})."
-        ) from None
 
 
 def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -37,6 +38,7 @@ import torch.nn as nn
 
 from support.checks import is_number
 from support.datasets import LabelledText
+from support.optional_packages import require
 
 # ---------------------------------------------------------------------------- the metrics log
 
@@ -141,12 +143,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             gc.collect()
-            try:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux / not glibc
                 ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap pages to the OS
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # peak RSS := current RSS
-            except (OSError, AttributeError):  # not Linux / not glibc
-                pass
             self._start = self._maxrss_mb()
         return self
 
@@ -180,12 +180,11 @@ def tfidf_row(train: list[LabelledText], test: list[LabelledText]) -> dict:
     scikit-learn is in requirements.txt, so every user gets this row; it is imported here,
     not at the top, because the import takes a second that only this row needs.
     """
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise ImportError("scikit-learn is not installed, and the TF-IDF baseline needs it: "
-                          "pip install -r requirements.txt.") from None
+    require("sklearn", "scikit-learn is not installed, and the TF-IDF baseline needs it: "
+            "pip install -r requirements.txt.")
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
     t0 = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     features = vectorizer.fit_transform([text for text, _ in train])

@@ -3,6 +3,7 @@ that says how to install them when they are missing."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -17,24 +18,22 @@ def _drop_kernels_community_warning(record: logging.LogRecord) -> bool:
     return "kernels-community" not in record.getMessage()
 
 
+def require(module: str, missing: str) -> Any:
+    """``module`` imported, or an ImportError whose sentence (``missing``) says what needs it
+    and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(missing) from error
+
+
 def import_bitsandbytes() -> Any:
     """Import bitsandbytes lazily (only the bitsandbytes backend needs it), quietly."""
     logging.getLogger(_BNB_CPU_LOGGER).addFilter(_drop_kernels_community_warning)
-    try:
-        import bitsandbytes
-    except ImportError as error:
-        raise ImportError(
-            "the bitsandbytes backend needs the bitsandbytes package: pip install "
-            "'bitsandbytes>=0.50,<0.51' (or use backend='scratch')"
-        ) from error
-    return bitsandbytes
+    return require("bitsandbytes", "the bitsandbytes backend needs the bitsandbytes package: "
+                   "pip install 'bitsandbytes>=0.50,<0.51' (or use backend='scratch')")
 
 
 def import_datasets() -> Any:
     """Import Hugging Face `datasets` lazily (only --hf-dataset needs it)."""
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("--hf-dataset needs the `datasets` package: pip install datasets") \
-            from None
-    return datasets
+    return require("datasets", "--hf-dataset needs the `datasets` package: pip install datasets")

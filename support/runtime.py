@@ -27,6 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from support.checks import check_optimizer_state
+from support.errors import one_sentence
 from support.metrics import MetricsLog, Throughput
 
 # ---------------------------------------------------------------------------- devices & dtypes
@@ -157,10 +158,8 @@ class StopRequested:
 
     def __enter__(self) -> StopRequested:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (Streamlit): no handlers
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside Streamlit): no handlers
-                pass
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -233,17 +232,16 @@ class TrainingRun:
     def resume(self, state: dict | None) -> int:
         """Load a state saved by a run that stopped; its step is where the loop goes on."""
         if state is not None:
-            try:
+            misfit = {(KeyError, TypeError, ValueError, RuntimeError): lambda e: (
+                "The state to resume from (--resume) does not fit this run "
+                f"({str(e).strip().splitlines()[0]:.200}); start a run without --resume.")}
+            with one_sentence(ValueError, misfit):
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 check_optimizer_state(self.optimizer)
                 if "scaler" in state:
                     self.scaler.load_state_dict(state["scaler"])
                 set_rng_state(state["rng"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise ValueError(f"The state to resume from (--resume) does not fit this run "
-                                 f"({str(e).strip().splitlines()[0]:.200}); start a run "
-                                 "without --resume.") from None
             self.step, self.elapsed_before = state["step"], state.get("elapsed", 0.0)
             self.best_val, self.best_step = state.get("best_val", (math.inf, 0))
         self.elapsed, self.resumed_at = self.elapsed_before, self.step
