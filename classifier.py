@@ -54,8 +54,15 @@ from checkpoint import config_and_tokenizer, make_checkpoint, read_checkpoint, w
 from hf_gpt2 import load_base
 from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
 from model import GPTModel
-from support.checks import check_adapter_names, check_adapters_fit, check_text
-from support.file_checks import adapter_metadata, check_metadata, checkpoint_metadata, load_weights
+from support.checks import check_text
+from support.file_checks import (
+    adapter_metadata,
+    check_adapter_names,
+    check_adapters_fit,
+    check_metadata,
+    checkpoint_metadata,
+    load_weights,
+)
 from support.files import atomic_save
 from tokenizer import BPETokenizer
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from support.errors import CheckpointError, DataFileError, DataMissingError, one_sentence
+from support.errors import DataFileError, DataMissingError, one_sentence
 
 
 def is_int(value: Any) -> bool:
@@ -232,16 +232,6 @@ def check_train_config(values: dict[str, Any]) -> None:
         raise ValueError(f"Unknown optimizer '{values['optimizer']}'; use adamw or muon.")
 
 
-def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Every per-parameter tensor the optimizer loaded has its parameter's shape (Adam's
-    moments, Muon's momentum); a wrong one would fail mid-step, in the first update."""
-    for param, entries in optimizer.state.items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
-                raise ValueError(f"its optimizer entry {name} has shape {tuple(value.shape)}, "
-                                 f"the parameter {tuple(param.shape)}")
-
-
 # ---------------------------------------------------------------------------- splits & batches
 
 
@@ -337,57 +327,6 @@ def check_mergeable(layer_name: str, mergeable: bool) -> None:
         raise ValueError(f"cannot merge LoRA into a quantized {layer_name}: its weight is "
                          "stored in 4 bits; keep the adapter separate (or merge into a dense "
                          "copy).")
-
-
-# ---------------------------------------------------------------------------- adapter files
-
-RETRAIN = {"lora-classifier": "python finetune_lora_classifier.py",
-           "qlora-instruct": "python finetune_qlora_instructions.py"}
-
-
-def _same_file(a: Any, b: Any) -> bool:
-    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-
-
-def _not_its_base(path: Any, lora: dict) -> CheckpointError:
-    return CheckpointError(f"{path} does not match its base model: the adapter tensors differ "
-                           f"from the ones r={lora['r']} on {lora['targets']} makes.")
-
-
-def check_adapters_fit(path: Any, base: Any, ckpt: dict, lora: dict, *, fingerprint: str,
-                       layers: list[Any]) -> None:
-    """An adapter file (``path``) fits the base model ``base`` it is about to be put on.
-
-    Checked before any adapter is allocated: the base's weights are the ones the adapters
-    were trained on (``fingerprint``: the base's now), and the file's LoRA tensors hold as
-    many numbers as r on the base's target ``layers`` (apply_lora wraps those with in_features
-    and out_features) makes, so apply_lora allocates what the file's own bytes back (a file
-    may declare any rank).
-    """
-    stored = ckpt["metadata"].get("base_path")
-    if fingerprint != ckpt["metadata"]["base_fingerprint"]:
-        if stored is not None and _same_file(base, stored):
-            raise CheckpointError(
-                f"{path} was trained on a different base model than the current {base}: "
-                f"{base} has been trained again since (its weights' fingerprint differs); run "
-                f"{RETRAIN.get(ckpt.get('kind'), 'the finetuning script')} again to train "
-                "adapters for it, or pass --base with the base they were trained on.")
-        raise CheckpointError(
-            f"{path} was trained on a different base model than {base} (the weights' "
-            f"fingerprints differ); pass the base it was trained on, {stored}.")
-    held = sum(t.numel() for name, t in ckpt["state_dict"].items()
-               if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
-    sizes = [getattr(layer, "in_features", 0) + getattr(layer, "out_features", 0)
-             for layer in layers]
-    if held != lora["r"] * sum(sizes):
-        raise _not_its_base(path, lora)
-
-
-def check_adapter_names(path: Any, lora: dict, names: tuple[set[str], set[str]]) -> None:
-    """``names``: (the tensors in the adapter file, the tensors that train on the adapted
-    base); the file must hold exactly those."""
-    if names[0] != names[1]:
-        raise _not_its_base(path, lora)
 
 
 # ---------------------------------------------------------------------------- quantization

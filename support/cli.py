@@ -7,10 +7,6 @@ own checker uses for the same setting, so its bounds are written once::
     p.add_argument("--top-p", type=flag(TOP_P))
     $ python sample.py --top-p 2
     error: --top-p must be a finite number > 0 and <= 1, got 2
-
-``HelpFormatter`` is argparse's ArgumentDefaultsHelpFormatter without the defaults that say
-nothing: "(default: None)" (the help says what unset means), "(default: False)" of an on/off
-flag and the "(default: )" of an empty text.
 """
 
 from __future__ import annotations
@@ -104,7 +100,8 @@ new_tokens_arg = flag(replace(checks.NEW_TOKENS, at_least=1))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show every real default; leave out None, False and "", which tell a user nothing."""
+    """argparse's defaults in --help, but not None (the help says what unset means), the False
+    of an on/off flag or an empty text: they tell a user nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False or action.default == "":

@@ -1,32 +1,16 @@
 """Where the data comes from: sources, checksums, downloads, file parsers and data folders.
 
-data_utils.py teaches how text becomes training batches and how each dataset is split; this
-module does the file work underneath, for three public datasets, each from its canonical source:
+data_utils.py teaches how text becomes batches; this is the file work underneath, for three
+public datasets: TinyShakespeare (Karpathy's char-rnn input.txt), SST-2 (GLUE's
+`sentence<TAB>label` files; a download rebuilds them from Hugging Face `stanfordnlp/sst2`) and
+Dolly-15k (or any JSONL in its schema, e.g. the offline `instruction-data-1100.jsonl`).
 
-- TinyShakespeare (pretraining): Karpathy's char-rnn `input.txt`, fetched with `requests`.
-- SST-2 (sentiment classification): the GLUE `sentence<TAB>label` files `sst2/train.tsv`
-  and `sst2/dev.tsv`; when downloaded they are rebuilt from the Hugging Face dataset
-  `stanfordnlp/sst2` with the `datasets` library.
-- Dolly-15k (instruction tuning): `databricks-dolly-15k.jsonl` from the Hugging Face dataset
-  repo `databricks/databricks-dolly-15k`. Any JSONL file in Dolly's schema (one object per
-  line with string fields instruction, context, response, category) can stand in for it,
-  e.g. `instruction-data-1100.jsonl`, the offline copy the tests use.
-
-Where files come from. When a data folder is named, by the `data_dir` argument (the scripts'
-`--data-dir` flag) or else by the environment variable `LLM_DATA_DIR`, files are read from that
-folder under the names above and nothing is ever downloaded. Otherwise files are cached in
-`data/` at the project's root and downloaded there on first use. A missing file raises
-`DataMissingError` with one sentence that says which file and where to put it (and, offline,
-that there is no network).
-
-Checksums. The canonical files have known sha256 sums (KNOWN_FILES, copied from the shared
-data README). A file under a known name whose bytes differ raises `DataFileError`, because a
-silently different file changes every number downstream. Pass `verify=False` to use a
-different file on purpose (the tests do, for tiny fixtures). SST-2 rebuilt from Hugging Face
-may not reproduce GLUE's bytes exactly, so for SST-2 a file whose per-label row counts match
-the published counts is accepted too.
-
-Notes for the user (rows skipped, an optional source missing) are one sentence on stderr.
+A data folder named by `data_dir` (`--data-dir`) or `LLM_DATA_DIR` is the only place looked in,
+and nothing is downloaded; otherwise files are cached in `data/` and downloaded on first use.
+A canonical file's bytes must match its sha256 (KNOWN_FILES), because a silently different file
+changes every number downstream; `verify=False` uses another on purpose (the tests' fixtures).
+SST-2 rebuilt from Hugging Face may not reproduce GLUE's bytes, so its per-label row counts are
+accepted too.
 """
 
 from __future__ import annotations

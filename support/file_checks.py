@@ -208,6 +208,55 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
     return lora, fingerprint, stored_base if base is None else base
 
 
+RETRAIN = {"lora-classifier": "python finetune_lora_classifier.py",
+           "qlora-instruct": "python finetune_qlora_instructions.py"}
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def _not_its_base(path: Any, lora: dict) -> CheckpointError:
+    return CheckpointError(f"{path} does not match its base model: the adapter tensors differ "
+                           f"from the ones r={lora['r']} on {lora['targets']} makes.")
+
+
+def check_adapters_fit(path: Any, base: Any, ckpt: dict, lora: dict, *, fingerprint: str,
+                       layers: list[Any]) -> None:
+    """An adapter file (``path``) fits the base model ``base`` it is about to be put on.
+
+    Checked before any adapter is allocated: the base's weights are the ones the adapters
+    were trained on (``fingerprint``: the base's now), and the file's LoRA tensors hold as
+    many numbers as r on the base's target ``layers`` (apply_lora wraps those with in_features
+    and out_features) makes, so apply_lora allocates what the file's own bytes back (a file
+    may declare any rank).
+    """
+    stored = ckpt["metadata"].get("base_path")
+    if fingerprint != ckpt["metadata"]["base_fingerprint"]:
+        if stored is not None and _same_file(base, stored):
+            raise CheckpointError(
+                f"{path} was trained on a different base model than the current {base}: "
+                f"{base} has been trained again since (its weights' fingerprint differs); run "
+                f"{RETRAIN.get(ckpt.get('kind'), 'the finetuning script')} again to train "
+                "adapters for it, or pass --base with the base they were trained on.")
+        raise CheckpointError(
+            f"{path} was trained on a different base model than {base} (the weights' "
+            f"fingerprints differ); pass the base it was trained on, {stored}.")
+    held = sum(t.numel() for name, t in ckpt["state_dict"].items()
+               if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
+    sizes = [getattr(layer, "in_features", 0) + getattr(layer, "out_features", 0)
+             for layer in layers]
+    if held != lora["r"] * sum(sizes):
+        raise _not_its_base(path, lora)
+
+
+def check_adapter_names(path: Any, lora: dict, names: tuple[set[str], set[str]]) -> None:
+    """``names``: (the tensors in the adapter file, the tensors that train on the adapted
+    base); the file must hold exactly those."""
+    if names[0] != names[1]:
+        raise _not_its_base(path, lora)
+
+
 def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> Any:
     """The training settings of a resume state (``build(**saved)``: main.py's TrainConfig),
     once everything ``TrainingRun.resume`` reads is there with its type; a hand-edited or
@@ -235,6 +284,16 @@ def resume_settings(ckpt: dict, path: str | Path, build: Callable[..., Any]) -> 
                                         lambda e: f"{path}: its training settings are invalid "
                                                   f"({e}); {remedy}."}):
         return build(**meta["train_config"])
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor the optimizer loaded has its parameter's shape (Adam's
+    moments, Muon's momentum); a wrong one would fail mid-step, in the first update."""
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"its optimizer entry {name} has shape {tuple(value.shape)}, "
+                                 f"the parameter {tuple(param.shape)}")
 
 
 # ---------------------------------------------------------------------------- tokenizers

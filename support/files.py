@@ -1,15 +1,6 @@
-"""Files that must not be half-written or trusted blindly.
-
-- ``atomic_save`` (a checkpoint) and ``atomic_write_text`` (JSON, tokenizer files): write a
-  temp file in the same folder, fsync it, rename it over the target, so a reader (or a crash)
-  sees the old file or the new one, never half of one.
-- ``check_writable``: find out before hours of training that the output cannot be written.
-- ``safe_torch_load``: ``torch.load(..., weights_only=True)``, which refuses pickled code,
-  with one sentence for every way a file can fail to load. Before torch reads a byte, the zip
-  container is checked to hold only uncompressed members that fit in the file (a compressed
-  one could inflate a thousandfold); after, every tensor must own the bytes its shape needs (a
-  tensor expanded from one number declares any shape it likes and survives the round trip).
-"""
+"""Files that must not be half-written or trusted blindly: atomic writes (a reader, or a crash,
+sees the old file or the new one, never half of one), and a torch load that runs no code and
+allocates no more than the file's own bytes back."""
 
 from __future__ import annotations
 
@@ -145,9 +136,10 @@ def shown_path(path: str | Path) -> str:
 def safe_torch_load(path: str | Path, missing_hint: str) -> Any:
     """What ``path`` holds, loaded without running any code it may carry.
 
-    A missing file says how to make it (``missing_hint``); a file that asks to import and call
-    something, that is not a readable torch file at all, or that declares more bytes than it
-    holds (see the module docstring) is one CheckpointError sentence.
+    ``torch.load(weights_only=True)`` refuses pickled code. A missing file says how to make it
+    (``missing_hint``); a file that asks to import and call something, that is not a readable
+    torch file, or that declares more bytes than it holds (a compressed member, an expanded
+    tensor) is one CheckpointError sentence.
     """
     path = Path(path)
     # pathlib lets a name longer than the filesystem allows through to an OSError here

@@ -1,16 +1,10 @@
-"""Hugging Face model folders, in and out.
+"""Hugging Face model folders, in (``resolve``: a local folder, or a Hub name downloaded once
+into the Hugging Face cache) and out (export_hf.py --out).
 
-In: ``resolve(path)`` uses a local folder as it is; ``resolve("gpt2")`` downloads the files
-hf_gpt2.from_hf reads once through ``huggingface_hub`` and then finds them in its cache
-(``~/.cache/huggingface``, or ``HF_HOME``). Offline (or with ``HF_HUB_OFFLINE=1``) a name not
-cached yet is one sentence saying what to do.
-
-Out: ``export_hf.py --out`` never replaces a file it did not write (``--out .`` once wrote over
-the project's README.md). ``check_export_folder`` refuses, before any work, an ``--out`` that
-is empty, a file, inside a file, not writable, or a folder holding files the exporter did not
-write: its own are listed with their SHA-256 in a manifest (``MANIFEST``), so an edited one is
-refused too. The export is written to a staging folder beside ``--out`` and ``publish`` moves
-it into place by renames, so a crash leaves the old folder or the new one.
+Out never replaces a file the exporter did not write (``--out .`` once wrote over the project's
+README.md): its own files are listed with their SHA-256 in a manifest (``MANIFEST``), so an
+edited one is refused too. The export is staged beside --out and moved in by renames, so a
+crash leaves the old folder or the new one.
 """
 
 from __future__ import annotations

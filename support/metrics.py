@@ -1,20 +1,6 @@
-"""What a run measures and reports about itself, beside the training itself.
-
-- ``MetricsLog``          runs/<name>/metrics.jsonl: one JSON object per line, appended and
-                          flushed as it happens, so a killed run keeps every line it wrote and
-                          the app can plot a run that is still going; ``Throughput``: tokens/s
-                          and MFU for it.
-- ``PeakMemory``          what a block of code measurably needed: ``torch.cuda.max_memory_
-                          allocated`` on a GPU, the growth of the process's peak RSS on a CPU
-                          (allocator, data and caches included); ``warm_up_optimizer`` keeps a
-                          one-time import out of that figure. memory.py counts a step's bytes.
-- ``majority_row`` / ``tfidf_row`` / ``baseline_rows``   what a constant and a bag of words
-                          reach on the same sentences: the floor a classifier must beat.
-- ``format_table``        one plain-text table formatter; ``CLASSIFIER_COLUMNS`` and
-                          ``INSTRUCTION_COLUMNS`` are the two reports' columns;
-                          ``human_bytes`` and ``measured_peak`` the cells every report shares.
-- ``write_metrics`` / ``write_json`` / ``write_jsonl``   runs/<name>/metrics.json (the file
-                          the app reads) and samples.jsonl.
+"""What a run measures and reports about itself: its metrics log and throughput, peak memory,
+the baselines a classifier must beat, the report tables and the metric files the app reads.
+(memory.py counts the bytes a training step needs; ``PeakMemory`` measures them.)
 """
 
 from __future__ import annotations
@@ -47,7 +33,9 @@ PEAK_FLOPS = {"half": 989e12, "float32": 67e12}
 
 
 class MetricsLog:
-    """Appends one JSON record per line to ``path`` (nothing at all when ``path`` is None)."""
+    """runs/<name>/metrics.jsonl: one JSON record per line, flushed as it happens, so a killed
+    run keeps every line it wrote and the app can plot a run still going (no file: ``path``
+    None)."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.file = None

@@ -1,13 +1,6 @@
-"""Where and how a training run executes, and everything it does around the step.
-
-- devices and dtypes: ``pick_device``, ``pick_dtype``, ``autocast``;
-- several processes (DDP under torchrun): ``launch``, ``Launch``, ``cleanup_distributed``,
-  ``gradient_sync``;
-- the run's bookkeeping (``TrainingRun``): resume from a saved state (model, optimizer, RNG),
-  Ctrl-C / SIGTERM as a request to stop and save (``StopRequested``), the metrics log, the
-  progress bar, best-val and interval saves, a stop at a NaN loss, and the summary.
-
-``training.train_model`` is the loop these serve; nothing here is part of its idea.
+"""Where and how a training run executes (devices, dtypes, DDP under torchrun), and what it
+does around the step (``TrainingRun``: resume, Ctrl-C / SIGTERM, the metrics log, the progress
+bar, saves, the summary). ``training.train_model`` is the loop these serve; none of it is its idea.
 """
 
 from __future__ import annotations
@@ -26,34 +19,33 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from support.checks import check_optimizer_state
 from support.errors import one_sentence
+from support.file_checks import check_optimizer_state
 from support.metrics import MetricsLog, Throughput
 
 # ---------------------------------------------------------------------------- devices & dtypes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# The devices a run may use, "auto"'s order first: how to tell one is there, and what is missing.
+DEVICES = {"cuda": (torch.cuda.is_available, "no CUDA GPU is available"),
+           "mps": (torch.backends.mps.is_available, "MPS is not available"),
+           "cpu": (lambda: True, "")}
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     """cuda > mps > cpu for "auto"; a clear error if a requested device is not there."""
     if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(next(name for name, (there, _) in DEVICES.items() if there()))
     try:
         device = torch.device(requested)
     except RuntimeError:
         device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. xpu, meta: untested
+    if device is None or device.type not in DEVICES:  # e.g. xpu, meta: untested
         raise ValueError(f"Unknown device '{requested}'; use auto, cpu, cuda or mps.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; "
-                         "use --device cpu.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("Device 'mps' was requested but MPS is not available; use --device cpu.")
+    there, missing = DEVICES[device.type]
+    if not there():
+        raise ValueError(f"Device '{device.type}' was requested but {missing}; use --device cpu.")
     return device
 
 
