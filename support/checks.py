@@ -277,6 +277,15 @@ def check_batches(per_epoch: int, n_windows: int, batch_size: int, world_size: i
                          "more text or a smaller --batch-size or --context-length.")
 
 
+def check_example_loader(n_examples: int, batch_size: int, training: bool, unit: str,
+                         too_few: str) -> None:
+    """data_utils.example_loader: a batch size, and enough training examples for one batch."""
+    need(batch_size, POSITIVE_INT, "--batch-size must be at least 1")
+    if training and n_examples < batch_size:
+        raise ValueError(f"{n_examples} training {unit} cannot fill one batch of "
+                         f"{batch_size}; {too_few} or a smaller --batch-size.")
+
+
 # ---------------------------------------------------------------------------- LoRA
 
 
@@ -352,18 +361,6 @@ def check_quantize_request(backend: Any, backends: Sequence[str], targets: Seque
                          f"got {backend!r}.")
     check_targets(targets, found, dense_lora)
 
-
-
-# ---------------------------------------------------------------------------- batches of examples
-
-
-def check_example_loader(n_examples: int, batch_size: int, training: bool, unit: str,
-                         too_few: str) -> None:
-    """data_utils.example_loader: a batch size, and enough training examples for one batch."""
-    need(batch_size, POSITIVE_INT, "--batch-size must be at least 1")
-    if training and n_examples < batch_size:
-        raise ValueError(f"{n_examples} training {unit} cannot fill one batch of "
-                         f"{batch_size}; {too_few} or a smaller --batch-size.")
 
 
 # ---------------------------------------------------------------------------- token files

@@ -20,10 +20,11 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from support.errors import DataFileError, DataMissingError, one_sentence
 from support.files import atomic_write
@@ -232,39 +233,45 @@ def read_text(path: Path) -> tuple[str, bytes]:
         return data.decode("utf-8"), data
 
 
-def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) for the lines of a TSV or JSONL file. Only "\n" ends a line: text
-    fields may hold U+2028, form feeds and the like, which str.splitlines() would split on."""
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        yield lineno, line.removesuffix("\r")
-
-
-def _parse_sst2(text: str, where: str) -> tuple[list[tuple[str, int]], list[int]]:
-    """Rows (sentence, label) of a GLUE `sentence<TAB>label` file, and the bad line numbers."""
+def _parse_lines(text: str, parse: Callable[[str], Any], header: str | None = None
+                 ) -> tuple[list, list[int]]:
+    """(rows, bad line numbers): what ``parse`` makes of each non-blank line of a TSV or JSONL
+    file (None: not a row), a first line equal to ``header`` left out. Only "\n" ends a line:
+    text fields may hold U+2028, form feeds and the like, which str.splitlines() would split on."""
     rows, bad = [], []
-    for lineno, line in _numbered_lines(text):
-        if lineno == 1 and line.strip() == "sentence\tlabel":
-            continue  # header
-        if not line.strip():
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or (lineno == 1 and line.strip() == header):
             continue
-        sentence, tab, label = line.rpartition("\t")
-        sentence = sentence.strip()  # GLUE has a space before the tab
-        if not tab or not sentence or label.strip() not in ("0", "1"):
+        row = parse(line)
+        if row is None:
             bad.append(lineno)
-            continue
-        rows.append((sentence, int(label)))
+        else:
+            rows.append(row)
+    return rows, bad
+
+
+def _sst2_row(line: str) -> LabelledText | None:
+    sentence, tab, label = line.rpartition("\t")
+    sentence = sentence.strip()  # GLUE has a space before the tab
+    return (sentence, int(label)) if tab and sentence and label.strip() in ("0", "1") else None
+
+
+def _parse_sst2(text: str, where: str) -> tuple[list[LabelledText], list[int]]:
+    """Rows (sentence, label) of a GLUE `sentence<TAB>label` file, and the bad line numbers."""
+    rows, bad = _parse_lines(text, _sst2_row, header="sentence\tlabel")
     if not rows:
         raise DataFileError(f"{where} holds no `sentence<TAB>label` rows with label 0 or 1.")
     return rows, bad
 
 
-def _label_counts(rows: list[tuple[str, int]]) -> tuple[int, int]:
+def _label_counts(rows: list[LabelledText]) -> tuple[int, int]:
     counts = Counter(label for _, label in rows)
     return counts[0], counts[1]
 
 
 def read_sst2(name: str, data_dir: str | Path | None, download: bool, verify: bool
-              ) -> list[tuple[str, int]]:
+              ) -> list[LabelledText]:
     """The (sentence, label) rows of a GLUE SST-2 file; malformed rows are skipped, with a note."""
     path = locate(name, data_dir, download)
     text, data = read_text(path)
@@ -348,15 +355,7 @@ def read_instruction_records(data_file: str | Path | None, data_dir: str | Path 
     text, data = read_text(path)
     if verify and path.name in KNOWN_FILES:
         verify_checksum(path.name, path, data)
-    records, bad = [], []
-    for lineno, line in _numbered_lines(text):
-        if not line.strip():
-            continue
-        record = _parse_record(line)
-        if record is None:
-            bad.append(lineno)
-        else:
-            records.append(record)
+    records, bad = _parse_lines(text, _parse_record)
     if not records:
         raise DataFileError(
             f"{path} holds no Dolly-schema records (JSON lines with string fields "

@@ -1,4 +1,5 @@
-"""What a file from elsewhere may hold: a checkpoint, a tokenizer, a Hugging Face folder.
+"""What a file from elsewhere may hold: a checkpoint (its metadata; an adapter file, which must
+fit its base; a resume state), a tokenizer, a Hugging Face folder.
 
 A file is only a claim. Its config can declare a 51 GB model around a few kilobytes of weights,
 its merges can spell gigabyte-long tokens, its regex can backtrack for hours. So each loader
