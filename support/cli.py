@@ -110,12 +110,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class FlagParser(argparse.ArgumentParser):
-    """argparse with the two changes a user sees.
-
-    A bad value is one sentence that names the flag (``error: --max-steps must be an integer
-    >= 1, got 0``) rather than a usage block, and ``--help`` shows every real default
-    (``HelpFormatter``).
-    """
+    """argparse whose bad value is one sentence naming the flag (``error: --max-steps must be
+    an integer >= 1, got 0``), not a usage block, and whose --help shows every real default."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, formatter_class=HelpFormatter, **kwargs)

@@ -199,16 +199,10 @@ class Bookkeeping:
 
 
 class TrainingRun:
-    """What ``train_model`` does around its steps, so that its loop shows only the step.
-
-    ``resume(state)`` restores the model, optimizer, gradient scaler and RNG from a saved state
-    and returns its step. Inside ``with run:`` Ctrl-C and SIGTERM set ``stop_requested``.
-    ``after_step`` writes a metrics record every ``log_interval`` steps and at evaluations,
-    hands the state to ``best_fn`` at each new lowest val loss and to ``save_fn`` every
-    ``checkpoint_interval`` steps; ``finish`` saves once more and returns the summary. A loss
-    that is not a finite number stops the run (``check_finite``) before anything is saved.
-    Only the main process (``is_main``) logs, shows progress and saves.
-    """
+    """What ``train_model`` does around its steps (resume, Ctrl-C and SIGTERM inside ``with
+    run:``, the log, best-val and interval saves, the stop at a NaN loss, the summary), so that
+    its loop shows only the step. Only the main process (``is_main``) logs, shows progress and
+    saves."""
 
     def __init__(self, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, device: torch.device, dtype: torch.dtype,
