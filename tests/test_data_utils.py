@@ -106,8 +106,10 @@ def test_sst2_val_is_seeded_carve_out_of_train_and_test_is_dev(tmp_path):
     assert set(a["train"]) | set(a["val"]) == {(f"sentence {i}", i % 2) for i in range(30)}
     assert not set(a["train"]) & set(a["val"])
     assert a["test"] == [("a fine film", 1), ("bad", 0)]  # stripped, header skipped
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(ValueError, match=r"^val_size must be in \[0, 30\), got 30\.$"):
         load_sst2(tmp_path, val_size=30, verify=False)
+    with pytest.raises(ValueError, match=r"^val_size must be in \[0, 30\), got 5\.0\.$"):
+        load_sst2(tmp_path, val_size=5.0, verify=False)  # a float was a TypeError in a slice
 
 
 def test_instruction_split_is_seeded_95_5(tmp_path):
@@ -139,6 +141,14 @@ def test_loads_from_env_folder_and_argument_wins(tmp_path, monkeypatch):
     assert load_tinyshakespeare(verify=False).startswith("First Citizen:")
     assert load_tinyshakespeare(arg_dir, verify=False) == "from the argument\n"
     assert not datasets.CACHE_DIR.exists()  # nothing downloaded, nothing cached
+
+
+def test_a_data_file_that_is_not_utf8_is_one_sentence(tmp_path):
+    (tmp_path / "tinyshakespeare.txt").write_bytes(b"First Citizen:\n\xff\n")
+    with pytest.raises(DataFileError, match=r"tinyshakespeare.txt is not UTF-8 text \(invalid "
+                       r"start byte at byte 15\)\.$") as err:
+        load_tinyshakespeare(tmp_path, verify=False)
+    assert err.value.__suppress_context__  # no "During handling..." traceback behind it
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):

@@ -188,6 +188,21 @@ def test_resumed_run_matches_an_uninterrupted_one(optimizer):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_a_state_that_does_not_fit_the_run_is_one_sentence():
+    cfg = TrainConfig(max_steps=2, learning_rate=1e-3, warmup_steps=0, eval_interval=1000,
+                      dtype="float32")
+    train, _ = loaders()
+    state = {}
+    train_model(fresh_model(), train, None, cfg, CPU, bookkeeping=Bookkeeping(save_fn=state.update))
+    moments = state["optimizer"]["state"][0]
+    moments["exp_avg"] = torch.zeros(3)  # a moment of another shape: it failed mid-step
+    with pytest.raises(ValueError, match=r"^The state to resume from \(--resume\) does not fit "
+                       r"this run \(its optimizer entry exp_avg has shape \(3,\), the parameter "
+                       r"\(\d+, \d+\)\); start a run without --resume\.$") as err:
+        train_model(fresh_model(), train, None, cfg, CPU, resume_state=state)
+    assert err.value.__suppress_context__
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_gradients_are_clipped_before_every_optimizer_step(optimizer):
     """The total gradient norm the optimizer sees never exceeds grad_clip."""
