@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.errors import DataFileError, DataMissingError, one_sentence
+from support.errors import DataFileError, DataMissingError, first_line, one_sentence
 from support.files import atomic_write
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data"  # download cache, git-ignored
@@ -151,9 +151,7 @@ def why_the_download_failed(err: BaseException) -> str:
     """The end of 'Data file X is not in the cache and ...': plain words, not a raw exception."""
     if is_network_error(err):
         return "there is no network to download it"
-    lines = str(err).strip().splitlines()
-    first_line = lines[0][:200] if lines else "no details"
-    return f"the download failed ({type(err).__name__}: {first_line})"
+    return f"the download failed ({type(err).__name__}: {first_line(err)})"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,6 +26,13 @@ class TrainingStopped(Exception):
         self.signal = signal
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """What a sentence quotes of an error it wraps: the first line of its text, cut at
+    ``limit`` characters ("no details" where it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else "no details"
+
+
 Kinds = type[BaseException] | tuple[type[BaseException], ...]
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from support.errors import one_sentence
+from support.errors import first_line, one_sentence
 from support.file_checks import check_optimizer_state
 from support.metrics import MetricsLog, Throughput
 
@@ -220,7 +220,7 @@ class TrainingRun:
         if state is not None:
             misfit = {(KeyError, TypeError, ValueError, RuntimeError): lambda e: (
                 "The state to resume from (--resume) does not fit this run "
-                f"({str(e).strip().splitlines()[0]:.200}); start a run without --resume.")}
+                f"({first_line(e)}); start a run without --resume.")}
             with one_sentence(ValueError, misfit):
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -1,8 +1,9 @@
-"""support/errors.py: one_sentence turns what a library raised into the user's one sentence."""
+"""support/errors.py: one_sentence turns what a library raised into the user's one sentence;
+first_line is what such a sentence quotes of it."""
 
 import pytest
 
-from support.errors import CheckpointError, one_sentence
+from support.errors import CheckpointError, first_line, one_sentence
 
 SENTENCES = {KeyError: lambda e: f"no {e.args[0]} entry",
              (TypeError, OSError): lambda e: f"bad: {e}"}
@@ -31,3 +32,10 @@ def test_the_first_matching_kind_wins_and_others_pass_through():
     with one_sentence(ValueError, SENTENCES):
         value = 42  # nothing raised: the block runs as written
     assert value == 42
+
+
+def test_first_line_quotes_one_short_line_and_never_fails():
+    assert first_line(RuntimeError("  Error(s) in loading\n\tsize mismatch")) == \
+        "Error(s) in loading"
+    assert first_line(ValueError("x" * 500)) == "x" * 200
+    assert first_line(RuntimeError()) == "no details"  # an empty one was an IndexError
