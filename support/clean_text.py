@@ -7,17 +7,15 @@ Generation asks, before each draw, which tokens could come next so that the text
 stays a prefix of valid UTF-8 with no control characters but newline and tab and no
 character of the Unicode categories Co (private use) or Cn (unassigned), and masks the rest.
 
-UTF-8 decoding is a small state machine. Between characters ("at a boundary") a lead byte
-says how many continuation bytes follow (0x80-0xBF), and a few leads narrow the range of
-the next byte (E0: A0-BF, no over-long forms; ED: 80-9F, no surrogates; F0: 90-BF; F4: 80-8F,
-nothing above U+10FFFF). C2 80-9F would spell the C1 controls U+0080-U+009F, so after C2
-only A0-BF is allowed: ``byte_step``. Whether a finished character is private or unassigned
-needs its every byte, so the mask's states are the bytes of the character begun and not yet
-finished (none at a boundary); a begun character is allowed only if some clean character
-can still finish it, so generation never reaches a state that no token may leave. For each
-state the mask computes once, when generation first reaches it, which tokens may follow and
-the state after each, so a generation step costs one row lookup. Special tokens
-(``<|endoftext|>``) are allowed only at a boundary.
+UTF-8 decoding is a small state machine (``byte_step``): between characters ("at a
+boundary") a lead byte says how many continuation bytes (0x80-0xBF) follow, and a few leads
+narrow the range of the next byte (CONTINUATIONS says which, and why). Whether a finished
+character is private or unassigned needs its every byte, so the mask's states are the bytes
+of the character begun and not yet finished (none at a boundary); a begun character is
+allowed only if some clean character can still finish it, so generation never reaches a
+state that no token may leave. For each state the mask computes once, when generation first
+reaches it, which tokens may follow and the state after each, so a generation step costs one
+row lookup. Special tokens (``<|endoftext|>``) are allowed only at a boundary.
 """
 
 from __future__ import annotations
@@ -34,11 +32,11 @@ CONTINUATIONS = {
     1: (0x80, 0xBF, BOUNDARY),  # one continuation byte left
     2: (0xA0, 0xBF, BOUNDARY),  # after C2: A0-BF only (80-9F are the C1 controls)
     3: (0x80, 0xBF, 1),         # two left
-    4: (0xA0, 0xBF, 1),         # after E0
-    5: (0x80, 0x9F, 1),         # after ED
+    4: (0xA0, 0xBF, 1),         # after E0 (80-9F would be over-long forms)
+    5: (0x80, 0x9F, 1),         # after ED (A0-BF would be surrogates)
     6: (0x80, 0xBF, 3),         # three left
-    7: (0x90, 0xBF, 3),         # after F0
-    8: (0x80, 0x8F, 3),         # after F4
+    7: (0x90, 0xBF, 3),         # after F0 (80-8F would be over-long forms)
+    8: (0x80, 0x8F, 3),         # after F4 (90-BF would be above U+10FFFF)
 }
 REJECT = -1
 
