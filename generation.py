@@ -11,7 +11,7 @@ loop around it: pick a token from that distribution, append it, repeat.
   costs one position of compute instead of re-running the whole sequence.
 - Clean text: a byte-level model can draw half a character or a control byte. Before each
   draw, the tokens that would make the text invalid UTF-8 or add a control character (other
-  than newline and tab) are masked out (support/clean_text.py precomputes which, per UTF-8
+  than newline and tab) are masked out (clean_text.py precomputes which, per UTF-8
   decoder state), so the shell and the app only ever show clean text.
 
 When the sequence fills the context window, the window slides forward by half its length
@@ -27,9 +27,9 @@ from collections.abc import Iterator
 
 import torch
 
+from clean_text import CleanTextMask, clean_text_mask
 from model import GPTModel
 from support.checks import check_logits, check_prompt, check_sampling
-from support.clean_text import CleanTextMask, clean_text_mask
 from tokenizer import ENDOFTEXT, BPETokenizer
 
 MAX_PROMPT_CHARS = 20_000  # a prompt longer than this is almost certainly a mistake

@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT
 
 # The chapters whose idea is a library (the scripts that run them are the slow tests' part).
-CHAPTERS = ["tokenizer", "model", "corpus", "data_utils", "training", "generation", "checkpoint",
-            "evaluate", "lora", "classifier", "memory", "quantization", "instructions",
-            "hf_gpt2"]
+CHAPTERS = ["tokenizer", "model", "corpus", "data_utils", "training", "checkpoint", "clean_text",
+            "generation", "evaluate", "lora", "classifier", "memory", "quantization",
+            "instructions", "hf_gpt2"]
 
 
 class SelectedTests:

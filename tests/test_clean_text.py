@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.clean_text import BOUNDARY, REJECT, CleanTextMask, byte_step, read_token
+from clean_text import BOUNDARY, REJECT, CleanTextMask, byte_step, read_token
 from tokenizer import BPETokenizer
 
 BANNED = {chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} - {"\n", "\t"}
