@@ -34,7 +34,7 @@ QLoRA (Dettmers et al., 2023): the base model's linear layers are frozen in 4-bi
 A checkpoint ("qlora-instruct") therefore holds just the adapters, the LoRA settings, the
 quantization backend and the base model's identity (path and weights fingerprint): loading
 re-quantizes the base, which is deterministic, and refuses a base with other weights (the
-loader is classifier.load_adapters, the one the LoRA classifier uses too).
+loader is lora.load_adapters, the one the LoRA classifier uses too).
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from checkpoint import make_checkpoint, read_checkpoint
-from classifier import load_adapters
 from data_utils import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from generation import stream_text
-from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
+from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, load_adapters, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.checks import check_text
