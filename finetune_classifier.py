@@ -38,12 +38,13 @@ from finetuning import (
     parse_finetune_args,
     sst2_experiment,
     train_config,
+    training_peak,
 )
 from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
 from support.cli import FlagParser, run
-from support.metrics import PeakMemory, checkpoint_row, warm_up_optimizer
+from support.metrics import checkpoint_row
 from support.runtime import Bookkeeping, launch
 from training import train_model
 
@@ -73,8 +74,7 @@ def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Pa
     # What a step holds, by kind, counted exactly at the largest batch (memory.py).
     memory = memory_at_full_batch(model, classification_loss, sst2.args,
                                   example_length(sst2.args, model.gpt), device, labelled=True)
-    warm_up_optimizer()  # a one-time import would count as the run's memory
-    with PeakMemory(device) as peak:
+    with training_peak(device) as peak:
         summary = train_model(sst2.run.wrap(model), sst2.loaders["train"], sst2.loaders["val"],
                               train_config(sst2.args), device, loss_fn=classification_loss,
                               is_main=sst2.run.is_main,

@@ -39,6 +39,7 @@ loader is lora.load_adapters, the one the LoRA classifier uses too).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,3 +299,18 @@ def answer(model: GPTModel, tokenizer: BPETokenizer, instruction: str, context: 
     """The model's whole answer (see stream_answer), without surrounding whitespace."""
     return "".join(stream_answer(model, tokenizer, instruction, context, max_new_tokens,
                                  temperature, top_k, top_p, seed)).strip()
+
+
+def sample_records(records: list[dict], tokenizer: BPETokenizer, context_length: int, n: int
+                   ) -> list[dict]:
+    """The first n held-out records whose prompt leaves at least half the window to answer."""
+    fits = (r for r in records if len(tokenizer.encode(
+        format_prompt(r["instruction"], r["context"]))) <= context_length // 2)
+    return list(itertools.islice(fits, n))
+
+
+def answer_records(model: GPTModel, tokenizer: BPETokenizer, records: list[dict],
+                   max_new_tokens: int, seed: int) -> list[str]:
+    """The model's answer to each record (``answer``), the same seed for each."""
+    return [answer(model, tokenizer, r["instruction"], r["context"],
+                   max_new_tokens=max_new_tokens, seed=seed) for r in records]
