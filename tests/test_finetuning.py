@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, SHARED_DATA
 
 import finetune_lora_classifier
+import finetune_qlora_instructions
 from checkpoint import load_checkpoint
 from classifier import (
     GPTClassifier,
@@ -126,6 +127,33 @@ def test_a_bad_flag_value_is_refused_in_one_sentence(flags, sentence, capsys):
         finetune_lora_classifier.parse_args(flags)
     assert exit.value.code == 2 and capsys.readouterr().err == sentence
     check_args(finetune_lora_classifier.parse_args(["--weight-decay", "0"]))
+
+
+@pytest.mark.parametrize("script, defaults", [(finetune_lora_classifier, (2, 4.0, 0.0)),
+                                              (finetune_qlora_instructions, (8, 16.0, 0.05))])
+def test_both_lora_scripts_take_one_definition_of_the_lora_flags(script, defaults, capsys):
+    args = script.parse_args([])
+    assert (args.rank, args.alpha, args.dropout) == defaults  # each script its own defaults
+    for flags, sentence in [(["--rank", "0"], "--rank must be an integer >= 1, got 0"),
+                            (["--alpha", "-1"], "--alpha must be a finite number > 0, got -1"),
+                            (["--dropout", "1"],
+                             "--dropout must be a finite number >= 0 and < 1, got 1")]:
+        with pytest.raises(SystemExit):
+            script.parse_args(flags)
+        assert capsys.readouterr().err == f"error: {sentence}\n"
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "--alpha ALPHA LoRA alpha: the update is scaled by alpha / r" in " ".join(
+        capsys.readouterr().out.split())
+
+
+def test_training_peak_imports_what_a_first_optimizer_imports_before_it_measures():
+    code = ("import sys; from finetuning import training_peak; "
+            "assert 'torch._dynamo' not in sys.modules; peak = training_peak('cpu'); "
+            "print('torch._dynamo' in sys.modules, peak.mb, peak.source)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout == "True 0.0 process peak RSS growth\n", result.stderr
 
 
 def test_train_config_from_flags():
