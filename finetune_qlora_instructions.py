@@ -39,11 +39,10 @@ from finetuning import (
     example_length,
     instruction_report,
     load_instruction_splits,
-    memory_at_full_batch,
+    memory_before_training,
     parse_finetune_args,
     stop_if_interrupted,
     train_config,
-    training_peak,
 )
 from hf_gpt2 import load_base
 from instructions import (
@@ -159,8 +158,8 @@ class QLoRABook:
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
         # What a step holds, by kind, counted exactly at the largest batch (memory.py),
         # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
-        facts["memory"] = memory_at_full_batch(model, lm_loss, args, self.ctx, self.run.device,
-                                               labelled=False)
+        facts["memory"], self.peak = memory_before_training(model, lm_loss, args, self.ctx,
+                                                            self.run.device, labelled=False)
         if self.run.is_main:
             print(quantization_line(args.backend, facts))
             print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
@@ -171,7 +170,6 @@ class QLoRABook:
             facts["base_answers"] = answer_records(model, self.tokenizer, facts["shown"],
                                                    args.max_new_tokens, args.seed)
             self.log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
-        self.peak = training_peak(self.run.device)
 
     def after_training(self, model: nn.Module, summary: dict) -> float:
         """Score the tuned model and answer the shown instructions; log the score."""

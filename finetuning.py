@@ -20,8 +20,8 @@ here, once, above the chapters it ties together:
   and leave --out as it was: a finetune cannot resume, so a half-trained model is not saved.
 
 ``memory_at_full_batch`` counts a run's training memory by kind (weights, gradients,
-optimizer state, activations) at its largest batch, before it trains; ``training_peak``
-measures what the training itself then holds at its peak.
+optimizer state, activations) at its largest batch, before it trains;
+``memory_before_training`` adds the meter of what the training then holds at its peak.
 
 Counting memory is memory.py's; baselines, tables and metric files support/metrics.py's;
 batching data_utils.py's, the flag types support/cli.py's (a bad value fails as it is parsed).
@@ -231,11 +231,14 @@ def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, le
                          full_batch(args.batch_size, length, device, labelled))
 
 
-def training_peak(device: torch.device) -> PeakMemory:
-    """A ``PeakMemory`` for the training about to run, after the one-time import a process's
-    first AdamW makes (``warm_up_optimizer``), which would count as the run's memory."""
+def memory_before_training(model: nn.Module, loss_fn, args: argparse.Namespace, length: int,
+                           device: torch.device, labelled: bool) -> tuple[dict, PeakMemory]:
+    """(the bytes a training step holds, by kind, counted as ``memory_at_full_batch`` counts
+    them; a ``PeakMemory`` to measure the training with). The meter comes after the one-time
+    import a process's first AdamW makes (``warm_up_optimizer``): it is not the run's memory."""
+    memory = memory_at_full_batch(model, loss_fn, args, length, device, labelled)
     warm_up_optimizer()
-    return PeakMemory(device)
+    return memory, PeakMemory(device)
 
 
 def full_batch(examples: int, length: int, device: torch.device | str, labelled: bool

@@ -25,7 +25,14 @@ from classifier import (
     predict,
 )
 from data_utils import pad_labelled
-from finetuning import check_args, instruction_report, sst2_loaders, train_config
+from finetuning import (
+    check_args,
+    instruction_report,
+    memory_at_full_batch,
+    memory_before_training,
+    sst2_loaders,
+    train_config,
+)
 from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
@@ -147,13 +154,18 @@ def test_both_lora_scripts_take_one_definition_of_the_lora_flags(script, default
         capsys.readouterr().out.split())
 
 
-def test_training_peak_imports_what_a_first_optimizer_imports_before_it_measures():
-    code = ("import sys; from finetuning import training_peak; "
-            "assert 'torch._dynamo' not in sys.modules; peak = training_peak('cpu'); "
-            "print('torch._dynamo' in sys.modules, peak.mb, peak.source)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
-    assert result.stdout == "True 0.0 process peak RSS growth\n", result.stderr
+def test_memory_before_training_counts_a_full_batch_and_hands_over_a_fresh_meter():
+    torch.manual_seed(0)
+    model = GPTClassifier(GPTModel(GPTConfig(vocab_size=64, context_length=8, n_layer=1,
+                                             n_head=2, n_embd=16)))
+    args = finetune_lora_classifier.parse_args(["--batch-size", "3"])
+    memory, peak = memory_before_training(model, classification_loss, args, 8, CPU,
+                                          labelled=True)
+    assert memory == memory_at_full_batch(model, classification_loss, args, 8, CPU,
+                                          labelled=True)
+    assert memory["batch"] == [3, 8] and memory["optimizer_name"] == "AdamW"
+    assert (peak.mb, peak.source) == (0.0, "process peak RSS growth")  # not yet measuring
+    assert "torch._dynamo" in sys.modules  # the first AdamW's import is behind the meter
 
 
 def test_train_config_from_flags():
