@@ -27,10 +27,8 @@ Checkpoints (``checkpoint.py``'s format) come in two kinds:
   the base model's ``weights_fingerprint`` and path. It is small, and ``load_classifier``
   refuses to put it on top of a different base model.
 
-``load_classifier`` reads either kind and ``predict`` classifies one text; the app uses both.
-``load_adapters`` is the one way an adapter file goes back onto its base model: the LoRA
-classifier here and the QLoRA instruction model (instructions.py) both load through it, onto
-our base model or GPT-2's (``hf_gpt2.load_base``).
+``load_classifier`` reads either kind (a LoRA file through ``lora.load_adapters``) and
+``predict`` classifies one text; the app uses both.
 
 Training it: ``classification_loss`` is the ``loss_fn`` that ``training.train_model`` calls
 (cross-entropy of the class logits), ``evaluate_accuracy`` the share of sentences it gets
@@ -41,7 +39,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +47,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from checkpoint import config_and_tokenizer, make_checkpoint, read_checkpoint, weights_fingerprint
-from hf_gpt2 import load_base
-from lora import apply_lora, find_targets, freeze_all_but_lora, lora_state_dict
+from checkpoint import config_and_tokenizer, make_checkpoint, read_checkpoint
+from lora import apply_lora, freeze_all_but_lora, load_adapters, lora_state_dict
 from model import GPTModel
 from support.checks import check_text
-from support.file_checks import (
-    adapter_metadata,
-    check_adapter_names,
-    check_adapters_fit,
-    check_metadata,
-    checkpoint_metadata,
-    load_weights,
-)
+from support.file_checks import check_metadata, checkpoint_metadata, load_weights
 from support.files import atomic_save
 from tokenizer import BPETokenizer
 
@@ -241,38 +230,6 @@ def _load_lora_classifier(ckpt: dict, path: str | Path, base: str | Path | None,
                    dropout=lora.get("dropout", 0.0), targets=lora["targets"])
         return freeze_all_but_lora(model, trainable_extra=("head",))
     return load_adapters(ckpt, path, base, adapt)
-
-
-def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
-                  adapt: Callable[[GPTModel, dict], nn.Module]) -> tuple[nn.Module, BPETokenizer]:
-    """Put an adapter checkpoint back onto the base model its adapters were trained on.
-
-    An adapter file holds only the tensors that trained, the LoRA settings and the base
-    model's identity (its path and ``weights_fingerprint``). Loading it: read the base
-    (``base`` when given, else the stored path), check it is that base and that the file
-    holds as many adapter numbers as its rank on those layers makes (a file can declare any
-    rank; nothing is allocated before), let ``adapt`` wrap it exactly as training did
-    (``adapt(base_model, lora_settings)``, which leaves trainable exactly the tensors that
-    trained), check the file holds those tensors, and load them on top: the base weights stay.
-    A different base or other tensors are one CheckpointError.
-    """
-    stored_base = base is None
-    lora, _, base = adapter_metadata(ckpt, path, base)
-    try:
-        base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
-    except FileNotFoundError as err:  # the path it stored is relative to where it trained
-        if stored_base:
-            raise FileNotFoundError(f"{path} holds adapters for the base model {base}, which "
-                                    "is not here: pass --base with that file's path.") from None
-        raise err
-    wrapped = [layer for *_, layer in find_targets(base_model, lora["targets"])[1]]
-    check_adapters_fit(path, base, ckpt, lora, layers=wrapped,
-                       fingerprint=weights_fingerprint(base_model.state_dict()))
-    model = adapt(base_model, lora)  # now it allocates only what the file holds
-    trained = {name for name, param in model.named_parameters() if param.requires_grad}
-    check_adapter_names(path, lora, (set(ckpt["state_dict"]), trained))
-    load_weights(model, ckpt["state_dict"], path, strict=False)  # the base weights stay
-    return model, tokenizer
 
 
 # ---------------------------------------------------------------------------- training

@@ -34,7 +34,7 @@ from finetuning import (
     add_classifier_args,
     check_args,
     example_length,
-    memory_at_full_batch,
+    memory_before_training,
     parse_finetune_args,
     sst2_experiment,
     train_config,
@@ -43,7 +43,7 @@ from hf_gpt2 import load_base
 from lora import count_parameters
 from model import GPTModel
 from support.cli import FlagParser, run
-from support.metrics import PeakMemory, checkpoint_row, warm_up_optimizer
+from support.metrics import checkpoint_row
 from support.runtime import Bookkeeping, launch
 from training import train_model
 
@@ -71,10 +71,10 @@ def finetune(model: GPTClassifier, name: str, sst2: SST2Experiment, log_path: Pa
     model.to(device)
     parameters = count_parameters(model)  # (trainable, total)
     # What a step holds, by kind, counted exactly at the largest batch (memory.py).
-    memory = memory_at_full_batch(model, classification_loss, sst2.args,
-                                  example_length(sst2.args, model.gpt), device, labelled=True)
-    warm_up_optimizer()  # a one-time import would count as the run's memory
-    with PeakMemory(device) as peak:
+    memory, peak = memory_before_training(model, classification_loss, sst2.args,
+                                          example_length(sst2.args, model.gpt), device,
+                                          labelled=True)
+    with peak:
         summary = train_model(sst2.run.wrap(model), sst2.loaders["train"], sst2.loaders["val"],
                               train_config(sst2.args), device, loss_fn=classification_loss,
                               is_main=sst2.run.is_main,

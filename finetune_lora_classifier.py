@@ -27,13 +27,14 @@ from finetune_classifier import finetune
 from finetuning import (
     SizeDefaults,
     add_classifier_args,
+    add_lora_args,
     check_args,
     parse_finetune_args,
     sst2_experiment,
 )
 from hf_gpt2 import load_base
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
-from support.cli import FlagParser, fraction, path_arg, positive_float, positive_int, run
+from support.cli import FlagParser, path_arg, run
 from support.metrics import checkpoint_row, compared_rows
 from support.runtime import launch
 
@@ -47,17 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_classifier_args(p, out="lora_classifier.pth", run_name="lora-classifier",
                         ours=SizeDefaults(lr=2e-3, batch_size=32),
                         gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=128))
-    p.add_argument("--rank", type=positive_int, default=DEFAULT_RANK, help="LoRA rank r")
-    p.add_argument("--alpha", type=positive_float, default=DEFAULT_ALPHA,
-                   help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--dropout", type=fraction, default=0.0, help="dropout on the adapter input")
+    add_lora_args(p, rank=DEFAULT_RANK, alpha=DEFAULT_ALPHA, dropout=0.0)
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_LORA_TARGETS),
                    choices=DEFAULT_TARGETS, help="linear layers to adapt")
     p.add_argument("--compare", type=path_arg, default="runs/classifier/metrics.json",
                    help="add the model rows of this finetune_classifier.py result if it exists")
     return parse_finetune_args(p, argv)
-
-
 
 
 def add_lora(model: GPTClassifier, args: argparse.Namespace) -> dict:

@@ -24,7 +24,6 @@ samples.jsonl (instruction, reference, base answer, tuned answer).
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import time
 from pathlib import Path
@@ -35,45 +34,46 @@ import torch.nn as nn
 from checkpoint import weights_fingerprint
 from finetuning import (
     SizeDefaults,
-    add_common_args,
     add_instruction_args,
     check_args,
     example_length,
     instruction_report,
     load_instruction_splits,
-    memory_at_full_batch,
+    memory_before_training,
     parse_finetune_args,
-    quantization_line,
     stop_if_interrupted,
     train_config,
 )
 from hf_gpt2 import load_base
 from instructions import (
-    answer,
+    answer_records,
     encode_examples,
-    format_prompt,
     instruction_dataloader,
     response_loss,
+    sample_records,
     save_instruction_adapters,
 )
 from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
-from quantization import BACKENDS, dequantized_weight, quantize_model, quantized_nbytes
+from quantization import (
+    BACKENDS,
+    dense_weights,
+    quantization_line,
+    quantization_report,
+    quantize_model,
+)
 from support.cli import FlagParser, run
-from support.metrics import PeakMemory, append_record, warm_up_optimizer
+from support.metrics import append_record
 from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
 from training import lm_loss, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
-    add_common_args(p, out="qlora_adapters.pth", run_name="qlora-instruct",
-                    ours=SizeDefaults(lr=2e-3, batch_size=16),
-                    gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
-                    max_steps=300, train_size=2000,
-                    train_size_help="training instructions, seeded subsample of the data "
-                    "file's 95 %% train split")
-    add_instruction_args(p, backends=BACKENDS, rank=8, alpha=16.0, dropout=0.05, samples=5,
-                         max_new_tokens=80)
+    add_instruction_args(p, out="qlora_adapters.pth", run_name="qlora-instruct",
+                         ours=SizeDefaults(lr=2e-3, batch_size=16),
+                         gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
+                         max_steps=300, train_size=2000, backends=BACKENDS, rank=8, alpha=16.0,
+                         dropout=0.05, samples=5, max_new_tokens=80)
     return parse_finetune_args(p, argv)
 
 
@@ -154,32 +154,28 @@ class QLoRABook:
         """Measure the quantized model and score the 4-bit base (fresh adapters change
         nothing: B = 0); start a fresh log; ``self.peak`` is ready to measure training."""
         args, facts = self.args, self.facts
-        facts["quantized_bytes"] = quantized_nbytes(model)
-        facts["quantization_error"] = (quantization_error(facts["dense"], model)
-                                       if facts["dense"] else math.nan)
+        facts.update(quantization_report(model, facts["dense"]))
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
         # What a step holds, by kind, counted exactly at the largest batch (memory.py),
         # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
-        facts["memory"] = memory_at_full_batch(model, lm_loss, args, self.ctx, self.run.device,
-                                               labelled=False)
+        facts["memory"], self.peak = memory_before_training(model, lm_loss, args, self.ctx,
+                                                            self.run.device, labelled=False)
         if self.run.is_main:
-            print(quantization_line(args.backend, facts["quantized_bytes"],
-                                    facts["quantization_error"]))
+            print(quantization_line(args.backend, facts))
             print(f"LoRA r={args.rank} alpha={args.alpha:g} on {' '.join(DEFAULT_TARGETS)}: "
                   f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f} %)")
             facts["nf4_loss"] = response_loss(model, self.test_loader)
             facts["shown"] = sample_records(self.splits["test"], self.tokenizer, self.ctx,
                                             args.samples)
-            facts["base_answers"] = answer_samples(model, self.tokenizer, facts["shown"], args)
+            facts["base_answers"] = answer_records(model, self.tokenizer, facts["shown"],
+                                                   args.max_new_tokens, args.seed)
             self.log_path.unlink(missing_ok=True)  # a fresh run, a fresh log
-        warm_up_optimizer()  # a one-time import would count as the run's memory
-        self.peak = PeakMemory(self.run.device)
 
     def after_training(self, model: nn.Module, summary: dict) -> float:
         """Score the tuned model and answer the shown instructions; log the score."""
         tuned_loss = response_loss(model, self.test_loader)
-        self.facts["tuned_answers"] = answer_samples(model, self.tokenizer, self.facts["shown"],
-                                                     self.args)
+        self.facts["tuned_answers"] = answer_records(model, self.tokenizer, self.facts["shown"],
+                                                     self.args.max_new_tokens, self.args.seed)
         append_record(self.log_path, {"step": summary["steps"],
                                       "heldout_response_loss": tuned_loss,
                                       "base_response_loss": self.facts["nf4_loss"]})
@@ -218,34 +214,6 @@ class QLoRABook:
             encoding={"train": facts["train_stats"].to_dict(),
                       "heldout": facts["test_stats"].to_dict()},
             heldout_examples=facts["test_stats"].kept, train_examples=facts["train_stats"].kept)
-
-
-def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> float:
-    """||W - dequant(quant(W))|| / ||W|| over all quantized weights (Frobenius norms)."""
-    err = ref = 0.0
-    for name, weight in dense.items():
-        diff = dequantized_weight(model.get_submodule(name)).cpu() - weight
-        err += diff.pow(2).sum().item()
-        ref += weight.pow(2).sum().item()
-    return math.sqrt(err / ref)
-
-
-def dense_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the weights main will quantize, to measure what quantizing lost."""
-    return {name: m.weight.detach().float().cpu().clone() for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in DEFAULT_TARGETS}
-
-
-def sample_records(records: list[dict], tokenizer, context_length: int, n: int) -> list[dict]:
-    """The first n held-out records whose prompt leaves at least half the window to answer."""
-    fits = (r for r in records if len(tokenizer.encode(
-        format_prompt(r["instruction"], r["context"]))) <= context_length // 2)
-    return list(itertools.islice(fits, n))
-
-
-def answer_samples(model: nn.Module, tokenizer, records: list[dict], args) -> list[str]:
-    return [answer(model, tokenizer, r["instruction"], r["context"],
-                   max_new_tokens=args.max_new_tokens, seed=args.seed) for r in records]
 
 
 if __name__ == "__main__":

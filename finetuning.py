@@ -5,7 +5,8 @@ weight trains; finetune_lora_classifier.py: frozen base, LoRA adapters; and
 finetune_qlora_instructions.py: a 4-bit base plus LoRA). What they set up the same way sits
 here, once, above the chapters it ties together:
 
-- ``add_common_args`` / ``add_classifier_args``   the flags, with their defaults in view;
+- ``add_common_args`` / ``add_classifier_args`` / ``add_instruction_args`` (``add_lora_args``
+  in both LoRA scripts)   the flags, with their defaults in view;
   ``parse_finetune_args`` fills the size flags (--lr, --batch-size, --max-length) from the
   base's ``SizeDefaults``, ours or GPT-2's; ``check_args`` checks them before anything is
   loaded; ``train_config`` turns them into ``training.TrainConfig``.
@@ -19,7 +20,8 @@ here, once, above the chapters it ties together:
   and leave --out as it was: a finetune cannot resume, so a half-trained model is not saved.
 
 ``memory_at_full_batch`` counts a run's training memory by kind (weights, gradients,
-optimizer state, activations) at its largest batch, before it trains.
+optimizer state, activations) at its largest batch, before it trains;
+``memory_before_training`` adds the meter of what the training then holds at its peak.
 
 Counting memory is memory.py's; baselines, tables and metric files support/metrics.py's;
 batching data_utils.py's, the flag types support/cli.py's (a bad value fails as it is parsed).
@@ -76,6 +78,7 @@ from support.metrics import (
     append_record,
     baseline_rows,
     format_table,
+    warm_up_optimizer,
     write_jsonl,
     write_metrics,
 )
@@ -164,22 +167,34 @@ def add_classifier_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
     return p
 
 
-def add_instruction_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...], rank: int,
-                         alpha: float, dropout: float, samples: int,
+def add_lora_args(p: argparse.ArgumentParser, *, rank: int, alpha: float,
+                  dropout: float) -> argparse.ArgumentParser:
+    """The LoRA settings both LoRA scripts take, with each script's defaults."""
+    p.add_argument("--rank", type=positive_int, default=rank, help="LoRA rank r")
+    p.add_argument("--alpha", type=positive_float, default=alpha,
+                   help="LoRA alpha: the update is scaled by alpha / r")
+    p.add_argument("--dropout", type=fraction, default=dropout,
+                   help="dropout on the adapter input")
+    return p
+
+
+def add_instruction_args(p: argparse.ArgumentParser, *, out: str, run_name: str,
+                         ours: SizeDefaults, gpt2: SizeDefaults, max_steps: int,
+                         train_size: int, backends: tuple[str, ...], rank: int, alpha: float,
+                         dropout: float, samples: int,
                          max_new_tokens: int) -> argparse.ArgumentParser:
-    """The instruction-tuning flags: the data file, the NF4 backend (one of ``backends``), the
-    LoRA settings and the held-out answers shown before and after."""
+    """The instruction-tuning flags: the common ones, the data file, the NF4 backend (one of
+    ``backends``), the LoRA settings and the held-out answers shown before and after."""
+    add_common_args(p, out=out, run_name=run_name, ours=ours, gpt2=gpt2, max_steps=max_steps,
+                    train_size=train_size, train_size_help="training instructions, seeded "
+                    "subsample of the data file's 95 %% train split")
     p.add_argument("--data-file", type=path_arg, default=None,
                    help="any Dolly-schema JSONL (default: databricks-dolly-15k.jsonl from the "
                    f"data folder): a path, or the name of a file in the data folder, e.g. "
                    f"{INSTRUCTIONS_1100}")
     p.add_argument("--backend", choices=backends, default=backends[0],
                    help="NF4 implementation: ours (quantization.py) or bitsandbytes")
-    p.add_argument("--rank", type=positive_int, default=rank, help="LoRA rank r")
-    p.add_argument("--alpha", type=positive_float, default=alpha,
-                   help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--dropout", type=fraction, default=dropout,
-                   help="dropout on the adapter input")
+    add_lora_args(p, rank=rank, alpha=alpha, dropout=dropout)
     p.add_argument("--samples", type=nonnegative_int, default=samples,
                    help="held-out instructions to answer")
     p.add_argument("--max-new-tokens", type=new_tokens_arg, default=max_new_tokens,
@@ -214,6 +229,16 @@ def memory_at_full_batch(model: nn.Module, loss_fn, args: argparse.Namespace, le
     optimizer = configure_optimizer(model, train_config(args), device)
     return memory_record(model, optimizer, loss_fn,
                          full_batch(args.batch_size, length, device, labelled))
+
+
+def memory_before_training(model: nn.Module, loss_fn, args: argparse.Namespace, length: int,
+                           device: torch.device, labelled: bool) -> tuple[dict, PeakMemory]:
+    """(the bytes a training step holds, by kind, counted as ``memory_at_full_batch`` counts
+    them; a ``PeakMemory`` to measure the training with). The meter comes after the one-time
+    import a process's first AdamW makes (``warm_up_optimizer``): it is not the run's memory."""
+    memory = memory_at_full_batch(model, loss_fn, args, length, device, labelled)
+    warm_up_optimizer()
+    return memory, PeakMemory(device)
 
 
 def full_batch(examples: int, length: int, device: torch.device | str, labelled: bool
@@ -372,15 +397,6 @@ def sst2_experiment(args: argparse.Namespace, run: Launch, base: GPTModel,
 
 
 # ---------------------------------------------------------------------------- instruction runs
-
-
-def quantization_line(backend: str, nbytes: dict, q_error: float) -> str:
-    """The quantized weights' bytes (``quantization.quantized_nbytes``) and relative error."""
-    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
-            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
-            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
-            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
-            f"weight error {q_error:.4f}")
 
 
 def instruction_report(args: argparse.Namespace, rows: list[dict], samples: list[dict],

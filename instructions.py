@@ -34,11 +34,12 @@ QLoRA (Dettmers et al., 2023): the base model's linear layers are frozen in 4-bi
 A checkpoint ("qlora-instruct") therefore holds just the adapters, the LoRA settings, the
 quantization backend and the base model's identity (path and weights fingerprint): loading
 re-quantizes the base, which is deterministic, and refuses a base with other weights (the
-loader is classifier.load_adapters, the one the LoRA classifier uses too).
+loader is lora.load_adapters, the one the LoRA classifier uses too).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from checkpoint import make_checkpoint, read_checkpoint
-from classifier import load_adapters
 from data_utils import IGNORE_INDEX, Example, example_loader, pad_inputs_and_targets
 from generation import stream_text
-from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, lora_state_dict
+from lora import DEFAULT_TARGETS, apply_lora, freeze_all_but_lora, load_adapters, lora_state_dict
 from model import GPTModel
 from quantization import BACKENDS, dense_state_dict, quantize_model
 from support.checks import check_text
@@ -299,3 +299,18 @@ def answer(model: GPTModel, tokenizer: BPETokenizer, instruction: str, context: 
     """The model's whole answer (see stream_answer), without surrounding whitespace."""
     return "".join(stream_answer(model, tokenizer, instruction, context, max_new_tokens,
                                  temperature, top_k, top_p, seed)).strip()
+
+
+def sample_records(records: list[dict], tokenizer: BPETokenizer, context_length: int, n: int
+                   ) -> list[dict]:
+    """The first n held-out records whose prompt leaves at least half the window to answer."""
+    fits = (r for r in records if len(tokenizer.encode(
+        format_prompt(r["instruction"], r["context"]))) <= context_length // 2)
+    return list(itertools.islice(fits, n))
+
+
+def answer_records(model: GPTModel, tokenizer: BPETokenizer, records: list[dict],
+                   max_new_tokens: int, seed: int) -> list[str]:
+    """The model's answer to each record (``answer``), the same seed for each."""
+    return [answer(model, tokenizer, r["instruction"], r["context"],
+                   max_new_tokens=max_new_tokens, seed=seed) for r in records]

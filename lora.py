@@ -21,17 +21,34 @@ Typical use:
     freeze_all_but_lora(model, trainable_extra=("head",))
     trainable, total = count_parameters(model)
     torch.save(lora_state_dict(model), "adapters.pt")  # only the A / B tensors
+
+Adapter files: only the tensors that trained are saved (``lora_state_dict``, kilobytes where
+the base is megabytes), with the LoRA settings and the base model's identity (its path and
+``weights_fingerprint``). ``load_adapters`` is the one way such a file goes back onto its
+base model, ours or GPT-2's (``hf_gpt2.load_base``): the LoRA classifier (classifier.py) and
+the QLoRA instruction model (instructions.py) both load through it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from checkpoint import weights_fingerprint
+from hf_gpt2 import load_base
+from model import GPTModel
 from support.checks import check_lora_layer, check_mergeable, check_targets, check_trainable
+from support.file_checks import (
+    adapter_metadata,
+    check_adapter_names,
+    check_adapters_fit,
+    load_weights,
+)
+from tokenizer import BPETokenizer
 
 # The linear layers of a GPT block: attention in/out projections and the MLP projections.
 DEFAULT_TARGETS = ("qkv", "out_proj", "fc_in", "fc_out")
@@ -197,14 +214,6 @@ def freeze_all_but_lora(model: nn.Module, trainable_extra: Iterable[str] = ()) -
     return model
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors (lora_A / lora_B), keyed as in model.state_dict()."""
-    return {
-        key: value for key, value in model.state_dict().items()
-        if key.rsplit(".", 1)[-1] in _ADAPTER_NAMES
-    }
-
-
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a tied or shared tensor is counted once.
 
@@ -243,3 +252,47 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     for layer in lora_layers(model):
         layer.unmerge()
     return model
+
+
+# ---------------------------------------------------------------------------- adapter files
+# Save the few tensors that trained; load them back onto the base they trained on.
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors (lora_A / lora_B), keyed as in model.state_dict()."""
+    return {
+        key: value for key, value in model.state_dict().items()
+        if key.rsplit(".", 1)[-1] in _ADAPTER_NAMES
+    }
+
+
+def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
+                  adapt: Callable[[GPTModel, dict], nn.Module]) -> tuple[nn.Module, BPETokenizer]:
+    """Put an adapter checkpoint back onto the base model its adapters were trained on.
+
+    An adapter file holds only the tensors that trained, the LoRA settings and the base
+    model's identity (its path and ``weights_fingerprint``). Loading it: read the base
+    (``base`` when given, else the stored path), check it is that base and that the file
+    holds as many adapter numbers as its rank on those layers makes (a file can declare any
+    rank; nothing is allocated before), let ``adapt`` wrap it exactly as training did
+    (``adapt(base_model, lora_settings)``, which leaves trainable exactly the tensors that
+    trained), check the file holds those tensors, and load them on top: the base weights stay.
+    A different base or other tensors are one CheckpointError.
+    """
+    stored_base = base is None
+    lora, _, base = adapter_metadata(ckpt, path, base)
+    try:
+        base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
+    except FileNotFoundError as err:  # the path it stored is relative to where it trained
+        if stored_base:
+            raise FileNotFoundError(f"{path} holds adapters for the base model {base}, which "
+                                    "is not here: pass --base with that file's path.") from None
+        raise err
+    wrapped = [layer for *_, layer in find_targets(base_model, lora["targets"])[1]]
+    check_adapters_fit(path, base, ckpt, lora, layers=wrapped,
+                       fingerprint=weights_fingerprint(base_model.state_dict()))
+    model = adapt(base_model, lora)  # now it allocates only what the file holds
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    check_adapter_names(path, lora, (set(ckpt["state_dict"]), trained))
+    load_weights(model, ckpt["state_dict"], path, strict=False)  # the base weights stay
+    return model, tokenizer

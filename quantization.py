@@ -24,6 +24,7 @@ one documented difference in double quantization).
 `quantize_model(model, backend="scratch" | "bitsandbytes")` swaps a model's target linears
 for 4-bit ones; apply LoRA (lora.py) afterwards to get QLoRA. ``dense_state_dict`` turns
 such a model back into plain weights (each NF4 one dequantized, each LoRA update merged).
+``quantization_report`` measures what quantizing saved (bytes) and cost (error).
 """
 
 from __future__ import annotations
@@ -447,6 +448,10 @@ def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
     return state
 
 
+# ----------------------------------------------------------------------------------------
+# What quantizing saved and cost
+
+
 def _stored_nbytes(module: nn.Module) -> int:
     if isinstance(module, Linear4bit):
         return module.quantized_weight.nbytes
@@ -481,3 +486,38 @@ def quantized_nbytes(model: nn.Module) -> dict[str, int]:
         report["nf4_dq"] += nf4_nbytes(numel, blocksize, double_quant=True)
         report["stored"] += _stored_nbytes(module)
     return report
+
+
+
+def dense_weights(model: nn.Module, targets: tuple[str, ...] = DEFAULT_TARGETS
+                  ) -> dict[str, torch.Tensor]:
+    """A copy of the weights ``quantize_model`` will quantize, to measure what it lost."""
+    return {name: m.weight.detach().float().cpu().clone() for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+
+
+def quantization_error(dense: dict[str, torch.Tensor], model: nn.Module) -> float:
+    """||W - dequant(quant(W))|| / ||W|| over all quantized weights (Frobenius norms)."""
+    err = ref = 0.0
+    for name, weight in dense.items():
+        diff = dequantized_weight(model.get_submodule(name)).cpu() - weight
+        err += diff.pow(2).sum().item()
+        ref += weight.pow(2).sum().item()
+    return math.sqrt(err / ref)
+
+
+def quantization_report(model: nn.Module, dense: dict[str, torch.Tensor]) -> dict:
+    """What quantizing ``model`` saved and cost: {"quantized_bytes": ``quantized_nbytes``,
+    "quantization_error": ``quantization_error`` against ``dense`` (NaN without it)}."""
+    return {"quantized_bytes": quantized_nbytes(model),
+            "quantization_error": quantization_error(dense, model) if dense else math.nan}
+
+
+def quantization_line(backend: str, report: dict) -> str:
+    """A ``quantization_report`` as the QLoRA script prints it."""
+    nbytes, q_error = report["quantized_bytes"], report["quantization_error"]
+    return (f"NF4 ({backend}) on {nbytes['layers']} linear layers, {nbytes['params']:,} "
+            f"weights: fp32 {nbytes['fp32'] / 2**20:.2f} MB -> NF4 {nbytes['nf4'] / 2**20:.2f} MB "
+            f"-> NF4+DQ {nbytes['nf4_dq'] / 2**20:.2f} MB ({nbytes['nf4_dq'] / nbytes['fp32']:.3f}"
+            f" x fp32, {8 * nbytes['nf4_dq'] / nbytes['params']:.3f} bits/weight); relative "
+            f"weight error {q_error:.4f}")

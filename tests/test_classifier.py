@@ -262,25 +262,6 @@ def test_lora_checkpoint_takes_the_base_from_an_explicit_path(tmp_path, lora_set
     torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
 
 
-def test_lora_checkpoint_on_a_different_base_is_refused(tmp_path, tokenizer, lora_setup):
-    _, path, _ = lora_setup
-    torch.manual_seed(99)
-    other = tmp_path / "other.pth"
-    save_checkpoint(other, GPTModel(CFG), tokenizer)
-    with pytest.raises(CheckpointError, match="was trained on a different base model"):
-        load_classifier(path, base=other)
-
-
-def test_lora_checkpoint_without_its_base_says_pass_base(tmp_path, lora_setup):
-    _, path, base_path = lora_setup
-    base_path.unlink()
-    with pytest.raises(FileNotFoundError, match=f"^{path} holds adapters for the base model "
-                       f"{base_path}, which is not here: pass --base with that file's path.$"):
-        load_classifier(path)
-    with pytest.raises(FileNotFoundError, match="run python main.py first"):  # --base given
-        load_classifier(path, base=base_path)
-
-
 def test_load_classifier_refuses_a_base_model_and_explains_a_missing_file(tmp_path, tokenizer):
     path = tmp_path / "base.pth"
     save_checkpoint(path, GPTModel(CFG), tokenizer)

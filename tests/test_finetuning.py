@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, SHARED_DATA
 
 import finetune_lora_classifier
+import finetune_qlora_instructions
 from checkpoint import load_checkpoint
 from classifier import (
     GPTClassifier,
@@ -24,7 +25,14 @@ from classifier import (
     predict,
 )
 from data_utils import pad_labelled
-from finetuning import check_args, instruction_report, sst2_loaders, train_config
+from finetuning import (
+    check_args,
+    instruction_report,
+    memory_at_full_batch,
+    memory_before_training,
+    sst2_loaders,
+    train_config,
+)
 from lora import count_parameters
 from main import PRESETS
 from model import GPTConfig, GPTModel
@@ -126,6 +134,38 @@ def test_a_bad_flag_value_is_refused_in_one_sentence(flags, sentence, capsys):
         finetune_lora_classifier.parse_args(flags)
     assert exit.value.code == 2 and capsys.readouterr().err == sentence
     check_args(finetune_lora_classifier.parse_args(["--weight-decay", "0"]))
+
+
+@pytest.mark.parametrize("script, defaults", [(finetune_lora_classifier, (2, 4.0, 0.0)),
+                                              (finetune_qlora_instructions, (8, 16.0, 0.05))])
+def test_both_lora_scripts_take_one_definition_of_the_lora_flags(script, defaults, capsys):
+    args = script.parse_args([])
+    assert (args.rank, args.alpha, args.dropout) == defaults  # each script its own defaults
+    for flags, sentence in [(["--rank", "0"], "--rank must be an integer >= 1, got 0"),
+                            (["--alpha", "-1"], "--alpha must be a finite number > 0, got -1"),
+                            (["--dropout", "1"],
+                             "--dropout must be a finite number >= 0 and < 1, got 1")]:
+        with pytest.raises(SystemExit):
+            script.parse_args(flags)
+        assert capsys.readouterr().err == f"error: {sentence}\n"
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "--alpha ALPHA LoRA alpha: the update is scaled by alpha / r" in " ".join(
+        capsys.readouterr().out.split())
+
+
+def test_memory_before_training_counts_a_full_batch_and_hands_over_a_fresh_meter():
+    torch.manual_seed(0)
+    model = GPTClassifier(GPTModel(GPTConfig(vocab_size=64, context_length=8, n_layer=1,
+                                             n_head=2, n_embd=16)))
+    args = finetune_lora_classifier.parse_args(["--batch-size", "3"])
+    memory, peak = memory_before_training(model, classification_loss, args, 8, CPU,
+                                          labelled=True)
+    assert memory == memory_at_full_batch(model, classification_loss, args, 8, CPU,
+                                          labelled=True)
+    assert memory["batch"] == [3, 8] and memory["optimizer_name"] == "AdamW"
+    assert (peak.mb, peak.source) == (0.0, "process peak RSS growth")  # not yet measuring
+    assert "torch._dynamo" in sys.modules  # the first AdamW's import is behind the meter
 
 
 def test_train_config_from_flags():

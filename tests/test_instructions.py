@@ -10,6 +10,7 @@ from instructions import (
     IGNORE_INDEX,
     KIND,
     answer,
+    answer_records,
     encode_example,
     encode_examples,
     format_example,
@@ -19,6 +20,7 @@ from instructions import (
     load_instruction_model,
     make_qlora,
     response_loss,
+    sample_records,
     save_instruction_adapters,
     stream_answer,
 )
@@ -341,3 +343,18 @@ def test_greedy_answer_is_the_continuation_of_the_prompt(tokenizer):
                                 temperature=0))
     # The bytes are valid UTF-8 up to a character the 5 tokens may cut off (not shown).
     assert got == b"".join(map(tokenizer.token_bytes, expected)).decode("utf-8", "ignore")
+
+
+def test_samples_are_the_first_held_out_prompts_that_leave_half_the_window(tokenizer):
+    short, long = record("Name a colour.", "Blue."), record("Name a colour. " * 12, "Blue.")
+    assert len(tokenizer.encode(format_prompt(long["instruction"]))) > 64 // 2
+    records = [long, short, long, record("Name a fruit.", "A pear."), short]
+    assert sample_records(records, tokenizer, 64, 2) == [records[1], records[3]]
+    assert sample_records(records, tokenizer, 64, 9) == [records[1], records[3], records[4]]
+    # "Name a colour." makes a 20-token prompt, "Name a fruit." one of 22: half of 40 fits one.
+    assert sample_records(records, tokenizer, 40, 9) == [records[1], records[4]]
+    assert sample_records(records, tokenizer, 38, 9) == []
+    model = tiny_gpt().eval()
+    assert answer_records(model, tokenizer, records[:2], max_new_tokens=6, seed=3) == [
+        answer(model, tokenizer, r["instruction"], r["context"], max_new_tokens=6, seed=3)
+        for r in records[:2]]

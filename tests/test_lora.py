@@ -1,4 +1,5 @@
-"""Tests for lora.py: exact no-op at init, merge/unmerge, freezing, counts, idempotence."""
+"""Tests for lora.py: exact no-op at init, merge/unmerge, freezing, counts, idempotence, and
+adapter files going back onto the base they were trained on (load_adapters)."""
 
 import math
 
@@ -8,18 +9,23 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, weights_fingerprint
 from lora import (
     DEFAULT_TARGETS,
     LoRALayer,
     apply_lora,
     count_parameters,
     freeze_all_but_lora,
+    load_adapters,
     lora_layers,
     lora_state_dict,
     merge_lora,
     unmerge_lora,
 )
 from model import GPTConfig, GPTModel
+from support.errors import CheckpointError
+from support.files import atomic_save
+from tokenizer import BPETokenizer
 
 
 class TinyBlock(nn.Module):
@@ -251,3 +257,104 @@ def test_head_extra_does_not_unfreeze_the_tied_lm_head():
     freeze_all_but_lora(model, trainable_extra=("head",))
     assert model.head.weight.requires_grad and model.head.bias.requires_grad
     assert not model.gpt.lm_head.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------- adapter files
+
+ADAPTERS = {"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": ["qkv", "fc_out"]}
+BASE_CONFIG = GPTConfig(vocab_size=320, context_length=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def adapt(gpt: GPTModel, lora: dict) -> GPTModel:
+    """What training did to the base: wrap the targets, train only the adapters."""
+    apply_lora(gpt, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+               targets=lora["targets"])
+    return freeze_all_but_lora(gpt)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> BPETokenizer:
+    tok = BPETokenizer()
+    tok.train("the adapters sit on top of a frozen base model " * 20, 270)
+    return tok
+
+
+def save_adapters(path, model: nn.Module, tokenizer: BPETokenizer, base_path, fingerprint: str,
+                  lora: dict = ADAPTERS) -> None:
+    """An adapter file as the finetuning scripts write one: the adapters, their settings and
+    the base's identity."""
+    atomic_save(make_checkpoint("lora-classifier", lora_state_dict(model), BASE_CONFIG, tokenizer,
+                                base_path=str(base_path), base_fingerprint=fingerprint,
+                                lora=lora), path)
+
+
+@pytest.fixture
+def adapter_file(tmp_path, tokenizer):
+    """(a model adapted on a saved base and trained, its adapter file, the base's path)."""
+    torch.manual_seed(0)
+    base = GPTModel(BASE_CONFIG)
+    base_path = tmp_path / "base.pth"
+    save_checkpoint(base_path, base, tokenizer)
+    fingerprint = weights_fingerprint(base.state_dict())
+    model = adapt(base, ADAPTERS)
+    randomize_adapters(model)
+    path = tmp_path / "adapters.pth"
+    save_adapters(path, model, tokenizer, base_path, fingerprint)
+    return model.eval(), path, base_path
+
+
+def test_adapters_go_back_onto_their_base_with_identical_outputs(tokenizer, adapter_file):
+    model, path, _ = adapter_file
+    loaded, loaded_tokenizer = load_adapters(read_checkpoint(path), path, None, adapt)
+    ids = torch.randint(0, BASE_CONFIG.vocab_size, (3, 10))
+    torch.testing.assert_close(loaded.eval()(ids), model(ids), rtol=0, atol=0)
+    assert loaded_tokenizer.to_dict() == tokenizer.to_dict()
+    stored = read_checkpoint(path)["state_dict"]
+    assert set(stored) == {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert all(k.endswith(("lora_A", "lora_B")) for k in stored)
+
+
+def test_adapters_take_the_base_from_an_explicit_path(tmp_path, adapter_file):
+    model, path, base_path = adapter_file
+    moved = tmp_path / "elsewhere" / "base.pth"
+    moved.parent.mkdir()
+    base_path.rename(moved)
+    loaded, _ = load_adapters(read_checkpoint(path), path, moved, adapt)
+    ids = torch.randint(0, BASE_CONFIG.vocab_size, (2, 6))
+    torch.testing.assert_close(loaded.eval()(ids), model(ids), rtol=0, atol=0)
+
+
+def test_adapters_on_a_different_base_are_refused(tmp_path, tokenizer, adapter_file):
+    _, path, _ = adapter_file
+    torch.manual_seed(99)
+    other = tmp_path / "other.pth"
+    save_checkpoint(other, GPTModel(BASE_CONFIG), tokenizer)
+    with pytest.raises(CheckpointError, match="was trained on a different base model"):
+        load_adapters(read_checkpoint(path), path, other, adapt)
+
+
+def test_adapters_without_their_base_say_pass_base(adapter_file):
+    _, path, base_path = adapter_file
+    base_path.unlink()
+    with pytest.raises(FileNotFoundError, match=f"^{path} holds adapters for the base model "
+                       f"{base_path}, which is not here: pass --base with that file's path.$"):
+        load_adapters(read_checkpoint(path), path, None, adapt)
+    with pytest.raises(FileNotFoundError, match="run python main.py first"):  # --base given
+        load_adapters(read_checkpoint(path), path, base_path, adapt)
+
+
+def test_adapters_for_other_layers_are_refused_before_anything_is_allocated(tmp_path, tokenizer,
+                                                                            adapter_file):
+    """A file whose settings name other layers than its tensors (same rank) is one sentence,
+    and ``adapt`` never runs on it."""
+    model, _, base_path = adapter_file
+    path = tmp_path / "other_layers.pth"
+    save_adapters(path, model, tokenizer, base_path,
+                  read_checkpoint(adapter_file[1])["metadata"]["base_fingerprint"],
+                  lora={**ADAPTERS, "targets": ["qkv"]})
+
+    def must_not_run(gpt: GPTModel, lora: dict) -> GPTModel:
+        raise AssertionError("adapt ran on a file that does not fit its base")
+    with pytest.raises(CheckpointError, match=rf"^{path} does not match its base model: .* "
+                       r"r=2 on \['qkv'\] makes\.$"):
+        load_adapters(read_checkpoint(path), path, base_path, must_not_run)

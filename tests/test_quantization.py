@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import math
 import sys
 
 import pytest
@@ -20,11 +21,14 @@ from quantization import (
     NF4_CODE,
     Linear4bit,
     NF4Tensor,
+    dense_weights,
     dequantize_nf4,
     dequantized_weight,
     nf4_nbytes,
     normal_float_code,
     pack_4bit,
+    quantization_line,
+    quantization_report,
     quantize_model,
     quantize_nf4,
     quantized_nbytes,
@@ -268,6 +272,30 @@ def test_memory_accounting_reaches_the_qlora_ratio(bnb):
         report = quantized_nbytes(model)
         assert report == {"layers": 1, "params": n, "fp32": 4 * n, "nf4": dense,
                           "nf4_dq": double, "stored": double}
+
+
+def test_quantization_report_measures_the_bytes_and_the_relative_weight_error():
+    model = TinyBlock()
+    dense = dense_weights(model)
+    assert sorted(dense) == ["fc_in", "fc_out", "out_proj", "qkv"]  # never the head
+    quantize_model(model, targets=DEFAULT_TARGETS)
+    report = quantization_report(model, dense)
+    assert report["quantized_bytes"] == quantized_nbytes(model)
+    squared = {name: ((dequantize_nf4(model.get_submodule(name).quantized_weight) - w).pow(2)
+                      .sum().item(), w.pow(2).sum().item()) for name, w in dense.items()}
+    error = (sum(e for e, _ in squared.values()) / sum(r for _, r in squared.values())) ** 0.5
+    assert report["quantization_error"] == pytest.approx(error, rel=1e-6)
+    assert 0.05 < error < 0.15  # NF4 on a uniform init: about a tenth of the weight's norm
+    assert math.isnan(quantization_report(model, {})["quantization_error"])  # not measured
+
+
+def test_quantization_line_known_answer():
+    report = {"quantized_bytes": {"layers": 2, "params": 2**20, "fp32": 2**22, "nf4": 2**19 + 2**16,
+                                  "nf4_dq": 2**19 + 2**14, "stored": 2**19 + 2**14},
+              "quantization_error": 0.09181}
+    assert quantization_line("scratch", report) == (
+        "NF4 (scratch) on 2 linear layers, 1,048,576 weights: fp32 4.00 MB -> NF4 0.56 MB -> "
+        "NF4+DQ 0.52 MB (0.129 x fp32, 4.125 bits/weight); relative weight error 0.0918")
 
 
 # ---------------------------------------------------------------------------------------

@@ -127,4 +127,6 @@ def test_a_planted_import_of_an_unlisted_module_fails(copy):
 
 def test_a_planted_cycle_fails(copy):
     plant(copy / "hf_gpt2.py", "from classifier import GPTClassifier")
-    assert [set(cycle) for cycle in cycles(top_level_imports(copy))] == [{"classifier", "hf_gpt2"}]
+    # classifier loads its adapter files through lora, which reads the base through hf_gpt2
+    assert [set(cycle) for cycle in cycles(top_level_imports(copy))] == [
+        {"classifier", "lora", "hf_gpt2"}]
