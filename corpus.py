@@ -16,7 +16,7 @@ its windows from: one file of token ids per split (nanoGPT's ``prepare.py``, for
    The split is recorded (tokens.json, the checkpoint), and no test text is ever trained on.
 3. A tokenizer sample (``draw_sample``): a bounded sample of train text, drawn evenly at random
    (a reservoir of pieces: a gigabyte is neither needed nor fast to train BPE on), that
-   main.py's ``corpus_tokenizer`` trains on.
+   ``corpus_tokenizer`` trains our BPE on (or reuses the one saved at that size).
 4. Token files (``prepare_token_files``): every document is encoded on all cores (through a
    ``tiktoken.Encoding`` built from our own ranks and pattern where tiktoken is installed; our
    encoder otherwise: the two give the same ids) into ``train.bin`` / ``val.bin`` /
@@ -60,12 +60,14 @@ from support.checks import (
     check_split_by_document,
     check_text_files,
     check_unchanged,
+    check_vocab_filled,
     disk_space_for,
     hf_dataset_readable,
 )
 from support.cli import nonnegative_int, path_arg, positive_int
 from support.files import atomic_write
 from support.optional_packages import import_datasets
+from tokenizer import BPETokenizer
 
 FORMAT = 1  # tokens.json's layout; another number means: rebuild
 SPLITS = ("train", "val", "test")
@@ -319,6 +321,33 @@ def survey(corpus: Corpus) -> Survey:
     return Survey(corpus, docs, sources_fingerprint(corpus, docs))
 
 
+def saved_tokenizer(path: Path, vocab_size: int) -> BPETokenizer | None:
+    """The tokenizer saved at ``path`` if it has ``vocab_size`` tokens (another size: train)."""
+    if path.exists():
+        tokenizer = BPETokenizer.load(path)
+        if tokenizer.vocab_size == vocab_size:
+            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
+            return tokenizer
+    return None
+
+
+def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: int
+                     ) -> BPETokenizer:
+    """Your own text's tokenizer: reused if it has the requested size, else trained on at
+    most ``sample_chars`` characters of train text drawn evenly from the whole corpus."""
+    tokenizer = saved_tokenizer(path, vocab_size)
+    if tokenizer is not None:
+        return tokenizer
+    sample = draw_sample(found.train_texts(), sample_chars, found.corpus.split_seed)
+    print(f"Training a {vocab_size}-token BPE tokenizer on {len(sample):,} characters drawn "
+          f"evenly from {found.corpus.label()} ...")
+    tokenizer = BPETokenizer()
+    tokenizer.train(sample, vocab_size)
+    check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
+    tokenizer.save(path)
+    return tokenizer
+
+
 def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | None = None,
                         use_tiktoken: bool | None = None) -> dict:
     """Encode the corpus into ``folder``'s token files and tokens.json; returns the JSON."""
@@ -384,6 +413,14 @@ def describe(meta: dict) -> str:
     what = f"{documents:,} documents, " if meta["document_separator"] else ""
     return (f"{label} ({what}{chars / 1e6:,.1f} M characters; "
             f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
+
+
+def corpus_facts(corpus: Corpus, folder: Path) -> dict:
+    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
+    token_meta = read_token_meta(folder)
+    return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
+            "corpus": corpus.to_dict(), "prepared": str(folder),
+            "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
 
 
 # The plumbing: what the idea above calls, one step away.

@@ -36,14 +36,14 @@ from checkpoint import (
 from corpus import (
     DEFAULT_ROOT,
     Corpus,
-    Survey,
     add_corpus_args,
+    corpus_facts,
     corpus_from_args,
-    describe,
-    draw_sample,
+    corpus_tokenizer,
     open_tokens,
     read_token_meta,
     ready_token_files,
+    saved_tokenizer,
     survey,
 )
 from data_utils import (
@@ -54,7 +54,7 @@ from data_utils import (
 )
 from generation import generate_text
 from model import GPTConfig, GPTModel
-from support.checks import NEW_TOKENS, check_fills_window, check_model_fits, check_vocab_filled
+from support.checks import NEW_TOKENS, check_fills_window, check_model_fits
 from support.cli import (
     FlagParser,
     flag,
@@ -184,47 +184,18 @@ def corpus_of(args: argparse.Namespace) -> tuple[Corpus, Path]:
 
 def get_tokenizer(path: Path, vocab_size: int, data_dir, instruction_file) -> BPETokenizer:
     """Reuse the saved tokenizer if it has the requested size, else train and save one."""
-    if path.exists():
-        tokenizer = BPETokenizer.load(path)
-        if tokenizer.vocab_size == vocab_size:
-            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
-            if instruction_file:
-                print(f"Note: --instruction-file is not used: {path} exists already; delete it "
-                      "to train a tokenizer that includes that file.")
-            return tokenizer
+    tokenizer = saved_tokenizer(path, vocab_size)
+    if tokenizer is not None:
+        if instruction_file:
+            print(f"Note: --instruction-file is not used: {path} exists already; delete it "
+                  "to train a tokenizer that includes that file.")
+        return tokenizer
     corpus = tokenizer_training_corpus(data_dir, instruction_file=instruction_file)
     print(f"Training a {vocab_size}-token BPE tokenizer on {len(corpus):,} characters ...")
     tokenizer = BPETokenizer()
     tokenizer.train(corpus, vocab_size)
     tokenizer.save(path)
     return tokenizer
-
-
-def corpus_tokenizer(path: Path, vocab_size: int, found: Survey, sample_chars: int
-                     ) -> BPETokenizer:
-    """Your own text's tokenizer: reused if it has the requested size, else trained on at
-    most ``sample_chars`` characters of train text drawn evenly from the whole corpus."""
-    if path.exists():
-        tokenizer = BPETokenizer.load(path)
-        if tokenizer.vocab_size == vocab_size:
-            print(f"Reusing tokenizer {path} ({vocab_size} tokens)")
-            return tokenizer
-    sample = draw_sample(found.train_texts(), sample_chars, found.corpus.split_seed)
-    print(f"Training a {vocab_size}-token BPE tokenizer on {len(sample):,} characters drawn "
-          f"evenly from {found.corpus.label()} ...")
-    tokenizer = BPETokenizer()
-    tokenizer.train(sample, vocab_size)
-    check_vocab_filled(tokenizer.vocab_size, vocab_size, found.corpus.label(), len(sample))
-    tokenizer.save(path)
-    return tokenizer
-
-
-def corpus_facts(corpus: Corpus, folder: Path) -> dict:
-    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
-    token_meta = read_token_meta(folder)
-    return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
-            "corpus": corpus.to_dict(), "prepared": str(folder),
-            "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
 
 
 # ----------------------------------------------------------- presets and flags

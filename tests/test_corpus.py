@@ -297,3 +297,17 @@ def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
                                             r"\(by document: .*\); add more documents\.$"):
         cp.prepare_token_files(cp.survey(cp.Corpus(hf_name=str(path))), tok, tmp_path / "p", 1)
     assert not (tmp_path / "p" / "tokens.json").exists()
+
+
+def test_corpus_tokenizer_trains_on_the_sample_and_is_reused_at_its_size(tmp_path, capsys):
+    corpus = cp.Corpus(paths=[str(make_corpus(tmp_path / "notes"))])
+    found, path = cp.survey(corpus), tmp_path / "tokenizer.json"
+    trained = cp.corpus_tokenizer(path, 300, found, sample_chars=50_000)
+    sample = cp.draw_sample(found.train_texts(), 50_000, corpus.split_seed)
+    expected = BPETokenizer()
+    expected.train(sample, 300)  # the same sample, the same merges
+    assert trained.to_dict() == expected.to_dict() == BPETokenizer.load(path).to_dict()
+    assert "Training a 300-token BPE tokenizer" in capsys.readouterr().out
+    assert cp.corpus_tokenizer(path, 300, found, 50_000).to_dict() == trained.to_dict()
+    assert "Reusing tokenizer" in capsys.readouterr().out
+    assert cp.saved_tokenizer(path, 301) is None  # another size: trained anew by the caller
