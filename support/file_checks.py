@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from support.checks import FRACTION, NONNEGATIVE_INT, POSITIVE_INT, Range, is_number
+from support.checks import FRACTION, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, is_number
 from support.errors import CheckpointError, one_sentence
 
 REMAKE = "make the file again with the script that wrote it"  # a file no loader can use
@@ -199,7 +199,7 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
     fingerprint, stored_base = meta.get("base_fingerprint"), meta.get("base_path")
     check_entries(path, {
         "lora.r": (r, POSITIVE_INT.holds(r) and _rank_matches_tensors(r, ckpt["state_dict"])),
-        "lora.alpha": (alpha, is_number(alpha)),
+        "lora.alpha": (alpha, POSITIVE.holds(alpha)),  # check_lora_layer's --alpha rule
         "lora.dropout": (dropout, dropout is None or FRACTION.holds(dropout)),
         "lora.targets": (targets, isinstance(targets, list | tuple) and len(targets) > 0
                          and all(isinstance(t, str) for t in targets)),

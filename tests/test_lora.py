@@ -343,6 +343,22 @@ def test_adapters_without_their_base_say_pass_base(adapter_file):
         load_adapters(read_checkpoint(path), path, base_path, adapt)
 
 
+@pytest.mark.parametrize("alpha", [-3, float("nan")], ids=["negative", "nan"])
+def test_an_adapter_file_with_an_unusable_alpha_is_refused_before_its_base_loads(
+        tmp_path, tokenizer, adapter_file, alpha):
+    """The file's own sentence, naming its metadata entry (not --alpha, which the user never
+    typed), and before the base is read: the base file is gone, yet that is not the error."""
+    model, _, base_path = adapter_file
+    path = tmp_path / "bad_alpha.pth"
+    save_adapters(path, model, tokenizer, base_path,
+                  read_checkpoint(adapter_file[1])["metadata"]["base_fingerprint"],
+                  lora={**ADAPTERS, "alpha": alpha})
+    base_path.unlink()
+    with pytest.raises(CheckpointError, match=rf"^{path}: its metadata entry 'lora.alpha' is "
+                       rf"invalid \({alpha!r}\); "):
+        load_adapters(read_checkpoint(path), path, None, adapt)
+
+
 def test_adapters_for_other_layers_are_refused_before_anything_is_allocated(tmp_path, tokenizer,
                                                                             adapter_file):
     """A file whose settings name other layers than its tensors (same rank) is one sentence,
