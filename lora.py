@@ -279,20 +279,21 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
     trained), check the file holds those tensors, and load them on top: the base weights stay.
     A different base or other tensors are one CheckpointError.
     """
-    stored_base = base is None
-    lora, _, base = adapter_metadata(ckpt, path, base)
+    stored = adapter_metadata(ckpt, path, base)
+    base_path = stored.base_path if base is None else base
     try:
-        base_model, tokenizer, _ = load_base(base)  # ours (missing: "run main.py") or GPT-2's
+        base_model, tokenizer, _ = load_base(base_path)  # ours (missing: "run main.py") or GPT-2's
     except FileNotFoundError as err:  # the path it stored is relative to where it trained
-        if stored_base:
-            raise FileNotFoundError(f"{path} holds adapters for the base model {base}, which "
-                                    "is not here: pass --base with that file's path.") from None
+        if base is None:
+            raise FileNotFoundError(f"{path} holds adapters for the base model {base_path}, "
+                                    "which is not here: pass --base with that file's path."
+                                    ) from None
         raise err
-    wrapped = [layer for *_, layer in find_targets(base_model, lora["targets"])[1]]
-    check_adapters_fit(path, base, ckpt, lora, layers=wrapped,
-                       fingerprint=weights_fingerprint(base_model.state_dict()))
-    model = adapt(base_model, lora)  # now it allocates only what the file holds
+    wrapped = [layer for *_, layer in find_targets(base_model, stored.lora["targets"])[1]]
+    check_adapters_fit(path, base_path, ckpt, stored, layers=wrapped,
+                       current_fingerprint=weights_fingerprint(base_model.state_dict()))
+    model = adapt(base_model, stored.lora)  # now it allocates only what the file holds
     trained = {name for name, param in model.named_parameters() if param.requires_grad}
-    check_adapter_names(path, lora, (set(ckpt["state_dict"]), trained))
+    check_adapter_names(path, stored.lora, set(ckpt["state_dict"]), trained)
     load_weights(model, ckpt["state_dict"], path, strict=False)  # the base weights stay
     return model, tokenizer

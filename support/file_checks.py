@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -185,13 +185,19 @@ def _rank_matches_tensors(r: Any, state_dict: Mapping[str, Any]) -> bool:
     return True
 
 
-def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
-                     ) -> tuple[dict, str, str | Path]:
-    """(LoRA settings, base fingerprint, base path) of an adapter checkpoint, all checked.
+class AdapterMetadata(NamedTuple):
+    """What an adapter checkpoint says, checked: its LoRA settings (apply_lora's {"r", "alpha",
+    "dropout", "targets"}) and the base its adapters trained on: that base's weights'
+    fingerprint then, and its path (as stored; may be missing when a base is passed)."""
 
-    The settings are apply_lora's {"r", "alpha", "dropout", "targets"}; the base path is
-    ``base`` when given, else the one stored (the path the adapters were trained on).
-    """
+    lora: dict
+    base_fingerprint: str
+    base_path: Any
+
+
+def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None) -> AdapterMetadata:
+    """The metadata of an adapter checkpoint, read and checked once; the stored base path
+    must be there unless a ``base`` is given."""
     meta = checkpoint_metadata(ckpt, path)
     lora = meta.get("lora")
     check_metadata(path, "lora", lora, isinstance(lora, dict))
@@ -206,7 +212,7 @@ def adapter_metadata(ckpt: dict, path: str | Path, base: str | Path | None
         "base_fingerprint": (fingerprint, isinstance(fingerprint, str)),
         "base_path": (stored_base, base is not None or isinstance(stored_base, str)),
     })
-    return lora, fingerprint, stored_base if base is None else base
+    return AdapterMetadata(lora, fingerprint, stored_base)
 
 
 RETRAIN = {"lora-classifier": "python finetune_lora_classifier.py",
@@ -222,19 +228,19 @@ def _not_its_base(path: Any, lora: dict) -> CheckpointError:
                            f"from the ones r={lora['r']} on {lora['targets']} makes.")
 
 
-def check_adapters_fit(path: Any, base: Any, ckpt: dict, lora: dict, *, fingerprint: str,
-                       layers: list[Any]) -> None:
-    """An adapter file (``path``) fits the base model ``base`` it is about to be put on.
+def check_adapters_fit(path: Any, base: Any, ckpt: dict, stored: AdapterMetadata, *,
+                       current_fingerprint: str, layers: list[Any]) -> None:
+    """An adapter file (``path``, its checked metadata ``stored``) fits the base model ``base``
+    it is about to be put on.
 
-    Checked before any adapter is allocated: the base's weights are the ones the adapters
-    were trained on (``fingerprint``: the base's now), and the file's LoRA tensors hold as
-    many numbers as r on the base's target ``layers`` (apply_lora wraps those with in_features
-    and out_features) makes, so apply_lora allocates what the file's own bytes back (a file
-    may declare any rank).
+    Checked before any adapter is allocated: the base's weights (``current_fingerprint``) are
+    the ones the adapters were trained on (``stored.base_fingerprint``), and the file's LoRA
+    tensors hold as many numbers as r on the base's target ``layers`` (apply_lora wraps those
+    with in_features and out_features) makes, so apply_lora allocates what the file's own
+    bytes back (a file may declare any rank).
     """
-    stored = ckpt["metadata"].get("base_path")
-    if fingerprint != ckpt["metadata"]["base_fingerprint"]:
-        if stored is not None and _same_file(base, stored):
+    if current_fingerprint != stored.base_fingerprint:
+        if stored.base_path is not None and _same_file(base, stored.base_path):
             raise CheckpointError(
                 f"{path} was trained on a different base model than the current {base}: "
                 f"{base} has been trained again since (its weights' fingerprint differs); run "
@@ -242,19 +248,19 @@ def check_adapters_fit(path: Any, base: Any, ckpt: dict, lora: dict, *, fingerpr
                 "adapters for it, or pass --base with the base they were trained on.")
         raise CheckpointError(
             f"{path} was trained on a different base model than {base} (the weights' "
-            f"fingerprints differ); pass the base it was trained on, {stored}.")
+            f"fingerprints differ); pass the base it was trained on, {stored.base_path}.")
     held = sum(t.numel() for name, t in ckpt["state_dict"].items()
                if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
     sizes = [getattr(layer, "in_features", 0) + getattr(layer, "out_features", 0)
              for layer in layers]
-    if held != lora["r"] * sum(sizes):
-        raise _not_its_base(path, lora)
+    if held != stored.lora["r"] * sum(sizes):
+        raise _not_its_base(path, stored.lora)
 
 
-def check_adapter_names(path: Any, lora: dict, names: tuple[set[str], set[str]]) -> None:
-    """``names``: (the tensors in the adapter file, the tensors that train on the adapted
-    base); the file must hold exactly those."""
-    if names[0] != names[1]:
+def check_adapter_names(path: Any, lora: dict, held: set[str], trained: set[str]) -> None:
+    """The adapter file holds exactly the tensors (``held``) that train on the adapted base
+    (``trained``)."""
+    if held != trained:
         raise _not_its_base(path, lora)
 
 
