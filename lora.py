@@ -285,9 +285,8 @@ def load_adapters(ckpt: dict, path: str | Path, base: str | Path | None,
         base_model, tokenizer, _ = load_base(base_path)  # ours (missing: "run main.py") or GPT-2's
     except FileNotFoundError as err:  # the path it stored is relative to where it trained
         if base is None:
-            raise FileNotFoundError(f"{path} holds adapters for the base model {base_path}, "
-                                    "which is not here: pass --base with that file's path."
-                                    ) from None
+            raise FileNotFoundError(f"{path} holds adapters for the base model {base_path}, which"
+                                    " is not here: pass --base with that file's path.") from None
         raise err
     wrapped = [layer for *_, layer in find_targets(base_model, stored.lora["targets"])[1]]
     check_adapters_fit(path, base_path, ckpt, stored, layers=wrapped,
