@@ -114,23 +114,20 @@ def model_shapes(config: GPTConfig) -> dict[str, torch.Size]:
     return meta_shapes(lambda: GPTModel(config))
 
 
-def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], n_layer: int,
-                              model_vocab: int, tokenizer_vocab: int,
-                              shapes: Callable[[], Mapping[str, torch.Size]],
-                              prefix: str = "",
+def check_config_fits_weights(path: str | Path, state_dict: Mapping[str, Any], config: GPTConfig,
+                              tokenizer_vocab: int, prefix: str = "",
                               shown: Callable[[str], tuple[str, bool]] = lambda n: (n, False)
                               ) -> None:
     """The config describes the saved tensors, before anything of its size is allocated.
 
-    ``shapes()`` gives the shape of every tensor the config's model has (built on the meta
-    device: no memory); each must be in ``state_dict`` under ``prefix`` with that shape. The
-    sizes are checked first (``check_config_sizes``: a config with more layers than the file
-    has tensors is refused before ``shapes()`` would build them). ``shown`` names a tensor as
-    the file does, and says whether the file stores it transposed (its shapes are then given
-    reversed).
+    Every tensor a GPTModel of ``config`` has (its shapes built on the meta device: no memory)
+    must be in ``state_dict`` under ``prefix`` with that shape. The sizes are checked first
+    (``check_config_sizes``: a config with more layers than the file has tensors is refused
+    before its shapes are built). ``shown`` names a tensor as the file does, and says whether
+    the file stores it transposed (its shapes are then given reversed).
     """
-    check_config_sizes(path, state_dict, n_layer, model_vocab, tokenizer_vocab)
-    for name, shape in shapes().items():
+    check_config_sizes(path, state_dict, config.n_layer, config.vocab_size, tokenizer_vocab)
+    for name, shape in model_shapes(config).items():
         saved = state_dict.get(prefix + name)
         if not isinstance(saved, torch.Tensor) or saved.shape != shape:
             stored, transposed = shown(prefix + name)
@@ -150,8 +147,8 @@ def config_and_tokenizer(ckpt: dict, path: str | Path, weights_prefix: str = ""
     with invalid_config(path, ckpt.get("config")) as entries:
         config = GPTConfig(**entries)
         tokenizer = BPETokenizer.from_dict(ckpt.get("tokenizer"))
-    check_config_fits_weights(path, ckpt["state_dict"], config.n_layer, config.vocab_size,
-                              tokenizer.vocab_size, lambda: model_shapes(config), weights_prefix)
+    check_config_fits_weights(path, ckpt["state_dict"], config, tokenizer.vocab_size,
+                              weights_prefix)
     return config, tokenizer
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import regex
 import torch
 
-from checkpoint import check_config_fits_weights, load_checkpoint, model_shapes
+from checkpoint import check_config_fits_weights, load_checkpoint
 from model import GPTConfig, GPTModel
 from support import hub
 from support.file_checks import (
@@ -204,9 +204,7 @@ def from_hf(path_or_name: str | Path, dropout: float = 0.0) -> tuple[GPTModel, B
     tokenizer = tokenizer_from_hf(folder)
     # The config is only a claim: the weights' shapes must be its model's before it is built.
     state = read_weights(folder / hub.WEIGHTS, hf_to_gpt_state)
-    check_config_fits_weights(folder, state, config.n_layer, config.vocab_size,
-                              tokenizer.vocab_size, lambda: model_shapes(config),
-                              shown=file_name)
+    check_config_fits_weights(folder, state, config, tokenizer.vocab_size, shown=file_name)
     model = GPTModel(config)
     load_weights(model, state, folder)
     return model.eval(), tokenizer

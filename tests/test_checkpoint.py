@@ -210,16 +210,21 @@ def test_fingerprint_identifies_the_weights(model):
     assert weights_fingerprint(changed) != weights_fingerprint(sd)
 
 
-def test_config_and_weights_agree_or_one_sentence_names_the_tensor():
-    state = {"w": torch.zeros(2, 3)}
-    check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([2, 3])})
-    with pytest.raises(CheckpointError, match=r"w should be \(4, 3\), the file holds \(2, 3\)"):
-        check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([4, 3])})
-    with pytest.raises(CheckpointError, match="gpt.w should be .* holds nothing"):
-        check_config_fits_weights("m.pth", state, 1, 10, 10, lambda: {"w": torch.Size([2, 3])},
-                                  prefix="gpt.")
+def test_config_and_weights_agree_or_one_sentence_names_the_tensor(monkeypatch):
+    config = GPTConfig(vocab_size=10, context_length=4, n_layer=1, n_head=1, n_embd=4)
+    state = GPTModel(config).state_dict()
+    check_config_fits_weights("m.pth", state, config, 10)
+    wrong = {**state, "blocks.0.attn.qkv.weight": torch.zeros(8, 4)}
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.weight should be "
+                       r"\(12, 4\), the file holds \(8, 4\)"):
+        check_config_fits_weights("m.pth", wrong, config, 10)
+    with pytest.raises(CheckpointError, match=r"gpt\.tok_emb\.weight should be .* holds nothing"):
+        check_config_fits_weights("m.pth", state, config, 10, prefix="gpt.")
+    monkeypatch.setattr(checkpoint, "model_shapes", lambda config: pytest.fail("built"))
     with pytest.raises(CheckpointError, match="declares 2 layers"):  # sizes first: nothing built
-        check_config_fits_weights("m.pth", state, 2, 10, 10, lambda: pytest.fail("built"))
+        check_config_fits_weights("m.pth", {"w": torch.zeros(2, 3)},
+                                  GPTConfig(vocab_size=10, context_length=4, n_layer=2,
+                                            n_head=1, n_embd=4), 10)
 
 
 def test_meta_shapes_are_the_real_shapes_without_any_storage():
