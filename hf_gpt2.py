@@ -159,11 +159,11 @@ def split_pattern(pre_tokenizer: dict | None) -> str:
     return ""
 
 
-def read_vocab_and_merges(folder: Path, spec: dict) -> tuple[dict[str, int], list[list[str]],
-                                                            str, dict]:
-    """(vocab, merges, pattern, special tokens) from tokenizer.json's content (``spec``) or
-    from vocab.json's (``spec``) + merges.txt."""
-    if (folder / "tokenizer.json").is_file():
+def read_vocab_and_merges(folder: Path, spec: dict, tokenizer_json: bool
+                          ) -> tuple[dict[str, int], list[list[str]], str, dict]:
+    """(vocab, merges, pattern, special tokens) from tokenizer.json's content (``spec``, when
+    ``tokenizer_json``) or from vocab.json's (``spec``) + merges.txt."""
+    if tokenizer_json:
         bpe = spec["model"]
         merges = [m.split(" ") if isinstance(m, str) else m for m in bpe["merges"]]
         specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["special"]}
@@ -176,9 +176,10 @@ def read_vocab_and_merges(folder: Path, spec: dict) -> tuple[dict[str, int], lis
 
 def tokenizer_from_hf(folder: Path) -> BPETokenizer:
     """Our BPETokenizer with a GPT-2-format tokenizer's ids, merges and regex."""
-    name = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "vocab.json"
-    with tokenizer_file(folder / name) as spec:  # any fault: one sentence naming the file
-        vocab, merges, pattern, specials = read_vocab_and_merges(folder, spec)
+    tokenizer_json = (folder / "tokenizer.json").is_file()  # else vocab.json + merges.txt
+    path = folder / ("tokenizer.json" if tokenizer_json else "vocab.json")
+    with tokenizer_file(path) as spec:  # any fault: one sentence naming the file
+        vocab, merges, pattern, specials = read_vocab_and_merges(folder, spec, tokenizer_json)
         specials = {s: i for s, i in specials.items() if s != PAD}  # our classifier's pad
         check_gpt2_vocab(vocab, merges, specials, folder)
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
