@@ -249,10 +249,10 @@ def to_hf(model: GPTModel | GPTClassifier, tokenizer: BPETokenizer, out_dir: str
              "tokenizer_config.json": tokenizer_config(tokenizer, cfg.context_length, classifier),
              "README.md": model_card(cfg, tokenizer, tensors, metadata or {}, Path(name or out),
                                      classifier)}
-    for name, content in files.items():
+    for file_name, content in files.items():
         text = content if isinstance(content, str) else json.dumps(content, indent=1,
                                                                    ensure_ascii=False) + "\n"
-        (out / name).write_text(text, encoding="utf-8")
+        (out / file_name).write_text(text, encoding="utf-8")
     return out
 
 
