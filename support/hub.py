@@ -91,9 +91,9 @@ def _write_manifest(folder: Path, files: dict[str, list[str]]) -> None:
                       json.dumps({"written_by": "export_hf.py", "files": files}, indent=1))
 
 
-def _foreign_files(folder: Path) -> list[str]:
-    """The files in ``folder`` the exporter did not write (or that changed since it did)."""
-    ours = _manifest(folder) or {}
+def _foreign_files(folder: Path, ours: dict[str, list[str]]) -> list[str]:
+    """The files in ``folder`` the exporter did not write (or that changed since it did), by
+    its manifest ``ours``."""
     foreign = []
     for path in sorted(folder.iterdir()):
         if path.name == MANIFEST and ours:
@@ -105,6 +105,12 @@ def _foreign_files(folder: Path) -> list[str]:
 
 def check_export_folder(out: str) -> Path:
     """``out`` as a folder the exporter may write, or one ValueError sentence naming --out."""
+    return _checked_export_folder(out)[0]
+
+
+def _checked_export_folder(out: str) -> tuple[Path, dict[str, list[str]]]:
+    """check_export_folder's folder, with the manifest its check read: the files an earlier
+    export wrote in it ({} when none)."""
     if not out.strip():
         raise ValueError("--out is empty; give the name of a new folder, e.g. --out hf-model.")
     folder = Path(out)
@@ -113,14 +119,17 @@ def check_export_folder(out: str) -> Path:
         if not existing.is_dir():
             where = "is a file" if existing == folder else f"is inside {existing}, which is a file"
             raise ValueError(f"--out {out} {where}; give a folder name.")
-        foreign = _foreign_files(folder) if existing == folder else []
+        ours, foreign = {}, []
+        if existing == folder:  # already there: it may hold only an earlier export's files
+            ours = _manifest(folder) or {}
+            foreign = _foreign_files(folder, ours)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
                                              if len(foreign) > 3 else "")
             raise ValueError(f"--out {out} holds files export_hf.py did not write ({shown}); "
                              "give a new or empty folder.")
         tempfile.TemporaryFile(dir=existing).close()  # writable, before the model is loaded
-    return folder
+    return folder, ours
 
 
 @contextmanager
@@ -158,8 +167,7 @@ def publish(staging: Path, out: Path) -> list[Path]:
             _write_manifest(staging, new)
             os.replace(staging, out)  # an empty folder is replaced whole, in one rename
             return [out / name for name in names]
-        check_export_folder(str(out))  # still ours: nobody wrote into it meanwhile
-        old = _manifest(out)
+        _, old = _checked_export_folder(str(out))  # still ours: nobody wrote into it meanwhile
         _write_manifest(out, {name: old.get(name, []) + new.get(name, [])
                               for name in {*old, *new}})
         for name in names:
