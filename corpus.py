@@ -222,11 +222,12 @@ def assign_splits(docs: list[Document], corpus: Corpus) -> list[Document]:
     return docs
 
 
-def split_rule(corpus: Corpus, n_docs: int) -> str:
+def split_rule(corpus: Corpus, several: bool) -> str:
+    """How the corpus is split: one text by characters, several documents by document."""
     if corpus.hf_name:
         return (f"by document: seeded hash (seed {corpus.split_seed}) < 0.10 test, "
                 "< 0.15 val, else train")
-    if n_docs == 1:
+    if not several:
         return ("by characters: train first 90 %, val 85-90 % (trained on), test last 10 %"
                 if corpus.nanogpt else "by characters: train 85 %, val 5 %, test last 10 %")
     return (f"by document: seeded hash order (seed {corpus.split_seed}), first 10 % test, "
@@ -356,6 +357,7 @@ def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | N
     use_tiktoken = tiktoken_available() if use_tiktoken is None else use_tiktoken
     dtype = token_dtype(tokenizer.vocab_size)
     several = bool(corpus.hf_name) or len({d.path for d in docs}) > 1  # else: one text
+    rule = split_rule(corpus, several)
     documents: Counter[str] = Counter()
 
     def counted(pairs: Iterator[tuple[Document, str]]) -> Iterator[tuple[Document, str]]:
@@ -378,10 +380,10 @@ def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | N
             writer.counts[split]["documents"] = documents[split]
         meta = {"format": FORMAT, "corpus": corpus.to_dict(), "sources": found.fingerprint,
                 "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": tokenizer.vocab_size,
-                "dtype": dtype.name, "split_rule": split_rule(corpus, 3 if several else 1),
+                "dtype": dtype.name, "split_rule": rule,
                 "document_separator": "<|endoftext|> (counted as one character)" if several
                 else None, "skipped": found.skipped[:100], "splits": writer.counts}
-        check_no_empty_split(writer.counts, corpus.label(), split_rule(corpus, 3))
+        check_no_empty_split(writer.counts, corpus.label(), rule, several)
         writer.commit(meta)
     return meta
 

@@ -79,7 +79,7 @@ def test_splits_are_by_document_seeded_and_recorded(tmp_path):
     assert {d.key: d.split for d in again} == {d.key: d.split for d in docs}
     other = cp.survey(cp.Corpus(paths=[str(tmp_path / "text")], split_seed=1)).readable().docs
     assert {d.key: d.split for d in other} != {d.key: d.split for d in docs}
-    assert "seed 0" in cp.split_rule(corpus, len(docs))
+    assert "seed 0" in cp.split_rule(corpus, several=True)
 
 
 def test_one_file_splits_by_characters_like_tinyshakespeare(tmp_path, tok):
@@ -296,6 +296,16 @@ def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
     with pytest.raises(DataFileError, match=r"^The (val|test) split of few\.jsonl came out empty "
                                             r"\(by document: .*\); add more documents\.$"):
         cp.prepare_token_files(cp.survey(cp.Corpus(hf_name=str(path))), tok, tmp_path / "p", 1)
+    assert not (tmp_path / "p" / "tokens.json").exists()
+
+
+def test_one_short_text_whose_split_comes_out_empty_asks_for_more_text(tmp_path, tok):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello there\n", encoding="utf-8")  # 12 characters: val gets none
+    with pytest.raises(DataFileError, match=r"^The val split of tiny\.txt came out empty "
+                                            r"\(by characters: train 85 %, val 5 %, test last "
+                                            r"10 %\); use more text\.$"):
+        cp.prepare_token_files(cp.survey(cp.Corpus(paths=[str(path)])), tok, tmp_path / "p", 1)
     assert not (tmp_path / "p" / "tokens.json").exists()
 
 
