@@ -392,10 +392,11 @@ def ready_token_files(found: Survey, tokenizer, folder: Path, workers: int | Non
                       use_tiktoken: bool | None = None) -> dict:
     """The corpus's token files in ``folder``: reused when they match the sources and the
     tokenizer, else (re)made, with one line saying why."""
-    why = stale_reason(folder, found.fingerprint, tokenizer)
+    saved = saved_token_meta(folder)
+    why = stale_reason(folder, saved, found.fingerprint, tokenizer)
     if why is None:
         print(f"Reusing the token files in {folder}")
-        return read_token_meta(folder)
+        return saved
     if (folder / "tokens.json").exists():
         print(f"Rebuilding the token files in {folder}: {why}.")
     else:
@@ -417,9 +418,9 @@ def describe(meta: dict) -> str:
             f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
 
 
-def corpus_facts(corpus: Corpus, folder: Path) -> dict:
-    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
-    token_meta = read_token_meta(folder)
+def corpus_facts(corpus: Corpus, folder: Path, token_meta: dict) -> dict:
+    """What a checkpoint records of its corpus (``token_meta``: its tokens.json): enough for
+    evaluate.py to find its test split."""
     return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
             "corpus": corpus.to_dict(), "prepared": str(folder),
             "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
@@ -498,11 +499,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def stale_reason(folder: Path, fingerprint: dict, tokenizer) -> str | None:
-    """Why the token files in ``folder`` cannot be reused (None: they can)."""
-    try:
-        meta = json.loads((folder / "tokens.json").read_text())
-    except (OSError, ValueError):
+def stale_reason(folder: Path, meta: dict | None, fingerprint: dict, tokenizer) -> str | None:
+    """Why the token files in ``folder``, described by ``meta`` (their tokens.json, None when
+    it is missing or unreadable), cannot be reused (None: they can)."""
+    if meta is None:
         return "no complete token files yet"
     if meta.get("format") != FORMAT:
         return "they were written in another format"
@@ -533,6 +533,14 @@ def _largest_id(path: Path, dtype: np.dtype, tokens: int, sample: int = 1 << 22)
 
 def read_token_meta(folder: Path) -> dict:
     return json.loads((folder / "tokens.json").read_text())
+
+
+def saved_token_meta(folder: Path) -> dict | None:
+    """``folder``'s tokens.json, or None where there is none or it cannot be read."""
+    try:
+        return read_token_meta(folder)
+    except (OSError, ValueError):
+        return None
 
 
 def open_tokens(folder: Path, split: str, meta: dict) -> np.memmap | np.ndarray:

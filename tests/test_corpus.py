@@ -126,6 +126,11 @@ def test_tokenizer_sample_is_bounded_seeded_and_drawn_from_the_whole_corpus():
 
 # ---------------------------------------------------------------------------- reuse and rebuild
 
+def stale_reason(folder, corpus, tokenizer):
+    return cp.stale_reason(folder, cp.saved_token_meta(folder), cp.survey(corpus).fingerprint,
+                           tokenizer)
+
+
 def test_files_are_reused_then_rebuilt_with_the_reason(tmp_path, tok, capsys):
     text = make_corpus(tmp_path / "text")
     corpus, folder = cp.Corpus(paths=[str(text)]), tmp_path / "p"
@@ -152,13 +157,13 @@ def test_files_are_reused_then_rebuilt_with_the_reason(tmp_path, tok, capsys):
         f.write(b"\0\0")
     assert re.fullmatch(r"train\.bin holds [\d,]+ bytes but tokens\.json says [\d,]+ uint16 "
                         r"tokens \([\d,]+ bytes\)",
-                        cp.stale_reason(folder, cp.survey(corpus).fingerprint, other))
+                        stale_reason(folder, corpus, other))
     cp.prepare_token_files(cp.survey(corpus), other, folder, 1)
     ids = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r+")
     ids[0] = 299  # an id the smaller tokenizer does not have
     ids.flush()
     del ids
-    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, other) == \
+    assert stale_reason(folder, corpus, other) == \
         "val.bin holds token ids the tokenizer does not have"
 
 
@@ -181,7 +186,7 @@ def test_an_interrupted_prepare_leaves_no_file_behind(tmp_path, tok, monkeypatch
         cp.prepare_token_files(cp.survey(corpus), tok, folder, 1)
     # no half-written file, and no JSON that would vouch for the old ones
     assert not list(folder.glob("*.part")) and not (folder / "tokens.json").exists()
-    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, tok) == \
+    assert stale_reason(folder, corpus, tok) == \
         "no complete token files yet"
 
 
