@@ -222,11 +222,12 @@ def assign_splits(docs: list[Document], corpus: Corpus) -> list[Document]:
     return docs
 
 
-def split_rule(corpus: Corpus, n_docs: int) -> str:
+def split_rule(corpus: Corpus, several: bool) -> str:
+    """How the corpus is split: one text by characters, several documents by document."""
     if corpus.hf_name:
         return (f"by document: seeded hash (seed {corpus.split_seed}) < 0.10 test, "
                 "< 0.15 val, else train")
-    if n_docs == 1:
+    if not several:
         return ("by characters: train first 90 %, val 85-90 % (trained on), test last 10 %"
                 if corpus.nanogpt else "by characters: train 85 %, val 5 %, test last 10 %")
     return (f"by document: seeded hash order (seed {corpus.split_seed}), first 10 % test, "
@@ -356,6 +357,7 @@ def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | N
     use_tiktoken = tiktoken_available() if use_tiktoken is None else use_tiktoken
     dtype = token_dtype(tokenizer.vocab_size)
     several = bool(corpus.hf_name) or len({d.path for d in docs}) > 1  # else: one text
+    rule = split_rule(corpus, several)
     documents: Counter[str] = Counter()
 
     def counted(pairs: Iterator[tuple[Document, str]]) -> Iterator[tuple[Document, str]]:
@@ -378,10 +380,10 @@ def prepare_token_files(found: Survey, tokenizer, folder: Path, workers: int | N
             writer.counts[split]["documents"] = documents[split]
         meta = {"format": FORMAT, "corpus": corpus.to_dict(), "sources": found.fingerprint,
                 "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": tokenizer.vocab_size,
-                "dtype": dtype.name, "split_rule": split_rule(corpus, 3 if several else 1),
+                "dtype": dtype.name, "split_rule": rule,
                 "document_separator": "<|endoftext|> (counted as one character)" if several
                 else None, "skipped": found.skipped[:100], "splits": writer.counts}
-        check_no_empty_split(writer.counts, corpus.label(), split_rule(corpus, 3))
+        check_no_empty_split(writer.counts, corpus.label(), rule, several)
         writer.commit(meta)
     return meta
 
@@ -390,10 +392,11 @@ def ready_token_files(found: Survey, tokenizer, folder: Path, workers: int | Non
                       use_tiktoken: bool | None = None) -> dict:
     """The corpus's token files in ``folder``: reused when they match the sources and the
     tokenizer, else (re)made, with one line saying why."""
-    why = stale_reason(folder, found.fingerprint, tokenizer)
+    saved = saved_token_meta(folder)
+    why = stale_reason(folder, saved, found.fingerprint, tokenizer)
     if why is None:
         print(f"Reusing the token files in {folder}")
-        return read_token_meta(folder)
+        return saved
     if (folder / "tokens.json").exists():
         print(f"Rebuilding the token files in {folder}: {why}.")
     else:
@@ -415,9 +418,9 @@ def describe(meta: dict) -> str:
             f"{splits['train']['tokens']:,} train tokens, {meta['split_rule']})")
 
 
-def corpus_facts(corpus: Corpus, folder: Path) -> dict:
-    """What a checkpoint records of its corpus: enough for evaluate.py to find its test split."""
-    token_meta = read_token_meta(folder)
+def corpus_facts(corpus: Corpus, folder: Path, token_meta: dict) -> dict:
+    """What a checkpoint records of its corpus (``token_meta``: its tokens.json): enough for
+    evaluate.py to find its test split."""
     return {"dataset": corpus.name or ("hf" if corpus.hf_name else "text"),
             "corpus": corpus.to_dict(), "prepared": str(folder),
             "split_rule": token_meta["split_rule"], "trained_on": describe(token_meta)}
@@ -496,11 +499,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def stale_reason(folder: Path, fingerprint: dict, tokenizer) -> str | None:
-    """Why the token files in ``folder`` cannot be reused (None: they can)."""
-    try:
-        meta = json.loads((folder / "tokens.json").read_text())
-    except (OSError, ValueError):
+def stale_reason(folder: Path, meta: dict | None, fingerprint: dict, tokenizer) -> str | None:
+    """Why the token files in ``folder``, described by ``meta`` (their tokens.json, None when
+    it is missing or unreadable), cannot be reused (None: they can)."""
+    if meta is None:
         return "no complete token files yet"
     if meta.get("format") != FORMAT:
         return "they were written in another format"
@@ -531,6 +533,14 @@ def _largest_id(path: Path, dtype: np.dtype, tokens: int, sample: int = 1 << 22)
 
 def read_token_meta(folder: Path) -> dict:
     return json.loads((folder / "tokens.json").read_text())
+
+
+def saved_token_meta(folder: Path) -> dict | None:
+    """``folder``'s tokens.json, or None where there is none or it cannot be read."""
+    try:
+        return read_token_meta(folder)
+    except (OSError, ValueError):
+        return None
 
 
 def open_tokens(folder: Path, split: str, meta: dict) -> np.memmap | np.ndarray:

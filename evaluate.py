@@ -87,9 +87,9 @@ def corpus_tokens(args: argparse.Namespace, meta: dict, tokenizer: BPETokenizer
         corpus = corpus or tinyshakespeare_corpus(args.data_dir, meta.get("split") == "nanogpt")
         # another tokenizer's ids go to a folder of their own
         folder = DEFAULT_ROOT / f"{corpus.folder_name()}-{tokenizer_fingerprint(tokenizer)[:8]}"
-    token_meta = ready_token_files(survey(corpus), tokenizer, Path(args.prepared_dir or folder),
-                                   args.workers)
-    return corpus.label(), token_meta, Path(args.prepared_dir or folder)
+    folder = Path(args.prepared_dir or folder)  # --prepared-dir, where given, wins
+    token_meta = ready_token_files(survey(corpus), tokenizer, folder, args.workers)
+    return corpus.label(), token_meta, folder
 
 
 def trained_splits(meta: dict, data_dir=None) -> dict[str, str]:

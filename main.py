@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The data: the corpus as token files on disk. Training visits every window once per
     # epoch in a seeded order; val reads its windows in order.
-    folder, tokens = Path(meta["prepared"]), read_token_meta(Path(meta["prepared"]))
+    folder = Path(meta["prepared"])
+    tokens = read_token_meta(folder)
     check_fills_window(tokens["splits"], ctx, Corpus.from_dict(tokens["corpus"]).label())
     train_batches = WindowBatches(lambda: open_tokens(folder, "train", tokens), ctx, batch_size,
                                   seed, ctx // 2, run.rank, run.world_size)
@@ -164,16 +167,30 @@ def prepare_corpus(args: argparse.Namespace, run: Launch, vocab_size: int
     own_text = corpus.name != "tinyshakespeare"
     tokenizer_path = Path(args.tokenizer or (folder / "tokenizer.json" if own_text
                                              else "tokenizer.json"))
-    if run.is_main:
+
+    def tokenizer_and_token_files() -> tuple[BPETokenizer, dict]:
         found = survey(corpus)
         tokenizer = (corpus_tokenizer(tokenizer_path, vocab_size, found, args.tokenizer_sample)
                      if own_text else get_tokenizer(tokenizer_path, vocab_size, args.data_dir,
                                                     args.instruction_file))
-        ready_token_files(found, tokenizer, folder, args.workers)
-    if run.world_size > 1:  # the other ranks wait for rank 0's files
+        return tokenizer, ready_token_files(found, tokenizer, folder, args.workers)
+
+    tokenizer, token_meta = made_on_rank_zero(
+        run, tokenizer_and_token_files,
+        read=lambda: (BPETokenizer.load(tokenizer_path), read_token_meta(folder)))
+    return tokenizer, corpus_facts(corpus, folder, token_meta)
+
+
+T = TypeVar("T")
+
+
+def made_on_rank_zero(run: Launch, make: Callable[[], T], read: Callable[[], T]) -> T:
+    """``make()`` on rank 0, the one process that writes files; the other ranks wait for it,
+    then ``read()`` what it wrote."""
+    made = make() if run.is_main else None
+    if run.world_size > 1:
         torch.distributed.barrier()
-        tokenizer = BPETokenizer.load(tokenizer_path)
-    return tokenizer, corpus_facts(corpus, folder)
+    return made if run.is_main else read()
 
 
 def corpus_of(args: argparse.Namespace) -> tuple[Corpus, Path]:
@@ -349,11 +366,10 @@ def resumed_corpus(args: argparse.Namespace, started: dict, tokenizer: BPETokeni
     else:  # a run from before token files: TinyShakespeare
         args.nanogpt_split = started.get("split") == "nanogpt"
         corpus, folder = corpus_of(args)
-    if run.is_main:
-        ready_token_files(survey(corpus), tokenizer, folder, args.workers)
-    if run.world_size > 1:
-        torch.distributed.barrier()
-    return corpus_facts(corpus, folder)
+    token_meta = made_on_rank_zero(
+        run, lambda: ready_token_files(survey(corpus), tokenizer, folder, args.workers),
+        read=lambda: read_token_meta(folder))
+    return corpus_facts(corpus, folder, token_meta)
 
 
 def checkpoint_savers(model: GPTModel, tokenizer: BPETokenizer, model_cfg: GPTConfig,

@@ -421,12 +421,15 @@ def check_unchanged(path: str, text: str | None, now: tuple[int, int],
         raise DataFileError(f"{path} changed while it was being prepared; run again.")
 
 
-def check_no_empty_split(counts: dict[str, dict], label: str, rule: str) -> None:
-    """Every split of a prepared corpus holds tokens."""
+def check_no_empty_split(counts: dict[str, dict], label: str, rule: str,
+                         several: bool) -> None:
+    """Every split of a prepared corpus holds tokens (several documents: split by document;
+    else one text, split by characters)."""
     empty = [split for split, count in counts.items() if count["tokens"] == 0]
     if empty:
-        raise DataFileError(f"The {empty[0]} split of {label} came out empty ({rule}); add "
-                            "more documents.")
+        remedy = "add more documents" if several else "use more text"
+        raise DataFileError(f"The {empty[0]} split of {label} came out empty ({rule}); "
+                            f"{remedy}.")
 
 
 @contextmanager

@@ -79,7 +79,7 @@ def test_splits_are_by_document_seeded_and_recorded(tmp_path):
     assert {d.key: d.split for d in again} == {d.key: d.split for d in docs}
     other = cp.survey(cp.Corpus(paths=[str(tmp_path / "text")], split_seed=1)).readable().docs
     assert {d.key: d.split for d in other} != {d.key: d.split for d in docs}
-    assert "seed 0" in cp.split_rule(corpus, len(docs))
+    assert "seed 0" in cp.split_rule(corpus, several=True)
 
 
 def test_one_file_splits_by_characters_like_tinyshakespeare(tmp_path, tok):
@@ -126,6 +126,11 @@ def test_tokenizer_sample_is_bounded_seeded_and_drawn_from_the_whole_corpus():
 
 # ---------------------------------------------------------------------------- reuse and rebuild
 
+def stale_reason(folder, corpus, tokenizer):
+    return cp.stale_reason(folder, cp.saved_token_meta(folder), cp.survey(corpus).fingerprint,
+                           tokenizer)
+
+
 def test_files_are_reused_then_rebuilt_with_the_reason(tmp_path, tok, capsys):
     text = make_corpus(tmp_path / "text")
     corpus, folder = cp.Corpus(paths=[str(text)]), tmp_path / "p"
@@ -152,13 +157,13 @@ def test_files_are_reused_then_rebuilt_with_the_reason(tmp_path, tok, capsys):
         f.write(b"\0\0")
     assert re.fullmatch(r"train\.bin holds [\d,]+ bytes but tokens\.json says [\d,]+ uint16 "
                         r"tokens \([\d,]+ bytes\)",
-                        cp.stale_reason(folder, cp.survey(corpus).fingerprint, other))
+                        stale_reason(folder, corpus, other))
     cp.prepare_token_files(cp.survey(corpus), other, folder, 1)
     ids = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r+")
     ids[0] = 299  # an id the smaller tokenizer does not have
     ids.flush()
     del ids
-    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, other) == \
+    assert stale_reason(folder, corpus, other) == \
         "val.bin holds token ids the tokenizer does not have"
 
 
@@ -181,7 +186,7 @@ def test_an_interrupted_prepare_leaves_no_file_behind(tmp_path, tok, monkeypatch
         cp.prepare_token_files(cp.survey(corpus), tok, folder, 1)
     # no half-written file, and no JSON that would vouch for the old ones
     assert not list(folder.glob("*.part")) and not (folder / "tokens.json").exists()
-    assert cp.stale_reason(folder, cp.survey(corpus).fingerprint, tok) == \
+    assert stale_reason(folder, corpus, tok) == \
         "no complete token files yet"
 
 
@@ -296,6 +301,16 @@ def test_a_stream_whose_split_comes_out_empty_is_one_sentence(tmp_path, tok):
     with pytest.raises(DataFileError, match=r"^The (val|test) split of few\.jsonl came out empty "
                                             r"\(by document: .*\); add more documents\.$"):
         cp.prepare_token_files(cp.survey(cp.Corpus(hf_name=str(path))), tok, tmp_path / "p", 1)
+    assert not (tmp_path / "p" / "tokens.json").exists()
+
+
+def test_one_short_text_whose_split_comes_out_empty_asks_for_more_text(tmp_path, tok):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello there\n", encoding="utf-8")  # 12 characters: val gets none
+    with pytest.raises(DataFileError, match=r"^The val split of tiny\.txt came out empty "
+                                            r"\(by characters: train 85 %, val 5 %, test last "
+                                            r"10 %\); use more text\.$"):
+        cp.prepare_token_files(cp.survey(cp.Corpus(paths=[str(path)])), tok, tmp_path / "p", 1)
     assert not (tmp_path / "p" / "tokens.json").exists()
 
 
