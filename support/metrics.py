@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from support.checks import is_number
 from support.datasets import LabelledText
@@ -143,13 +142,6 @@ class PeakMemory:
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
             self.mb = self._maxrss_mb() - self._start
-
-
-def warm_up_optimizer() -> None:
-    """Call before ``PeakMemory`` around training: the first AdamW in a process imports
-    torch._dynamo (~90 MB of code and data), and the peak should be the run's tensors, not
-    a one-time import."""
-    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
 
 
 # ---------------------------------------------------------------------------- baselines
