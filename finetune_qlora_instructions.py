@@ -153,7 +153,9 @@ class QLoRABook:
         """Measure the quantized model and score the 4-bit base (fresh adapters change
         nothing: B = 0); start a fresh log; ``self.peak`` is ready to measure training."""
         args, facts = self.args, self.facts
-        facts.update(quantization_report(model, facts["dense"]))
+        # The fp32 copy of the quantized weights serves only this report: popped, so it does
+        # not stay in memory through training.
+        facts.update(quantization_report(model, facts.pop("dense")))
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
         # What a step holds, by kind, counted exactly at the largest batch (memory.py),
         # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
