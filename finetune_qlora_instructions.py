@@ -157,8 +157,7 @@ class QLoRABook:
         # not stay in memory through training.
         facts.update(quantization_report(model, facts.pop("dense")))
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
-        # What a step holds, by kind, counted exactly at the largest batch (memory.py),
-        # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
+        # What a step holds, by kind, counted exactly at the largest batch (memory.py).
         facts["memory"], self.peak = memory_before_training(model, lm_loss, args, self.ctx,
                                                             self.run.device, labelled=False)
         if self.run.is_main:
