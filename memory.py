@@ -139,11 +139,20 @@ def _stored_tensors(model: nn.Module) -> list[torch.Tensor]:
     its packed bytes (in its ``quant_state``, where neither list reaches)."""
     tensors = [*model.parameters(), *model.buffers()]
     for p in model.parameters():
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            tensors.append(state.absmax)
-            if getattr(state, "nested", False):
-                tensors += [state.state2.absmax, state.offset]
+        tensors += quant_state_tensors(p)
+    return tensors
+
+
+def quant_state_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors a bitsandbytes 4-bit weight stores beside its packed bytes, in its
+    ``quant_state``: the blocks' absmax scales and, with double quantization, the scales of
+    those scales and their offset; none for any other tensor."""
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return []
+    tensors = [state.absmax]
+    if getattr(state, "nested", False):
+        tensors += [state.state2.absmax, state.offset]
     return tensors
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora import DEFAULT_TARGETS, LoRALayer, find_targets
+from memory import quant_state_tensors
 from model import GPTModel
 from support.checks import check_quantizable, check_quantize_request
 from support.optional_packages import import_bitsandbytes
@@ -455,11 +456,7 @@ def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
 def _stored_nbytes(module: nn.Module) -> int:
     if isinstance(module, Linear4bit):
         return module.quantized_weight.nbytes
-    weight = module.weight
-    state = weight.quant_state
-    stored = [weight.data, state.absmax]
-    if state.nested:
-        stored += [state.state2.absmax, state.offset.reshape(1)]
+    stored = [module.weight.data, *quant_state_tensors(module.weight)]
     return sum(t.numel() * t.element_size() for t in stored)
 
 
