@@ -23,6 +23,7 @@ import torch
 
 from support.checks import is_number
 from support.datasets import LabelledText
+from support.files import atomic_write
 from support.optional_packages import require
 
 # ---------------------------------------------------------------------------- the metrics log
@@ -296,9 +297,8 @@ def write_json(path: str | Path, record: dict) -> list[str]:
     would write the non-standard ``NaN``), become null. Returns where that happened."""
     replaced: list[str] = []
     record = _finite_or_null(record, "", replaced)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n",
-                          encoding="utf-8")
+    # The app reads these files while runs write them: it sees the old file or the new one.
+    atomic_write(path, json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
     return replaced
 
 
