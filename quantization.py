@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checkpoint import model_shapes
 from lora import DEFAULT_TARGETS, LoRALayer, find_targets
 from memory import quant_state_tensors
 from model import GPTModel
@@ -435,10 +436,8 @@ def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
     """The state dict of a plain GPTModel that computes what ``gpt`` (LoRA, QLoRA) computes:
     each LoRA weight merged (W + B A alpha / r, ``merge_lora``'s sum), each 4-bit one
     dequantized. instructions.py answers with it; export_hf.py writes it."""
-    with torch.device("meta"):  # only the names and shapes, no memory
-        names = list(GPTModel(gpt.config).state_dict())
     state = {}
-    for name in names:
+    for name in model_shapes(gpt.config):  # a plain GPTModel's names, built on the meta device
         module_name, leaf = name.rsplit(".", 1)
         module = gpt.get_submodule(module_name)
         if leaf == "weight":
