@@ -31,12 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-
-MEMORY_KINDS = ("weights", "grads", "optimizer", "activations")
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,10 @@ class TrainingMemory:
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
+
+
+# The four kinds, in the order tables and plots show them (showcase.py, run_all.py).
+MEMORY_KINDS = tuple(field.name for field in fields(TrainingMemory))
 
 
 def training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
