@@ -8,7 +8,8 @@ The recipe, top to bottom in ``main``: load the base model from main.py; split t
 instructions 95 / 5 (seeded) and encode them with the template of instructions.py (the loss
 covers only the response); score the held-out 5 % with the dense base; quantize its linear
 layers to 4-bit NF4 with double quantization (quantization.py, our code or bitsandbytes),
-add LoRA adapters on top (lora.py) and freeze all but them; score again; train only the
+add LoRA adapters on top (lora.py) and freeze all but them (``instructions.make_qlora``,
+the same three steps the adapters are loaded with); score again; train only the
 adapters with ``training.train_model``; score once more, answer a few held-out instructions
 and save the adapters with the base model's identity. Measuring and reporting live in
 ``QLoRABook`` below ``main``.
@@ -49,17 +50,17 @@ from instructions import (
     answer_records,
     encode_examples,
     instruction_dataloader,
+    make_qlora,
     response_loss,
     sample_records,
     save_instruction_adapters,
 )
-from lora import DEFAULT_TARGETS, apply_lora, count_parameters, freeze_all_but_lora
+from lora import DEFAULT_TARGETS, count_parameters
 from quantization import (
     BACKENDS,
     dense_weights,
     quantization_line,
     quantization_report,
-    quantize_model,
 )
 from support.cli import FlagParser, run
 from support.metrics import append_record
@@ -87,11 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     base, tokenizer, _ = load_base(args.base)  # the pretrained GPT: main.py's, or GPT-2
     book = QLoRABook.open(args, run, base, tokenizer, started)  # data; the dense base's score
 
-    # QLoRA: the target linears frozen in 4-bit NF4, LoRA adapters on top; only they train.
-    model = quantize_model(base, args.backend, targets=DEFAULT_TARGETS, double_quant=True)
-    model = apply_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
-                       targets=DEFAULT_TARGETS)
-    model = freeze_all_but_lora(model)
+    # QLoRA (instructions.make_qlora, which the loader rebuilds with too): quantize the target
+    # linears to frozen 4-bit NF4 -> wrap them with LoRA adapters -> freeze all but the adapters.
+    model = make_qlora(base, args.backend, **book.lora)  # the settings the adapters are saved with
 
     book.before_training(model)  # bytes, error, memory; the 4-bit base's score and answers
     with book.peak:
@@ -154,10 +153,11 @@ class QLoRABook:
         """Measure the quantized model and score the 4-bit base (fresh adapters change
         nothing: B = 0); start a fresh log; ``self.peak`` is ready to measure training."""
         args, facts = self.args, self.facts
-        facts.update(quantization_report(model, facts["dense"]))
+        # The fp32 copy of the quantized weights serves only this report: popped, so it does
+        # not stay in memory through training.
+        facts.update(quantization_report(model, facts.pop("dense")))
         facts["trainable"], facts["total"] = trainable, total = count_parameters(model)
-        # What a step holds, by kind, counted exactly at the largest batch (memory.py),
-        # before an eval-mode pass lets bitsandbytes repack its weights for CPU inference.
+        # What a step holds, by kind, counted exactly at the largest batch (memory.py).
         facts["memory"], self.peak = memory_before_training(model, lm_loss, args, self.ctx,
                                                             self.run.device, labelled=False)
         if self.run.is_main:

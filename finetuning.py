@@ -78,7 +78,6 @@ from support.metrics import (
     append_record,
     baseline_rows,
     format_table,
-    warm_up_optimizer,
     write_jsonl,
     write_metrics,
 )
@@ -235,9 +234,9 @@ def memory_before_training(model: nn.Module, loss_fn, args: argparse.Namespace, 
                            device: torch.device, labelled: bool) -> tuple[dict, PeakMemory]:
     """(the bytes a training step holds, by kind, counted as ``memory_at_full_batch`` counts
     them; a ``PeakMemory`` to measure the training with). The meter comes after the one-time
-    import a process's first AdamW makes (``warm_up_optimizer``): it is not the run's memory."""
+    import a process's first AdamW makes (torch._dynamo, ~90 MB): the AdamW that
+    ``memory_at_full_batch`` builds pays it, so it is not counted as the run's memory."""
     memory = memory_at_full_batch(model, loss_fn, args, length, device, labelled)
-    warm_up_optimizer()
     return memory, PeakMemory(device)
 
 

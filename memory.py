@@ -31,12 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-
-MEMORY_KINDS = ("weights", "grads", "optimizer", "activations")
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,10 @@ class TrainingMemory:
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
+
+
+# The four kinds, in the order tables and plots show them (showcase.py, run_all.py).
+MEMORY_KINDS = tuple(field.name for field in fields(TrainingMemory))
 
 
 def training_memory(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
@@ -139,11 +141,20 @@ def _stored_tensors(model: nn.Module) -> list[torch.Tensor]:
     its packed bytes (in its ``quant_state``, where neither list reaches)."""
     tensors = [*model.parameters(), *model.buffers()]
     for p in model.parameters():
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            tensors.append(state.absmax)
-            if getattr(state, "nested", False):
-                tensors += [state.state2.absmax, state.offset]
+        tensors += quant_state_tensors(p)
+    return tensors
+
+
+def quant_state_tensors(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors a bitsandbytes 4-bit weight stores beside its packed bytes, in its
+    ``quant_state``: the blocks' absmax scales and, with double quantization, the scales of
+    those scales and their offset; none for any other tensor."""
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return []
+    tensors = [state.absmax]
+    if getattr(state, "nested", False):
+        tensors += [state.state2.absmax, state.offset]
     return tensors
 
 

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checkpoint import model_shapes
 from lora import DEFAULT_TARGETS, LoRALayer, find_targets
+from memory import quant_state_tensors
 from model import GPTModel
 from support.checks import check_quantizable, check_quantize_request
 from support.optional_packages import import_bitsandbytes
@@ -434,10 +436,8 @@ def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
     """The state dict of a plain GPTModel that computes what ``gpt`` (LoRA, QLoRA) computes:
     each LoRA weight merged (W + B A alpha / r, ``merge_lora``'s sum), each 4-bit one
     dequantized. instructions.py answers with it; export_hf.py writes it."""
-    with torch.device("meta"):  # only the names and shapes, no memory
-        names = list(GPTModel(gpt.config).state_dict())
     state = {}
-    for name in names:
+    for name in model_shapes(gpt.config):  # a plain GPTModel's names, built on the meta device
         module_name, leaf = name.rsplit(".", 1)
         module = gpt.get_submodule(module_name)
         if leaf == "weight":
@@ -455,11 +455,7 @@ def dense_state_dict(gpt: GPTModel) -> dict[str, torch.Tensor]:
 def _stored_nbytes(module: nn.Module) -> int:
     if isinstance(module, Linear4bit):
         return module.quantized_weight.nbytes
-    weight = module.weight
-    state = weight.quant_state
-    stored = [weight.data, state.absmax]
-    if state.nested:
-        stored += [state.state2.absmax, state.offset.reshape(1)]
+    stored = [module.weight.data, *quant_state_tensors(module.weight)]
     return sum(t.numel() * t.element_size() for t in stored)
 
 

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from support.checks import is_number
 from support.datasets import LabelledText
+from support.files import atomic_write
 from support.optional_packages import require
 
 # ---------------------------------------------------------------------------- the metrics log
@@ -143,13 +143,6 @@ class PeakMemory:
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
             self.mb = self._maxrss_mb() - self._start
-
-
-def warm_up_optimizer() -> None:
-    """Call before ``PeakMemory`` around training: the first AdamW in a process imports
-    torch._dynamo (~90 MB of code and data), and the peak should be the run's tensors, not
-    a one-time import."""
-    torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -304,9 +297,8 @@ def write_json(path: str | Path, record: dict) -> list[str]:
     would write the non-standard ``NaN``), become null. Returns where that happened."""
     replaced: list[str] = []
     record = _finite_or_null(record, "", replaced)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n",
-                          encoding="utf-8")
+    # The app reads these files while runs write them: it sees the old file or the new one.
+    atomic_write(path, json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
     return replaced
 
 

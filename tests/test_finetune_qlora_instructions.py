@@ -14,9 +14,10 @@ import finetune_qlora_instructions as script
 from checkpoint import read_checkpoint, save_checkpoint
 from data_utils import load_instructions, load_tinyshakespeare
 from finetuning import load_instruction_splits
-from instructions import answer, load_instruction_model
+from instructions import answer, load_instruction_model, make_qlora
 from model import GPTConfig, GPTModel
 from support.errors import DataMissingError
+from support.runtime import launch
 from tokenizer import BPETokenizer
 
 INSTRUCTIONS = SHARED_DATA / "instruction-data-1100.jsonl"
@@ -93,6 +94,26 @@ def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
     log = [json.loads(line) for line in
            (tmp_path / "runs/qlora-instruct/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "val_loss" in r] == [2, 4]
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_dense_copy_of_the_weights_is_dropped_before_training(tmp_path, monkeypatch):
+    """The fp32 copy quantization_report measures the error against does not live on."""
+    monkeypatch.chdir(tmp_path)
+    tokenizer = BPETokenizer()
+    tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
+    torch.manual_seed(0)
+    base = GPTModel(GPTConfig(vocab_size=320, context_length=64, n_layer=1, n_head=2,
+                              n_embd=64))
+    args = script.parse_args(["--data-file", str(INSTRUCTIONS), "--train-size", "16",
+                              "--batch-size", "4", "--samples", "1", "--max-new-tokens", "2",
+                              "--device", "cpu"])
+    book = script.QLoRABook.open(args, launch("cpu"), base, tokenizer, started=0.0)
+    assert "dense" in book.facts
+    book.before_training(make_qlora(base, args.backend, **book.lora))
+    assert "dense" not in book.facts
+    assert 0 < book.facts["quantization_error"] < 0.2
 
 
 @needs_data
