@@ -62,7 +62,7 @@ from lora import (
     lora_layers,
     lora_state_dict,
 )
-from memory import MEMORY_KINDS, training_memory
+from memory import MEMORY_KINDS, training_memory, weight_bytes
 from model import GPTConfig, GPTModel
 from quantization import is_quantized, quantize_model, quantized_nbytes
 from support import runtime
@@ -216,12 +216,6 @@ def load_model(key: str, path: Path, base: Path, device: str
     raise ValueError(f"Unknown model '{key}'; expected one of {list(SPECS)}.")
 
 
-def memory_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (a tied weight counted once)."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def trained_parameters(model: nn.Module) -> int:
     """Parameters that training changed: every one, or only the LoRA adapters (and the head
     of a classifier). A loaded model's requires_grad flags do not tell, so look at its layers."""
@@ -240,7 +234,7 @@ def model_facts(model: nn.Module, tokenizer: BPETokenizer, meta: dict, path: Pat
     trained = trained_parameters(model)
     facts = {
         "parameters": total, "trained": trained, "trained_share": trained / total,
-        "checkpoint_bytes": path.stat().st_size, "memory_bytes": memory_bytes(model),
+        "checkpoint_bytes": path.stat().st_size, "memory_bytes": weight_bytes(model),
         "shape": f"{config.n_layer} layers x {config.n_head} heads x {config.n_embd}, "
                  f"context {config.context_length}, vocab {tokenizer.vocab_size}",
     }

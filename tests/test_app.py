@@ -247,6 +247,27 @@ def test_overview_loads_all_four_models(project, monkeypatch):
                                         "Checkpoint size (KB)"]
 
 
+def test_in_memory_counts_every_parameter_and_buffer_once(project, monkeypatch):
+    """The overview's "In memory": on our NF4 backend the codes and scales are buffers, so
+    it is the bytes of the model's distinct tensors for every kind of checkpoint."""
+    from showcase import MODELS, load_model, model_facts
+    from support.metrics import human_bytes
+
+    shown = [m.value for m in run_app(project, monkeypatch).tabs[0].metric
+             if m.label == "In memory"]
+    counted = []
+    for spec in MODELS:  # plain, classifier, LoRA classifier, NF4 + LoRA
+        path = project / spec.default
+        model, tokenizer, meta = load_model(spec.key, path, project / "model_weights.pth", "cpu")
+        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        expected = sum(t.numel() * t.element_size() for t in tensors.values())
+        facts = model_facts(model, tokenizer, meta, path)
+        assert facts["memory_bytes"] == expected, spec.key
+        assert ("quantized" in facts) == (spec.key == "qlora")
+        counted.append(human_bytes(expected))
+    assert shown == counted
+
+
 @needs_data
 def test_generation_shows_what_generation_py_generates(project, monkeypatch):
     from checkpoint import load_checkpoint
