@@ -49,6 +49,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+import finetune_lora_classifier
+import finetune_qlora_instructions
 import training
 from classifier import GPTClassifier, classification_loss, load_classifier
 from finetuning import full_batch
@@ -607,13 +609,17 @@ class Method:
 
 
 # finetune_lora_classifier.py's LoRA (r=2 on the attention projections) and
-# finetune_qlora_instructions.py's (r=8 on every linear layer); tests/test_app.py checks them.
+# finetune_qlora_instructions.py's (r=8 on every linear layer), from the scripts' defaults.
+LORA = {"r": finetune_lora_classifier.DEFAULT_RANK,
+        "alpha": finetune_lora_classifier.DEFAULT_ALPHA,
+        "targets": finetune_lora_classifier.DEFAULT_LORA_TARGETS}
+QLORA = {"r": finetune_qlora_instructions.DEFAULT_RANK,
+         "alpha": finetune_qlora_instructions.DEFAULT_ALPHA, "targets": DEFAULT_TARGETS}
 METHODS = {
     "full finetune (AdamW)": Method("adamw"),
     "full finetune (Muon)": Method("muon"),
-    "LoRA r=2 (AdamW)": Method("adamw", {"r": 2, "alpha": 4.0, "targets": ("qkv", "out_proj")}),
-    "QLoRA r=8 (AdamW)": Method("adamw", {"r": 8, "alpha": 16.0, "targets": DEFAULT_TARGETS},
-                                quantized=True),
+    f"LoRA r={LORA['r']} (AdamW)": Method("adamw", LORA),
+    f"QLoRA r={QLORA['r']} (AdamW)": Method("adamw", QLORA, quantized=True),
 }
 
 

@@ -612,18 +612,6 @@ def test_metrics_show_each_result_once_and_tell_runs_of_one_model_apart():
                                                     "full finetune"]  # its copy, unlabelled
 
 
-def test_the_projection_trains_each_method_as_its_script_does():
-    import finetune_lora_classifier as lora_script
-    import finetune_qlora_instructions as qlora_script
-    from showcase import METHODS
-
-    lora, qlora = METHODS["LoRA r=2 (AdamW)"].lora, METHODS["QLoRA r=8 (AdamW)"].lora
-    assert (lora["r"], lora["alpha"], lora["targets"]) == (
-        lora_script.DEFAULT_RANK, lora_script.DEFAULT_ALPHA, lora_script.DEFAULT_LORA_TARGETS)
-    defaults = qlora_script.parse_args([])
-    assert (qlora["r"], qlora["alpha"]) == (defaults.rank, defaults.alpha)
-
-
 def test_the_runs_memory_chart_names_the_sizes_the_runs_trained():
     from showcase import Runs, methods_frame, runs_memory_title
 
