@@ -559,6 +559,14 @@ MEMORY_LESSON = (
     "4 bits instead of 32.")
 
 
+def memory_rows(model: str, run: str, memory: dict, batch: str, **extra) -> list[dict]:
+    """One row per memory kind: (model, run, kind, bytes, total, batch) and ``extra``'s
+    columns, from ``memory``'s byte counts by kind (``TrainingMemory.to_dict``'s keys)."""
+    total = sum(memory[kind] for kind in MEMORY_KINDS)
+    return [{"model": model, "run": run, "kind": kind, "bytes": memory[kind], "total": total,
+             "batch": batch, **extra} for kind in MEMORY_KINDS]
+
+
 def memory_frame(runs: Runs) -> pd.DataFrame:
     """One row per finetuned model and memory kind: (model, run, kind, bytes, total, batch),
     from the ``memory`` field the finetuning scripts write (memory.memory_record).
@@ -579,10 +587,8 @@ def memory_frame(runs: Runs) -> pd.DataFrame:
         batch = memory.get("batch")
         shape = " x ".join(map(str, batch)) if isinstance(batch, list) else "?"
         cuda = memory.get("activations_cuda")  # on a GPU: the forward pass measured
-        rows += [{"model": r["model"], "run": r["run"], "kind": kind, "bytes": memory[kind],
-                  "total": sum(memory[k] for k in MEMORY_KINDS), "batch": shape,
-                  "measured": cuda if is_number(cuda) else None}
-                 for kind in MEMORY_KINDS]
+        rows += memory_rows(r["model"], r["run"], memory, shape,
+                            measured=cuda if is_number(cuda) else None)
     return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch",
                                        "measured"])
 
@@ -640,9 +646,7 @@ def projected_memory(config: GPTConfig = GPT2_SMALL, batch: tuple[int, int] = PR
         cfg = training.TrainConfig(optimizer=method.optimizer)
         memory = training_memory(model, training.configure_optimizer(
             model, cfg, torch.device(device)), classification_loss, step).to_dict()
-        rows += [{"model": name, "run": "projection", "kind": kind, "bytes": memory[kind],
-                  "total": memory["total"], "batch": f"{batch[0]} x {batch[1]}"}
-                 for kind in MEMORY_KINDS]
+        rows += memory_rows(name, "projection", memory, f"{batch[0]} x {batch[1]}")
     return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch"])
 
 
