@@ -67,15 +67,21 @@ def byte_step(state: int, byte: int) -> int:
     return after if low <= byte <= high else REJECT
 
 
+def decoder_state(pending: bytes) -> int:
+    """The state after reading ``pending`` from a boundary."""
+    state = BOUNDARY
+    for byte in pending:
+        state = byte_step(state, byte)
+    return state
+
+
 UNDRAWABLE = ("Co", "Cn")  # private use, unassigned: no font has a glyph for them
 
 
 def _finished(pending: bytes, highest: bool) -> int:
     """The lowest (or highest) code point that ``pending``, the first bytes of a character
     the machine accepted, can still become."""
-    state = BOUNDARY
-    for byte in pending:
-        state = byte_step(state, byte)
+    state = decoder_state(pending)
     while state != BOUNDARY:
         low, high, state = CONTINUATIONS[state]
         pending += bytes([high if highest else low])
@@ -90,14 +96,12 @@ def _still_clean(pending: bytes) -> bool:
                for c in range(_finished(pending, False), _finished(pending, True) + 1))
 
 
-def read_token(pending: bytes, data: bytes) -> bytes | None:
+def read_token(pending: bytes, state: int, data: bytes) -> bytes | None:
     """The bytes of the character left unfinished after reading ``data`` on top of
     ``pending`` (b"" at a boundary), or None if ``data`` breaks the text: invalid UTF-8, a
     control character, a finished private-use or unassigned character, or a begun one that
-    no clean character can finish."""
-    state = BOUNDARY
-    for byte in pending:
-        state = byte_step(state, byte)
+    no clean character can finish. ``state`` is ``decoder_state(pending)``: a row reads
+    every token on top of the same ``pending``, so it walks those bytes once."""
     for byte in data:
         state = byte_step(state, byte)
         if state == REJECT:
@@ -136,13 +140,14 @@ class CleanTextMask:
         """(banned tokens, state after each token) for ``state``, computed on first use."""
         if state not in self._rows:
             pending = self.pending[state]
+            pending_state = decoder_state(pending)
             banned = torch.ones(len(self.token_bytes), dtype=torch.bool)
             after = [REJECT] * len(self.token_bytes)
             for token, data in enumerate(self.token_bytes):
                 if token in self.special_ids:
                     left = b"" if state == BOUNDARY else None
                 else:
-                    left = read_token(pending, data) if data else None
+                    left = read_token(pending, pending_state, data) if data else None
                 if left is not None:
                     banned[token], after[token] = False, self._state(left)
             self._rows[state] = banned, after

@@ -67,13 +67,16 @@ from support.metrics import append_record
 from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
 from training import lm_loss, train_model
 
+DEFAULT_RANK, DEFAULT_ALPHA = 8, 16.0  # LoRA on every linear layer (lora.DEFAULT_TARGETS)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(description=__doc__.split("\n\n")[0])
     add_instruction_args(p, out="qlora_adapters.pth", run_name="qlora-instruct",
                          ours=SizeDefaults(lr=2e-3, batch_size=16),
                          gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
-                         max_steps=300, train_size=2000, backends=BACKENDS, rank=8, alpha=16.0,
+                         max_steps=300, train_size=2000, backends=BACKENDS,
+                         rank=DEFAULT_RANK, alpha=DEFAULT_ALPHA,
                          dropout=0.05, samples=5, max_new_tokens=80)
     return parse_finetune_args(p, argv)
 

@@ -49,6 +49,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+import finetune_lora_classifier
+import finetune_qlora_instructions
 import training
 from classifier import GPTClassifier, classification_loss, load_classifier
 from finetuning import full_batch
@@ -62,7 +64,7 @@ from lora import (
     lora_layers,
     lora_state_dict,
 )
-from memory import MEMORY_KINDS, training_memory
+from memory import MEMORY_KINDS, training_memory, weight_bytes
 from model import GPTConfig, GPTModel
 from quantization import is_quantized, quantize_model, quantized_nbytes
 from support import runtime
@@ -216,12 +218,6 @@ def load_model(key: str, path: Path, base: Path, device: str
     raise ValueError(f"Unknown model '{key}'; expected one of {list(SPECS)}.")
 
 
-def memory_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (a tied weight counted once)."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def trained_parameters(model: nn.Module) -> int:
     """Parameters that training changed: every one, or only the LoRA adapters (and the head
     of a classifier). A loaded model's requires_grad flags do not tell, so look at its layers."""
@@ -240,7 +236,7 @@ def model_facts(model: nn.Module, tokenizer: BPETokenizer, meta: dict, path: Pat
     trained = trained_parameters(model)
     facts = {
         "parameters": total, "trained": trained, "trained_share": trained / total,
-        "checkpoint_bytes": path.stat().st_size, "memory_bytes": memory_bytes(model),
+        "checkpoint_bytes": path.stat().st_size, "memory_bytes": weight_bytes(model),
         "shape": f"{config.n_layer} layers x {config.n_head} heads x {config.n_embd}, "
                  f"context {config.context_length}, vocab {tokenizer.vocab_size}",
     }
@@ -563,6 +559,14 @@ MEMORY_LESSON = (
     "4 bits instead of 32.")
 
 
+def memory_rows(model: str, run: str, memory: dict, batch: str, **extra) -> list[dict]:
+    """One row per memory kind: (model, run, kind, bytes, total, batch) and ``extra``'s
+    columns, from ``memory``'s byte counts by kind (``TrainingMemory.to_dict``'s keys)."""
+    total = sum(memory[kind] for kind in MEMORY_KINDS)
+    return [{"model": model, "run": run, "kind": kind, "bytes": memory[kind], "total": total,
+             "batch": batch, **extra} for kind in MEMORY_KINDS]
+
+
 def memory_frame(runs: Runs) -> pd.DataFrame:
     """One row per finetuned model and memory kind: (model, run, kind, bytes, total, batch),
     from the ``memory`` field the finetuning scripts write (memory.memory_record).
@@ -583,10 +587,8 @@ def memory_frame(runs: Runs) -> pd.DataFrame:
         batch = memory.get("batch")
         shape = " x ".join(map(str, batch)) if isinstance(batch, list) else "?"
         cuda = memory.get("activations_cuda")  # on a GPU: the forward pass measured
-        rows += [{"model": r["model"], "run": r["run"], "kind": kind, "bytes": memory[kind],
-                  "total": sum(memory[k] for k in MEMORY_KINDS), "batch": shape,
-                  "measured": cuda if is_number(cuda) else None}
-                 for kind in MEMORY_KINDS]
+        rows += memory_rows(r["model"], r["run"], memory, shape,
+                            measured=cuda if is_number(cuda) else None)
     return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch",
                                        "measured"])
 
@@ -613,13 +615,17 @@ class Method:
 
 
 # finetune_lora_classifier.py's LoRA (r=2 on the attention projections) and
-# finetune_qlora_instructions.py's (r=8 on every linear layer); tests/test_app.py checks them.
+# finetune_qlora_instructions.py's (r=8 on every linear layer), from the scripts' defaults.
+LORA = {"r": finetune_lora_classifier.DEFAULT_RANK,
+        "alpha": finetune_lora_classifier.DEFAULT_ALPHA,
+        "targets": finetune_lora_classifier.DEFAULT_LORA_TARGETS}
+QLORA = {"r": finetune_qlora_instructions.DEFAULT_RANK,
+         "alpha": finetune_qlora_instructions.DEFAULT_ALPHA, "targets": DEFAULT_TARGETS}
 METHODS = {
     "full finetune (AdamW)": Method("adamw"),
     "full finetune (Muon)": Method("muon"),
-    "LoRA r=2 (AdamW)": Method("adamw", {"r": 2, "alpha": 4.0, "targets": ("qkv", "out_proj")}),
-    "QLoRA r=8 (AdamW)": Method("adamw", {"r": 8, "alpha": 16.0, "targets": DEFAULT_TARGETS},
-                                quantized=True),
+    f"LoRA r={LORA['r']} (AdamW)": Method("adamw", LORA),
+    f"QLoRA r={QLORA['r']} (AdamW)": Method("adamw", QLORA, quantized=True),
 }
 
 
@@ -640,9 +646,7 @@ def projected_memory(config: GPTConfig = GPT2_SMALL, batch: tuple[int, int] = PR
         cfg = training.TrainConfig(optimizer=method.optimizer)
         memory = training_memory(model, training.configure_optimizer(
             model, cfg, torch.device(device)), classification_loss, step).to_dict()
-        rows += [{"model": name, "run": "projection", "kind": kind, "bytes": memory[kind],
-                  "total": memory["total"], "batch": f"{batch[0]} x {batch[1]}"}
-                 for kind in MEMORY_KINDS]
+        rows += memory_rows(name, "projection", memory, f"{batch[0]} x {batch[1]}")
     return pd.DataFrame(rows, columns=["model", "run", "kind", "bytes", "total", "batch"])
 
 

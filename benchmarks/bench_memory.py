@@ -38,7 +38,7 @@ from finetuning import full_batch, memory_at_full_batch  # noqa: E402
 from instructions import make_qlora  # noqa: E402
 from lora import DEFAULT_TARGETS  # noqa: E402
 from main import PRESETS  # noqa: E402
-from memory import MEMORY_KINDS, memory_record  # noqa: E402
+from memory import memory_record  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
 from training import configure_optimizer, lm_loss  # noqa: E402
 
@@ -53,9 +53,8 @@ def preset_model() -> GPTModel:
 
 
 def rows(name: str, memory: dict) -> list[dict]:
-    shape = " x ".join(map(str, memory["batch"]))
-    return [{"model": name, "run": "default", "kind": kind, "bytes": memory[kind],
-             "total": memory["total"], "batch": shape} for kind in MEMORY_KINDS]
+    """``memory`` (a memory_record) as showcase.memory_frame's rows."""
+    return showcase.memory_rows(name, "default", memory, " x ".join(map(str, memory["batch"])))
 
 
 def default_pipeline() -> pd.DataFrame:

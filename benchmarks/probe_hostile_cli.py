@@ -41,21 +41,35 @@ TIMEOUT = 60
 SMALL = ["--train-size", "32", "--batch-size", "8", "--device", "cpu"]
 
 
-def make_project(folder: Path) -> None:
-    """model_weights.pth, nan_weights.pth, classifier.pth and two files of the user's."""
+def tiny_gpt(nan: bool = False) -> tuple[GPTModel, BPETokenizer]:
+    """A 2-layer model and its tokenizer; ``nan``: every weight is NaN."""
     tokenizer = BPETokenizer()
     tokenizer.train(TEXT, 300)
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(vocab_size=320, context_length=96, n_layer=2, n_head=2,
                                n_embd=32))
+    if nan:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    return model, tokenizer
+
+
+def save_checkpoints_and_user_files(folder: Path) -> None:
+    """model_weights.pth, nan_weights.pth, classifier.pth and two files of the user's
+    (README.md, tokenizer.json): a project after main.py (tests/test_hostile_cli.py's too)."""
+    model, tokenizer = tiny_gpt()
     save_checkpoint(folder / "model_weights.pth", model, tokenizer)
     save_classifier(folder / "classifier.pth", GPTClassifier(model), tokenizer)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("nan"))
-    save_checkpoint(folder / "nan_weights.pth", model, tokenizer)
+    save_checkpoint(folder / "nan_weights.pth", *tiny_gpt(nan=True))
     (folder / "README.md").write_text("the user's notes\n")
     (folder / "tokenizer.json").write_text('{"the user": "tokenizer"}\n')
+
+
+def make_project(folder: Path) -> None:
+    """``save_checkpoints_and_user_files``, a folder of the user's holding a file (full/) and
+    one two levels deep (deep/er, a working folder for a case)."""
+    save_checkpoints_and_user_files(folder)
     (folder / "full").mkdir()
     (folder / "full" / "config.json").write_text("{}\n")
     (folder / "deep" / "er").mkdir(parents=True)

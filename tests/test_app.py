@@ -247,6 +247,27 @@ def test_overview_loads_all_four_models(project, monkeypatch):
                                         "Checkpoint size (KB)"]
 
 
+def test_in_memory_counts_every_parameter_and_buffer_once(project, monkeypatch):
+    """The overview's "In memory": on our NF4 backend the codes and scales are buffers, so
+    it is the bytes of the model's distinct tensors for every kind of checkpoint."""
+    from showcase import MODELS, load_model, model_facts
+    from support.metrics import human_bytes
+
+    shown = [m.value for m in run_app(project, monkeypatch).tabs[0].metric
+             if m.label == "In memory"]
+    counted = []
+    for spec in MODELS:  # plain, classifier, LoRA classifier, NF4 + LoRA
+        path = project / spec.default
+        model, tokenizer, meta = load_model(spec.key, path, project / "model_weights.pth", "cpu")
+        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        expected = sum(t.numel() * t.element_size() for t in tensors.values())
+        facts = model_facts(model, tokenizer, meta, path)
+        assert facts["memory_bytes"] == expected, spec.key
+        assert ("quantized" in facts) == (spec.key == "qlora")
+        counted.append(human_bytes(expected))
+    assert shown == counted
+
+
 @needs_data
 def test_generation_shows_what_generation_py_generates(project, monkeypatch):
     from checkpoint import load_checkpoint
@@ -589,18 +610,6 @@ def test_metrics_show_each_result_once_and_tell_runs_of_one_model_apart():
     alone = Runs(summaries={"lora-classifier": runs.summaries["lora-classifier"]})
     assert list(accuracy_frame(alone)["model"]) == ["majority class", "TF-IDF", "LoRA r=2",
                                                     "full finetune"]  # its copy, unlabelled
-
-
-def test_the_projection_trains_each_method_as_its_script_does():
-    import finetune_lora_classifier as lora_script
-    import finetune_qlora_instructions as qlora_script
-    from showcase import METHODS
-
-    lora, qlora = METHODS["LoRA r=2 (AdamW)"].lora, METHODS["QLoRA r=8 (AdamW)"].lora
-    assert (lora["r"], lora["alpha"], lora["targets"]) == (
-        lora_script.DEFAULT_RANK, lora_script.DEFAULT_ALPHA, lora_script.DEFAULT_LORA_TARGETS)
-    defaults = qlora_script.parse_args([])
-    assert (qlora["r"], qlora["alpha"]) == (defaults.rank, defaults.alpha)
 
 
 def test_the_runs_memory_chart_names_the_sizes_the_runs_trained():

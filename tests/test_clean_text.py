@@ -119,7 +119,7 @@ def test_private_use_and_unassigned_code_points_are_never_drawn():
     assert not mask.banned(mask.advance(BOUNDARY, 4))[5]  # C3 + A9 = é
     assert mask.banned(mask.advance(BOUNDARY, 6))[7]  # EF + 90 A1 = U+F421
     assert mask.banned(mask.advance(BOUNDARY, 8))[9]  # CD + B8 = U+0378
-    assert read_token(b"", "naïve café 中文 🙂".encode()) == b""
+    assert read_token(b"", BOUNDARY, "naïve café 中文 🙂".encode()) == b""
 
 
 @settings(max_examples=200, deadline=None)

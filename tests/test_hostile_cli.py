@@ -25,52 +25,31 @@ import finetune_lora_classifier
 import finetune_qlora_instructions
 import main
 import sample
+from benchmarks.probe_hostile_cli import save_checkpoints_and_user_files, tiny_gpt
 from checkpoint import save_checkpoint
-from classifier import GPTClassifier, save_classifier
 from generation import generate_text
-from model import GPTConfig, GPTModel
 from support.cli import run
 from support.hub import MANIFEST
 from support.runtime import Bookkeeping
-from tokenizer import BPETokenizer
 from training import TrainConfig, lm_loss, train_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "LLM_DATA_DIR": str(SHARED_DATA),
        "PYTHONPATH": str(ROOT)}
-TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
-        "it 's a charming and often affecting journey . the acting is astounding .\n") * 30
 pytestmark = pytest.mark.slow  # the scripts as processes: exit codes, signals, refusals
 
 
-def tiny_gpt(nan: bool = False) -> tuple[GPTModel, BPETokenizer]:
-    """A 2-layer model and its tokenizer; ``nan``: every weight is NaN."""
-    tokenizer = BPETokenizer()
-    tokenizer.train(TEXT, 300)
-    torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=320, context_length=96, n_layer=2, n_head=2,
-                               n_embd=32))
-    if nan:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.fill_(float("nan"))
-    return model, tokenizer
-
-
 def tiny_base(folder: Path, name: str = "model_weights.pth", nan: bool = False) -> Path:
-    """``tiny_gpt`` saved as main.py saves it, in ``folder``."""
+    """The probe's ``tiny_gpt`` saved as main.py saves it, in ``folder``."""
     save_checkpoint(folder / name, *tiny_gpt(nan))
     return folder / name
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A folder like the project's after main.py: model_weights.pth and a user's README.md."""
+    """A folder like the project's after main.py (the probe's): model_weights.pth,
+    nan_weights.pth, classifier.pth and a user's README.md and tokenizer.json."""
     folder = tmp_path_factory.mktemp("project")
-    tiny_base(folder)
-    tiny_base(folder, "nan_weights.pth", nan=True)
-    save_classifier(folder / "classifier.pth", GPTClassifier(tiny_gpt()[0]), tiny_gpt()[1])
-    (folder / "README.md").write_text("my notes\n")
-    (folder / "tokenizer.json").write_text('{"mine": true}\n')
+    save_checkpoints_and_user_files(folder)
     return folder
 
 
