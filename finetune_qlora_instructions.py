@@ -67,7 +67,8 @@ from support.metrics import append_record
 from support.runtime import Bookkeeping, Launch, cleanup_distributed, launch
 from training import lm_loss, train_model
 
-DEFAULT_RANK, DEFAULT_ALPHA = 8, 16.0  # LoRA on every linear layer (lora.DEFAULT_TARGETS)
+# LoRA on every linear layer (lora.DEFAULT_TARGETS)
+DEFAULT_RANK, DEFAULT_ALPHA, DEFAULT_DROPOUT = 8, 16.0, 0.05
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          gpt2=SizeDefaults(lr=5e-4, batch_size=8, max_length=256),
                          max_steps=300, train_size=2000, backends=BACKENDS,
                          rank=DEFAULT_RANK, alpha=DEFAULT_ALPHA,
-                         dropout=0.05, samples=5, max_new_tokens=80)
+                         dropout=DEFAULT_DROPOUT, samples=5, max_new_tokens=80)
     return parse_finetune_args(p, argv)
 
 

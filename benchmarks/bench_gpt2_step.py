@@ -35,6 +35,9 @@ from finetune_lora_classifier import (  # noqa: E402
     DEFAULT_LORA_TARGETS,
     DEFAULT_RANK,
 )
+from finetune_qlora_instructions import DEFAULT_ALPHA as QLORA_ALPHA  # noqa: E402
+from finetune_qlora_instructions import DEFAULT_DROPOUT as QLORA_DROPOUT  # noqa: E402
+from finetune_qlora_instructions import DEFAULT_RANK as QLORA_RANK  # noqa: E402
 from instructions import make_qlora  # noqa: E402
 from lora import apply_lora, count_parameters, freeze_all_but_lora  # noqa: E402
 from model import GPTConfig, GPTModel  # noqa: E402
@@ -56,7 +59,8 @@ def build(recipe: str) -> torch.nn.Module:
         apply_lora(model.gpt, r=DEFAULT_RANK, alpha=DEFAULT_ALPHA, targets=DEFAULT_LORA_TARGETS)
         return freeze_all_but_lora(model, trainable_extra=("head",))
     backend = "scratch" if recipe == "qlora-scratch" else "bitsandbytes"
-    return make_qlora(gpt, backend=backend, r=8, alpha=16, dropout=0.05)  # the script's defaults
+    return make_qlora(gpt, backend=backend, r=QLORA_RANK, alpha=QLORA_ALPHA,
+                      dropout=QLORA_DROPOUT)
 
 
 def loss_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

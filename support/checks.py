@@ -362,7 +362,6 @@ def check_quantize_request(backend: Any, backends: Sequence[str], targets: Seque
     check_targets(targets, found, dense_lora)
 
 
-
 # ---------------------------------------------------------------------------- token files
 
 
