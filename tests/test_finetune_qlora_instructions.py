@@ -71,6 +71,15 @@ def test_missing_base_says_run_main_first(tmp_path, monkeypatch):
         script.main(["--base", str(tmp_path / "model_weights.pth")])
 
 
+def tiny_base(context_length: int) -> tuple[BPETokenizer, GPTModel]:
+    """A 300-token tokenizer of the instruction data and a one-block base model (seed 0)."""
+    tokenizer = BPETokenizer()
+    tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
+    torch.manual_seed(0)
+    return tokenizer, GPTModel(GPTConfig(vocab_size=320, context_length=context_length,
+                                         n_layer=1, n_head=2, n_embd=64))
+
+
 @needs_data
 def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
     """Trains, evaluates and trains again with bitsandbytes told the CPU has AVX512-BF16 (on
@@ -78,11 +87,7 @@ def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
     bnb = pytest.importorskip("bitsandbytes")
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
     monkeypatch.chdir(tmp_path)
-    tokenizer = BPETokenizer()
-    tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
-    torch.manual_seed(0)
-    base = GPTModel(GPTConfig(vocab_size=320, context_length=128, n_layer=1, n_head=2,
-                              n_embd=64))
+    tokenizer, base = tiny_base(context_length=128)
     save_checkpoint("base.pth", base, tokenizer)
     script.main(["--base", "base.pth", "--data-file", str(INSTRUCTIONS), "--backend",
                  "bitsandbytes", "--max-steps", "4", "--eval-interval", "2", "--train-size",
@@ -101,11 +106,7 @@ def test_bitsandbytes_backend_runs_in_process(tmp_path, monkeypatch):
 def test_the_dense_copy_of_the_weights_is_dropped_before_training(tmp_path, monkeypatch):
     """The fp32 copy quantization_report measures the error against does not live on."""
     monkeypatch.chdir(tmp_path)
-    tokenizer = BPETokenizer()
-    tokenizer.train(INSTRUCTIONS.read_text()[:5_000], 300)
-    torch.manual_seed(0)
-    base = GPTModel(GPTConfig(vocab_size=320, context_length=64, n_layer=1, n_head=2,
-                              n_embd=64))
+    tokenizer, base = tiny_base(context_length=64)
     args = script.parse_args(["--data-file", str(INSTRUCTIONS), "--train-size", "16",
                               "--batch-size", "4", "--samples", "1", "--max-new-tokens", "2",
                               "--device", "cpu"])
